@@ -1,0 +1,20 @@
+//! Distro: a clustered, available-under-partition registry for ephemeral service instances.
+//!
+//! Module map:
+//! - [`wire`]: the binary protocol — frames, message bodies, the codec (`wire-spec.md`).
+//! - [`store`]: the in-memory registry — sharded records with versions, tombstones, leases,
+//!   per-service snapshots and bucket digests.
+//! - [`ownership`]: which node is responsible for an instance (rendezvous hashing, xxh3).
+//! - [`clock`]: the millisecond clock (through tokio, so simulated time works) and the hybrid
+//!   logical clock that versions every write.
+//! - [`server`]: `distrod`'s listener, client sessions, request handling, subscriptions/push.
+//! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
+//! - [`config`]: the node's settings (flags and TOML file) and their limits.
+
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod ownership;
+pub mod server;
+pub mod store;
+pub mod wire;

@@ -1,0 +1,257 @@
+//! `distrod`'s serving side: the node's shared state, the client listener, the background duties.
+//!
+//! - [`Node`]: what every connection and task of a node shares (config, store, subscriptions,
+//!   readiness, shutdown), and the write operations a request turns into.
+//! - [`session`]: one client connection — decode, handle, answer, push.
+//! - [`push`]: subscriptions and coalesced, bounded pushes.
+//! - [`validate`]: the checks a write passes before it touches the store.
+
+pub mod push;
+pub mod session;
+pub mod validate;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{InstanceId, Record, Store, StoreObserver};
+use crate::wire::{ErrorBody, ErrorCode, InstanceKey, Register, ServiceName};
+use push::Subscriptions;
+
+/// How long shutdown waits for connections and tasks to finish and flush.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// A node stalled for this many lease passes (a GC pause, swap, a stopped VM) re-grants the
+/// leases it owns before expiring anything, instead of expiring everything at once on waking.
+const MISSED_PASSES_REGRANT: u64 = 8;
+
+/// What the connections and tasks of one node share.
+pub struct Node {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub subs: Arc<Subscriptions>,
+    ready: AtomicBool,
+    next_session: AtomicU64,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Routes store changes to the subscribers.
+struct Observer {
+    subs: Arc<Subscriptions>,
+}
+
+impl StoreObserver for Observer {
+    fn service_changed(&self, name: &ServiceName) {
+        self.subs.notify(name);
+    }
+
+    fn local_write(&self, _: &ServiceName, _: &InstanceId, _: &Record) {}
+}
+
+impl Node {
+    pub fn new(config: Config, clock: Clock) -> Arc<Node> {
+        let subs = Arc::new(Subscriptions::default());
+        let observer = Arc::new(Observer { subs: subs.clone() });
+        let store = Arc::new(Store::new(config.node_id, clock, observer));
+        Arc::new(Node {
+            ready: AtomicBool::new(!config.is_clustered()),
+            config,
+            store,
+            subs,
+            next_session: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// A node-unique session id for a new connection: `node_id << 48 | counter`.
+    pub fn new_session(&self) -> u64 {
+        ((self.config.node_id as u64) << 48) | self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Applies a Register; `session` is the connection's session id (used if session-bound).
+    pub async fn register(&self, reg: &Register, session: u64) -> Result<u32, ErrorBody> {
+        for inst in &reg.instances {
+            validate::instance(inst, self.config.lease_floor_ms)
+                .map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m))?;
+        }
+        let bound = if reg.session_bound { session } else { 0 };
+        for inst in &reg.instances {
+            self.store.register(inst, bound);
+        }
+        Ok(reg.instances.len() as u32)
+    }
+
+    /// Applies a Deregister; answers how many instances existed and were removed.
+    pub async fn deregister(&self, keys: &[InstanceKey]) -> Result<u32, ErrorBody> {
+        for k in keys {
+            validate::key(k).map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m))?;
+        }
+        Ok(keys.iter().filter(|k| self.store.deregister(k)).count() as u32)
+    }
+
+    /// Applies a Beat; answers the indexes of the keys this node does not know.
+    pub async fn beat(&self, keys: &[InstanceKey]) -> Result<Vec<u16>, ErrorBody> {
+        let mut unknown = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            if self.store.beat(k) == crate::store::BeatOutcome::Unknown {
+                unknown.push(i as u16);
+            }
+        }
+        Ok(unknown)
+    }
+
+    /// A connection dropped without deregistering: its session-bound instances are reported
+    /// unhealthy at once.
+    pub async fn lapse_session(&self, session: u64, keys: Vec<InstanceKey>) {
+        for k in &keys {
+            self.store.lapse_session(k, session);
+        }
+    }
+
+    /// Runs the lease duty every `lease_pass_ms` until shutdown.
+    async fn lease_duty(self: Arc<Node>) {
+        let period = Duration::from_millis(self.config.lease_pass_ms);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now.duration_since(last) > period * MISSED_PASSES_REGRANT as u32 {
+                let n = self.store.regrant_owned();
+                warn!(
+                    stalled_ms = now.duration_since(last).as_millis() as u64,
+                    regranted = n,
+                    "lease duty missed many passes; re-granted owned leases instead of mass expiry"
+                );
+            }
+            last = now;
+            for shard in 0..crate::store::SHARDS {
+                let s = self.store.lease_pass_shard(shard);
+                if s.expired + s.lapsed > 0 {
+                    tracing::debug!(expired = s.expired, lapsed = s.lapsed, "lease pass");
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
+
+/// A bound client listener and the node behind it.
+pub struct Server {
+    node: Arc<Node>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Binds the client port of `config.listen` (port 0 picks a free port).
+    pub async fn bind(config: Config) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Server {
+            node: Node::new(config, Clock::system()),
+            listener,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
+    }
+
+    /// Serves until `node.shutdown` is cancelled, then stops accepting, lets connections flush
+    /// and returns within [`SHUTDOWN_GRACE`].
+    pub async fn run(self) {
+        let node = self.node;
+        node.tracker.spawn(node.clone().lease_duty());
+        accept_loop(&node, self.listener).await;
+        node.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, node.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("shutdown grace elapsed with tasks still running");
+        }
+        info!("node stopped");
+    }
+
+    /// Starts serving in the background; the handle stops it.
+    pub fn spawn(self) -> ServerHandle {
+        let addr = self.local_addr();
+        let node = self.node.clone();
+        let task = tokio::spawn(self.run());
+        ServerHandle { addr, node, task }
+    }
+}
+
+/// A server running in the background (tests, the bench's in-process mode).
+pub struct ServerHandle {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(self) {
+        self.node.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Accepts connections while slots are free; backs off on accept errors (out of file
+/// descriptors, ...) instead of spinning.
+async fn accept_loop(node: &Arc<Node>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(node.config.max_connections));
+    let mut backoff_ms = 1u64;
+    loop {
+        let permit = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff_ms = 1;
+                let _ = stream.set_nodelay(true);
+                let node2 = node.clone();
+                node.tracker.spawn(async move {
+                    session::serve(node2, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                error!(error = %e, backoff_ms, "accept failed");
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(1_000);
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Subscriptions and push.
+//!
+//! Each connection that subscribes gets a [`PushQueue`]: a set of services with news pending and
+//! a wake-up. A change to a service adds the service to the pending set of every subscribed
+//! connection (a set, so many changes coalesce into one entry) and wakes its writer, which waits
+//! `push_delay_ms` more to coalesce, then sends each pending service's *current* snapshot. A
+//! subscriber that reads slowly therefore never builds a backlog: however far behind it falls,
+//! it is owed at most one fresh snapshot per subscribed service.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use hashbrown::{HashMap, HashSet};
+use tokio::sync::Notify;
+
+use crate::wire::ServiceName;
+
+/// Services one connection may subscribe to: bounds the pending set and the fan-out table.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 10_000;
+
+/// The pending pushes of one connection.
+pub struct PushQueue {
+    id: u64,
+    pending: Mutex<HashSet<ServiceName>>,
+    notify: Notify,
+}
+
+impl PushQueue {
+    /// Marks `name` as owing a push and wakes the writer.
+    pub fn mark(&self, name: &ServiceName) {
+        let mut p = self.pending.lock().unwrap();
+        if !p.contains(name) {
+            p.insert(name.clone());
+        }
+        drop(p);
+        self.notify.notify_one();
+    }
+
+    /// Waits until something is pending.
+    pub async fn wait(&self) {
+        self.notify.notified().await
+    }
+
+    /// Takes the pending services.
+    pub fn take(&self) -> Vec<ServiceName> {
+        self.pending.lock().unwrap().drain().collect()
+    }
+}
+
+/// Who is subscribed to what, on this node.
+#[derive(Default)]
+pub struct Subscriptions {
+    by_service: RwLock<HashMap<ServiceName, Vec<Arc<PushQueue>>>>,
+    next_id: AtomicU64,
+}
+
+impl Subscriptions {
+    pub fn new_queue(&self) -> Arc<PushQueue> {
+        Arc::new(PushQueue {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            pending: Mutex::new(HashSet::new()),
+            notify: Notify::new(),
+        })
+    }
+
+    pub fn subscribe(&self, name: &ServiceName, q: &Arc<PushQueue>) {
+        let mut map = self.by_service.write().unwrap();
+        let subs = map.entry(name.clone()).or_default();
+        if !subs.iter().any(|s| s.id == q.id) {
+            subs.push(q.clone());
+        }
+    }
+
+    pub fn unsubscribe(&self, name: &ServiceName, q: &PushQueue) {
+        let mut map = self.by_service.write().unwrap();
+        if let Some(subs) = map.get_mut(name) {
+            subs.retain(|s| s.id != q.id);
+            if subs.is_empty() {
+                map.remove(name);
+            }
+        }
+    }
+
+    /// A service changed: every subscriber owes a push.
+    pub fn notify(&self, name: &ServiceName) {
+        if let Some(subs) = self.by_service.read().unwrap().get(name) {
+            for q in subs {
+                q.mark(name);
+            }
+        }
+    }
+
+    /// Subscriber connections, over all services (for tests and the cluster status).
+    pub fn count(&self) -> usize {
+        self.by_service.read().unwrap().values().map(Vec::len).sum()
+    }
+}

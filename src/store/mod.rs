@@ -1,0 +1,841 @@
+//! The in-memory registry: every instance this node knows, alive or tombstoned, with versions,
+//! leases, per-service snapshots, and the per-owner bucket digests the cluster compares.
+//!
+//! Layout: `SHARDS` lock-striped shards. The shard of an instance is chosen by xxh3 of its
+//! *service* part of the key (namespace, group, service), so that all instances of a service
+//! live in one shard and a Query takes exactly one read lock and costs O(instances of that
+//! service). Writers to different services rarely contend. Inside a shard, services map to
+//! their instances; each service caches its encoded snapshot body, built on the first read
+//! after a change and shared by every Query and Push until the next change.
+//!
+//! Every change goes through one place (`Shard::put`), which keeps the digests, the service
+//! revision and the snapshot cache right and tells the [`StoreObserver`].
+//!
+//! - [`record`]: the stored record, compact instance ids, the canonical key hash.
+//! - [`digest`]: order-independent bucket digests.
+
+pub mod digest;
+pub mod record;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use hashbrown::HashMap;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::clock::{Clock, Hlc};
+use crate::ownership::{NodeId, Ownership};
+use crate::wire::{
+    Instance, InstanceKey, Query, ServiceList, ServiceName, ServiceSnapshot, ServiceSummary,
+    SyncRecord, Text, Version, encode_instance_view, encode_key_parts, encode_record_tail,
+    record_status_bits,
+};
+pub use digest::{Bucket, DIGEST_BUCKETS, Digest};
+pub use record::{InstanceId, InstanceIdRef, Record, StoredMetadata, key_hash};
+
+/// Number of lock stripes (a power of two). 64 keeps contention negligible on machines with
+/// tens of cores while the per-shard digest tables stay small.
+pub const SHARDS: usize = 64;
+
+/// Extra time a tombstone is kept beyond its instance's expire-after, so that it outlives every
+/// copy of the record that could still be in flight or on a node that was away (design.md,
+/// "Tombstones").
+pub const TOMBSTONE_GRACE_MS: u64 = 60_000;
+
+/// Told about every change, while the shard's lock is held: keep it quick.
+pub trait StoreObserver: Send + Sync {
+    /// The instance list of `name` changed (push to its subscribers).
+    fn service_changed(&self, name: &ServiceName);
+    /// This node wrote a new version of a record (sync it to the peers).
+    fn local_write(&self, name: &ServiceName, id: &InstanceId, rec: &Record);
+}
+
+/// An observer that ignores everything (tools and tests that need only the store).
+pub struct NoObserver;
+
+impl StoreObserver for NoObserver {
+    fn service_changed(&self, _: &ServiceName) {}
+    fn local_write(&self, _: &ServiceName, _: &InstanceId, _: &Record) {}
+}
+
+/// What a beat found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeatOutcome {
+    /// No live instance under that key: the client should register it again.
+    Unknown,
+    Renewed,
+    /// Renewed, and it had lapsed: now reported healthy again (a new version).
+    Recovered,
+}
+
+/// What a lease pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseStats {
+    pub lapsed: usize,
+    pub expired: usize,
+    pub tombstones_dropped: usize,
+}
+
+/// Encoded SyncRecords, back to back, and how many.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    pub count: u32,
+    pub bytes: BytesMut,
+}
+
+/// What changed when the live member set changed.
+#[derive(Debug, Default)]
+pub struct OwnershipChange {
+    /// Live records this node now owns and did not before (it takes over their lease duty).
+    pub gained: usize,
+    /// Records this node owned before, by their new owner: to hand off.
+    pub lost: HashMap<NodeId, RecordBatch>,
+}
+
+struct Service {
+    instances: HashMap<InstanceId, Record>,
+    /// Cluster names, interned: a service has few clusters and many instances.
+    clusters: Vec<Arc<str>>,
+    revision: u64,
+    /// The encoded snapshot body of all instances at `revision`, built on first read.
+    cache: OnceLock<Bytes>,
+}
+
+impl Service {
+    fn new() -> Service {
+        Service {
+            instances: HashMap::new(),
+            clusters: Vec::new(),
+            revision: 0,
+            cache: OnceLock::new(),
+        }
+    }
+
+    fn intern_cluster(&mut self, cluster: &str) -> Arc<str> {
+        if let Some(c) = self.clusters.iter().find(|c| ***c == *cluster) {
+            return c.clone();
+        }
+        let c: Arc<str> = cluster.into();
+        self.clusters.push(c.clone());
+        c
+    }
+
+    fn encode_snapshot(
+        &self,
+        name: &ServiceName,
+        filter: impl Fn(&InstanceId, &Record) -> bool,
+    ) -> Bytes {
+        let mut out = BytesMut::with_capacity(64 + self.instances.len() * 48);
+        let mut matched: Vec<(&InstanceId, &Record)> = self
+            .instances
+            .iter()
+            .filter(|(id, r)| r.alive && filter(id, r))
+            .collect();
+        // A stable order makes snapshots comparable and diffs readable.
+        matched.sort_unstable_by(|a, b| {
+            (&*a.0.cluster, &*a.0.ip, a.0.port).cmp(&(&*b.0.cluster, &*b.0.ip, b.0.port))
+        });
+        ServiceSnapshot::encode_head(&mut out, name, self.revision, matched.len() as u32);
+        for (id, r) in matched {
+            encode_instance_view(
+                &mut out,
+                &id.cluster,
+                &id.ip,
+                id.port,
+                r.weight,
+                r.reported_healthy(),
+                r.enabled,
+                r.metadata.as_deref().unwrap_or(&[]),
+            );
+        }
+        out.freeze()
+    }
+}
+
+struct Shard {
+    services: HashMap<ServiceName, Service>,
+    /// Per owner: digests of the live records it owns (under this node's view).
+    digests: HashMap<NodeId, Digest>,
+}
+
+impl Shard {
+    fn digest_add(&mut self, rec: &Record) {
+        if rec.alive {
+            self.digests
+                .entry(rec.owner)
+                .or_insert_with(Digest::new)
+                .add(rec.key_hash, rec.digest_term());
+        }
+    }
+
+    fn digest_remove(&mut self, rec: &Record) {
+        if rec.alive
+            && let Some(d) = self.digests.get_mut(&rec.owner)
+        {
+            d.remove(rec.key_hash, rec.digest_term());
+        }
+    }
+}
+
+/// The registry of one node.
+pub struct Store {
+    node: NodeId,
+    clock: Clock,
+    hlc: Hlc,
+    shards: Box<[RwLock<Shard>]>,
+    ownership: RwLock<Arc<Ownership>>,
+    observer: Arc<dyn StoreObserver>,
+    /// Source of service revisions: one counter for the node, so a revision only grows, also
+    /// across a service that was emptied, dropped and created again.
+    revisions: AtomicU64,
+    live: AtomicUsize,
+}
+
+impl Store {
+    pub fn new(node: NodeId, clock: Clock, observer: Arc<dyn StoreObserver>) -> Store {
+        let shards = (0..SHARDS)
+            .map(|_| {
+                RwLock::new(Shard {
+                    services: HashMap::new(),
+                    digests: HashMap::new(),
+                })
+            })
+            .collect();
+        Store {
+            node,
+            clock,
+            hlc: Hlc::new(),
+            shards,
+            ownership: RwLock::new(Arc::new(Ownership::standalone(node))),
+            observer,
+            revisions: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn hlc(&self) -> &Hlc {
+        &self.hlc
+    }
+
+    pub fn ownership(&self) -> Arc<Ownership> {
+        self.ownership.read().unwrap().clone()
+    }
+
+    /// Live instances (tombstones not counted).
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard_of(&self, name: &ServiceName) -> &RwLock<Shard> {
+        let mut buf = Vec::with_capacity(
+            6 + name.namespace.len() + name.group.len() + name.service.len(),
+        );
+        for s in [&name.namespace, &name.group, &name.service] {
+            buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            buf.extend_from_slice(s.as_bytes());
+        }
+        &self.shards[(xxh3_64(&buf) as usize) & (SHARDS - 1)]
+    }
+
+    fn next_version(&self) -> Version {
+        Version {
+            hlc: self.hlc.tick(self.clock.now_ms()),
+            origin: self.node,
+        }
+    }
+
+    /// Installs `rec` under `name`/`id`: the single place every change goes through.
+    fn put(&self, shard: &mut Shard, name: &ServiceName, id: InstanceId, rec: Record, local: bool) {
+        let svc = match shard.services.get_mut(name) {
+            Some(s) => s,
+            None => shard
+                .services
+                .entry(compact_name(name))
+                .or_insert_with(Service::new),
+        };
+        let old = svc.instances.insert(id.clone(), rec.clone());
+        svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
+        svc.cache = OnceLock::new();
+        let was_alive = old.as_ref().is_some_and(|o| o.alive);
+        match (was_alive, rec.alive) {
+            (false, true) => {
+                self.live.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        if local {
+            self.observer.local_write(name, &id, &rec);
+        }
+        self.observer.service_changed(name);
+        if let Some(old) = &old {
+            shard.digest_remove(old);
+        }
+        shard.digest_add(&rec);
+    }
+
+    /// Registers (or re-registers) an instance as a write of this node. `session` is non-zero
+    /// for a session-bound instance. Re-registering identical data renews the lease without a
+    /// new version, so a client's redo after a reconnect costs no sync traffic.
+    pub fn register(&self, inst: &Instance, session: u64) {
+        let now = self.clock.now_ms();
+        let k = &inst.key;
+        let owner = self.ownership().owner(&k.ip, k.port);
+        let mut shard = self.shard_of(&k.service).write().unwrap();
+        let idref = InstanceIdRef {
+            cluster: &k.cluster,
+            ip: &k.ip,
+            port: k.port,
+        };
+        let existing = shard
+            .services
+            .get_mut(&k.service)
+            .and_then(|s| s.instances.get_mut(&idref));
+        let metadata = record::store_metadata(&inst.metadata);
+        let mut rec = Record {
+            version: Version::default(),
+            key_hash: key_hash(&k.service, &k.cluster, &k.ip, k.port),
+            owner,
+            alive: true,
+            healthy: inst.healthy,
+            enabled: inst.enabled,
+            lapsed: false,
+            weight: inst.weight,
+            lease: inst.lease,
+            session,
+            touched_ms: now,
+            metadata,
+        };
+        if let Some(old) = existing
+            && old.same_content(&rec)
+        {
+            old.touched_ms = now;
+            old.session = session;
+            return;
+        }
+        rec.version = self.next_version();
+        let svc_id = self.instance_id(&mut shard, &k.service, idref);
+        self.put(&mut shard, &k.service, svc_id, rec, true);
+    }
+
+    fn instance_id(&self, shard: &mut Shard, name: &ServiceName, id: InstanceIdRef) -> InstanceId {
+        let cluster = match shard.services.get_mut(name) {
+            Some(svc) => svc.intern_cluster(id.cluster),
+            None => {
+                let svc = shard
+                    .services
+                    .entry(compact_name(name))
+                    .or_insert_with(Service::new);
+                svc.intern_cluster(id.cluster)
+            }
+        };
+        InstanceId {
+            cluster,
+            ip: id.ip.into(),
+            port: id.port,
+        }
+    }
+
+    /// Deletes an instance as a write of this node, leaving a tombstone. False if it was not
+    /// there (or already deleted).
+    pub fn deregister(&self, key: &InstanceKey) -> bool {
+        self.modify_live(key, true, |rec, now| {
+            rec.alive = false;
+            rec.touched_ms = now;
+            true
+        })
+    }
+
+    /// Renews an instance's lease.
+    pub fn beat(&self, key: &InstanceKey) -> BeatOutcome {
+        let mut outcome = BeatOutcome::Unknown;
+        self.modify_live(key, true, |rec, now| {
+            rec.touched_ms = now;
+            if rec.lapsed {
+                rec.lapsed = false;
+                outcome = BeatOutcome::Recovered;
+                true
+            } else {
+                outcome = BeatOutcome::Renewed;
+                false
+            }
+        });
+        outcome
+    }
+
+    /// Marks the instance unhealthy at once if it is still bound to `session` (its connection
+    /// dropped without deregistering). True if it changed.
+    pub fn lapse_session(&self, key: &InstanceKey, session: u64) -> bool {
+        self.modify_live(key, true, |rec, _| {
+            if rec.session == session && !rec.lapsed {
+                rec.lapsed = true;
+                true
+            } else {
+                false
+            }
+        })
+    }
+
+    /// Runs `f` on the live record under `key`. When `f` returns true the record is written
+    /// back as a new version of this node; otherwise only what `f` changed in place stays
+    /// (lease bookkeeping, no version).
+    fn modify_live(
+        &self,
+        key: &InstanceKey,
+        local: bool,
+        f: impl FnOnce(&mut Record, u64) -> bool,
+    ) -> bool {
+        let now = self.clock.now_ms();
+        let mut shard = self.shard_of(&key.service).write().unwrap();
+        let idref = InstanceIdRef {
+            cluster: &key.cluster,
+            ip: &key.ip,
+            port: key.port,
+        };
+        let Some(svc) = shard.services.get_mut(&key.service) else {
+            return false;
+        };
+        let Some((id, rec)) = svc.instances.get_key_value_mut(&idref) else {
+            return false;
+        };
+        if !rec.alive {
+            return false;
+        }
+        let mut new = rec.clone();
+        if !f(&mut new, now) {
+            rec.touched_ms = new.touched_ms;
+            return false;
+        }
+        new.version = self.next_version();
+        let id = id.clone();
+        self.put(&mut shard, &key.service, id, new, local);
+        true
+    }
+
+    /// Merges a record from a peer: applied only if its version is newer than what this node
+    /// holds (last writer wins; tombstones included). True if applied.
+    pub fn merge(&self, rec: &SyncRecord) -> bool {
+        self.hlc.observe(rec.version.hlc);
+        let k = &rec.key;
+        let now = self.clock.now_ms();
+        let owner = self.ownership().owner(&k.ip, k.port);
+        let mut shard = self.shard_of(&k.service).write().unwrap();
+        let idref = InstanceIdRef {
+            cluster: &k.cluster,
+            ip: &k.ip,
+            port: k.port,
+        };
+        if let Some(old) = shard
+            .services
+            .get(&k.service)
+            .and_then(|s| s.instances.get(&idref))
+            && old.version >= rec.version
+        {
+            return false;
+        }
+        let new = Record {
+            version: rec.version,
+            key_hash: key_hash(&k.service, &k.cluster, &k.ip, k.port),
+            owner,
+            alive: rec.alive,
+            healthy: rec.healthy,
+            enabled: rec.enabled,
+            lapsed: rec.lapsed,
+            weight: rec.weight,
+            lease: rec.lease,
+            session: rec.session,
+            touched_ms: now,
+            metadata: if rec.alive {
+                record::store_metadata(&rec.metadata)
+            } else {
+                None
+            },
+        };
+        let id = self.instance_id(&mut shard, &k.service, idref);
+        self.put(&mut shard, &k.service, id, new, false);
+        true
+    }
+
+    /// The record under `key`, alive or tombstone.
+    pub fn get(&self, key: &InstanceKey) -> Option<Record> {
+        let shard = self.shard_of(&key.service).read().unwrap();
+        shard.services.get(&key.service).and_then(|s| {
+            s.instances
+                .get(&InstanceIdRef {
+                    cluster: &key.cluster,
+                    ip: &key.ip,
+                    port: key.port,
+                })
+                .cloned()
+        })
+    }
+
+    /// The encoded snapshot body (a ServiceSnapshot) answering `q`. An unknown service is an
+    /// empty list at revision 0.
+    pub fn query(&self, q: &Query) -> Bytes {
+        let shard = self.shard_of(&q.name).read().unwrap();
+        let Some(svc) = shard.services.get(&q.name) else {
+            let mut out = BytesMut::new();
+            ServiceSnapshot::encode_head(&mut out, &q.name, 0, 0);
+            return out.freeze();
+        };
+        if q.cluster.is_empty() && !q.healthy_only {
+            return svc
+                .cache
+                .get_or_init(|| svc.encode_snapshot(&q.name, |_, _| true))
+                .clone();
+        }
+        svc.encode_snapshot(&q.name, |id, r| {
+            (q.cluster.is_empty() || *id.cluster == *q.cluster)
+                && (!q.healthy_only || (r.reported_healthy() && r.enabled))
+        })
+    }
+
+    /// One page of the services of a namespace, sorted by (group, service). Services with only
+    /// tombstones are not listed.
+    pub fn list_services(&self, namespace: &str, page: u32, page_size: u16) -> ServiceList {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap();
+            for (name, svc) in &shard.services {
+                if *name.namespace != *namespace {
+                    continue;
+                }
+                let (mut instances, mut healthy) = (0u32, 0u32);
+                for r in svc.instances.values().filter(|r| r.alive) {
+                    instances += 1;
+                    healthy += r.reported_healthy() as u32;
+                }
+                if instances > 0 {
+                    all.push(ServiceSummary {
+                        group: name.group.clone(),
+                        service: name.service.clone(),
+                        instances,
+                        healthy,
+                    });
+                }
+            }
+        }
+        all.sort_unstable_by(|a, b| (&a.group, &a.service).cmp(&(&b.group, &b.service)));
+        let total = all.len() as u32;
+        let start = (page as usize).saturating_mul(page_size as usize);
+        let services = all
+            .into_iter()
+            .skip(start)
+            .take(page_size as usize)
+            .collect();
+        ServiceList { total, services }
+    }
+
+    /// The lease duty for the records this node owns: lapse those past unhealthy-after, delete
+    /// those past expire-after, and drop tombstones past their retention. Works shard by shard
+    /// so no lock is held for long.
+    pub fn lease_pass(&self) -> LeaseStats {
+        let mut stats = LeaseStats::default();
+        for i in 0..SHARDS {
+            let s = self.lease_pass_shard(i);
+            stats.lapsed += s.lapsed;
+            stats.expired += s.expired;
+            stats.tombstones_dropped += s.tombstones_dropped;
+        }
+        stats
+    }
+
+    /// [`Store::lease_pass`] for one shard, so that a caller can yield between shards.
+    pub fn lease_pass_shard(&self, index: usize) -> LeaseStats {
+        let mut stats = LeaseStats::default();
+        let shard = &self.shards[index];
+        {
+            // (name, id, new record, the touched_ms the decision was based on)
+            let mut changes: Vec<(ServiceName, InstanceId, Record, u64)> = Vec::new();
+            let mut drop: Vec<(ServiceName, InstanceId)> = Vec::new();
+            let now = self.clock.now_ms();
+            {
+                let shard = shard.read().unwrap();
+                for (name, svc) in &shard.services {
+                    for (id, r) in &svc.instances {
+                        let idle = now.saturating_sub(r.touched_ms);
+                        if !r.alive {
+                            if idle > r.lease.expire_ms as u64 + TOMBSTONE_GRACE_MS {
+                                drop.push((name.clone(), id.clone()));
+                            }
+                            continue;
+                        }
+                        if r.owner != self.node {
+                            continue;
+                        }
+                        if idle > r.lease.expire_ms as u64 {
+                            let mut n = r.clone();
+                            n.alive = false;
+                            n.touched_ms = now;
+                            changes.push((name.clone(), id.clone(), n, r.touched_ms));
+                            stats.expired += 1;
+                        } else if idle > r.lease.unhealthy_ms as u64 && !r.lapsed {
+                            let mut n = r.clone();
+                            n.lapsed = true;
+                            changes.push((name.clone(), id.clone(), n, r.touched_ms));
+                            stats.lapsed += 1;
+                        }
+                    }
+                }
+            }
+            if changes.is_empty() && drop.is_empty() {
+                return stats;
+            }
+            let mut shard = shard.write().unwrap();
+            for (name, id, mut rec, seen_touched_ms) in changes {
+                // Re-check under the write lock: a beat or a write may have come in between.
+                let current = shard.services.get(&name).and_then(|s| s.instances.get(&id));
+                if current.map(|c| (c.version, c.touched_ms)) != Some((rec.version, seen_touched_ms))
+                {
+                    continue;
+                }
+                rec.version = self.next_version();
+                self.put(&mut shard, &name, id, rec, true);
+            }
+            for (name, id) in drop {
+                let Some(svc) = shard.services.get_mut(&name) else {
+                    continue;
+                };
+                if svc.instances.get(&id).is_some_and(|r| !r.alive) {
+                    svc.instances.remove(&id);
+                    stats.tombstones_dropped += 1;
+                    if svc.instances.is_empty() {
+                        shard.services.remove(&name);
+                    }
+                }
+            }
+        }
+        stats
+    }
+
+    /// Grants every live record this node owns a fresh lease (after this node was paused and
+    /// missed its lease passes, so that it does not expire everything at once on waking).
+    pub fn regrant_owned(&self) -> usize {
+        let now = self.clock.now_ms();
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap();
+            for svc in shard.services.values_mut() {
+                for r in svc.instances.values_mut() {
+                    if r.alive && r.owner == self.node {
+                        r.touched_ms = now;
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// Installs a new view of the live members: recomputes every record's owner and the
+    /// digests. Records this node gains get a fresh lease counted from now (the takeover grace);
+    /// records it loses are returned, encoded, to be handed off to their new owners.
+    pub fn set_ownership(&self, o: Ownership) -> OwnershipChange {
+        let o = Arc::new(o);
+        let mut change = OwnershipChange::default();
+        // Holding the ownership lock across the pass keeps concurrent writes from computing
+        // owners under the old view while records are being moved to the new one.
+        let mut current = self.ownership.write().unwrap();
+        *current = o.clone();
+        let now = self.clock.now_ms();
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap();
+            let shard = &mut *shard;
+            shard.digests.clear();
+            for (name, svc) in shard.services.iter_mut() {
+                for (id, r) in svc.instances.iter_mut() {
+                    let new_owner = o.owner(&id.ip, id.port);
+                    if new_owner != r.owner {
+                        if r.alive && new_owner == self.node {
+                            r.touched_ms = now;
+                            change.gained += 1;
+                        }
+                        if r.owner == self.node {
+                            let batch = change.lost.entry(new_owner).or_default();
+                            encode_record(&mut batch.bytes, name, id, r);
+                            batch.count += 1;
+                        }
+                        r.owner = new_owner;
+                    }
+                    if r.alive {
+                        shard
+                            .digests
+                            .entry(r.owner)
+                            .or_insert_with(Digest::new)
+                            .add(r.key_hash, r.digest_term());
+                    }
+                }
+            }
+        }
+        change
+    }
+
+    /// The digest of the live records owned by `owner`, as this node holds them.
+    pub fn digest(&self, owner: NodeId) -> Digest {
+        let mut d = Digest::new();
+        for shard in self.shards.iter() {
+            if let Some(sd) = shard.read().unwrap().digests.get(&owner) {
+                d.merge(sd);
+            }
+        }
+        d
+    }
+
+    /// Records (tombstones included) owned by `owner` in the given buckets, encoded.
+    pub fn records_in_buckets(&self, owner: NodeId, buckets: &digest::BucketSet) -> RecordBatch {
+        let mut batch = RecordBatch::default();
+        self.for_each_record(|name, id, r| {
+            if r.owner == owner && buckets.contains(digest::bucket_of(r.key_hash)) {
+                encode_record(&mut batch.bytes, name, id, r);
+                batch.count += 1;
+            }
+        });
+        batch
+    }
+
+    /// After a pull: removes the live records owned by `owner` in `buckets` that the owner did
+    /// not send (`present` holds the key hashes it sent), if they were last touched before
+    /// `touched_before_ms` (younger ones may still be on their way to the owner). Returns how
+    /// many were removed.
+    pub fn drop_missing(
+        &self,
+        owner: NodeId,
+        buckets: &digest::BucketSet,
+        present: &hashbrown::HashSet<u64>,
+        touched_before_ms: u64,
+    ) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap();
+            let shard = &mut *shard;
+            let mut emptied = Vec::new();
+            for (name, svc) in shard.services.iter_mut() {
+                let before = svc.instances.len();
+                let digests = &mut shard.digests;
+                svc.instances.retain(|_, r| {
+                    let stale = r.alive
+                        && r.owner == owner
+                        && buckets.contains(digest::bucket_of(r.key_hash))
+                        && !present.contains(&r.key_hash)
+                        && r.touched_ms < touched_before_ms;
+                    if stale {
+                        if let Some(d) = digests.get_mut(&r.owner) {
+                            d.remove(r.key_hash, r.digest_term());
+                        }
+                    }
+                    !stale
+                });
+                let n = before - svc.instances.len();
+                if n > 0 {
+                    removed += n;
+                    self.live.fetch_sub(n, Ordering::Relaxed);
+                    svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
+                    svc.cache = OnceLock::new();
+                    self.observer.service_changed(name);
+                    if svc.instances.is_empty() {
+                        emptied.push(name.clone());
+                    }
+                }
+            }
+            for name in emptied {
+                shard.services.remove(&name);
+            }
+        }
+        removed
+    }
+
+    /// Encodes every record of one shard (for the streamed snapshot a joining node loads).
+    pub fn encode_shard(&self, shard: usize) -> RecordBatch {
+        let mut batch = RecordBatch::default();
+        let shard = self.shards[shard].read().unwrap();
+        for (name, svc) in &shard.services {
+            for (id, r) in &svc.instances {
+                encode_record(&mut batch.bytes, name, id, r);
+                batch.count += 1;
+            }
+        }
+        batch
+    }
+
+    /// Visits every record under read locks, one shard at a time.
+    pub fn for_each_record(&self, mut f: impl FnMut(&ServiceName, &InstanceId, &Record)) {
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap();
+            for (name, svc) in &shard.services {
+                for (id, r) in &svc.instances {
+                    f(name, id, r);
+                }
+            }
+        }
+    }
+
+    /// Live records per owner, under this node's view.
+    pub fn owned_counts(&self) -> HashMap<NodeId, usize> {
+        let mut counts = HashMap::new();
+        for shard in self.shards.iter() {
+            for (owner, d) in &shard.read().unwrap().digests {
+                *counts.entry(*owner).or_insert(0) += d.total_count() as usize;
+            }
+        }
+        counts
+    }
+}
+
+/// A copy of the name that owns its bytes (a decoded name borrows the whole frame).
+fn compact_name(name: &ServiceName) -> ServiceName {
+    ServiceName {
+        namespace: Text::from(name.namespace.as_str()),
+        group: Text::from(name.group.as_str()),
+        service: Text::from(name.service.as_str()),
+    }
+}
+
+/// Appends `rec` as a SyncRecord.
+pub fn encode_record(out: &mut BytesMut, name: &ServiceName, id: &InstanceId, rec: &Record) {
+    encode_key_parts(out, name, &id.cluster, &id.ip, id.port);
+    let empty: &[(Box<str>, Box<str>)] = &[];
+    encode_record_tail(
+        out,
+        rec.version,
+        record_status_bits(rec.alive, rec.healthy, rec.enabled, rec.lapsed),
+        if rec.alive { rec.weight } else { 0.0 },
+        rec.lease,
+        rec.session,
+        if rec.alive {
+            rec.metadata.as_deref().unwrap_or(empty)
+        } else {
+            empty
+        },
+    );
+}
+
+impl RecordBatch {
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends the count and the records (the body layout of record-carrying cluster frames).
+    pub fn put(&self, out: &mut BytesMut) {
+        out.put_u32(self.count);
+        out.extend_from_slice(&self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests;

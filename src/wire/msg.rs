@@ -1,0 +1,764 @@
+//! Message bodies: one struct per body layout, and [`Message`] tying each to its opcode.
+//!
+//! `encode` appends the body to a buffer; `decode` reads it from a frame body with every length
+//! and count checked against both its limit and the bytes present. Layouts are in `wire-spec.md`.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::buf::{Reader, Text, put_text};
+use super::*;
+
+/// namespace / group / service: the name of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceName {
+    pub namespace: Text,
+    pub group: Text,
+    pub service: Text,
+}
+
+impl ServiceName {
+    pub fn new(namespace: &str, group: &str, service: &str) -> ServiceName {
+        ServiceName {
+            namespace: namespace.into(),
+            group: group.into(),
+            service: service.into(),
+        }
+    }
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        put_text(out, &self.namespace);
+        put_text(out, &self.group);
+        put_text(out, &self.service);
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ServiceName, WireError> {
+        Ok(ServiceName {
+            namespace: r.text("namespace", NAME_LEN_MAX)?,
+            group: r.text("group", NAME_LEN_MAX)?,
+            service: r.text("service", NAME_LEN_MAX)?,
+        })
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.namespace, self.group, self.service)
+    }
+}
+
+/// The identity of an instance: (namespace, group, service, cluster, ip, port).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceKey {
+    pub service: ServiceName,
+    pub cluster: Text,
+    pub ip: Text,
+    pub port: u16,
+}
+
+impl InstanceKey {
+    /// Smallest encoding: six empty strings' lengths and the port.
+    const MIN_LEN: usize = 2 * 5 + 2;
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        self.service.encode(out);
+        put_text(out, &self.cluster);
+        put_text(out, &self.ip);
+        out.put_u16(self.port);
+    }
+
+    /// A copy that owns its bytes (a decoded key borrows the whole frame it came in).
+    pub fn to_owned_compact(&self) -> InstanceKey {
+        InstanceKey {
+            service: ServiceName::new(
+                &self.service.namespace,
+                &self.service.group,
+                &self.service.service,
+            ),
+            cluster: Text::from(self.cluster.as_str()),
+            ip: Text::from(self.ip.as_str()),
+            port: self.port,
+        }
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<InstanceKey, WireError> {
+        Ok(InstanceKey {
+            service: ServiceName::decode(r)?,
+            cluster: r.text("cluster", NAME_LEN_MAX)?,
+            ip: r.text("ip", IP_LEN_MAX)?,
+            port: r.u16("port")?,
+        })
+    }
+}
+
+/// Lease settings of one instance, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// How often the client promises to beat.
+    pub beat_ms: u32,
+    /// No beat for this long: the instance is reported unhealthy.
+    pub unhealthy_ms: u32,
+    /// No beat for this long: the instance is removed.
+    pub expire_ms: u32,
+}
+
+impl Default for Lease {
+    fn default() -> Lease {
+        Lease {
+            beat_ms: 5_000,
+            unhealthy_ms: 15_000,
+            expire_ms: 30_000,
+        }
+    }
+}
+
+/// Metadata entries in wire order (the store keeps them sorted by key).
+pub type Metadata = Vec<(Text, Text)>;
+
+/// Appends a metadata map; generic so that the store encodes its own string types directly.
+pub fn encode_metadata<K: AsRef<str>, V: AsRef<str>>(out: &mut BytesMut, meta: &[(K, V)]) {
+    out.put_u16(meta.len() as u16);
+    for (k, v) in meta {
+        put_text(out, k.as_ref());
+        put_text(out, v.as_ref());
+    }
+}
+
+fn decode_metadata(r: &mut Reader) -> Result<Metadata, WireError> {
+    let n = r.u16("metadata count")? as usize;
+    let n = r.count(n, "metadata entries", META_ENTRIES_MAX, 4)?;
+    let mut meta = Vec::with_capacity(n);
+    for _ in 0..n {
+        let k = r.text("metadata key", META_KEY_LEN_MAX)?;
+        let v = r.text("metadata value", META_VALUE_LEN_MAX)?;
+        meta.push((k, v));
+    }
+    Ok(meta)
+}
+
+const INSTANCE_HEALTHY: u8 = 0x01;
+const INSTANCE_ENABLED: u8 = 0x02;
+
+fn encode_status(out: &mut BytesMut, healthy: bool, enabled: bool) {
+    let mut bits = 0;
+    if healthy {
+        bits |= INSTANCE_HEALTHY;
+    }
+    if enabled {
+        bits |= INSTANCE_ENABLED;
+    }
+    out.put_u8(bits);
+}
+
+fn decode_status(r: &mut Reader) -> Result<(bool, bool), WireError> {
+    let bits = r.u8("instance status")?;
+    if bits & !(INSTANCE_HEALTHY | INSTANCE_ENABLED) != 0 {
+        return Err(WireError::InvalidValue {
+            what: "instance status",
+            reason: "reserved bits set",
+        });
+    }
+    Ok((bits & INSTANCE_HEALTHY != 0, bits & INSTANCE_ENABLED != 0))
+}
+
+fn decode_weight(r: &mut Reader) -> Result<f64, WireError> {
+    let w = r.f64("weight")?;
+    if !w.is_finite() {
+        return Err(WireError::InvalidValue {
+            what: "weight",
+            reason: "not a finite number",
+        });
+    }
+    Ok(w)
+}
+
+/// One instance as a client registers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    pub key: InstanceKey,
+    pub weight: f64,
+    pub healthy: bool,
+    pub enabled: bool,
+    pub lease: Lease,
+    pub metadata: Metadata,
+}
+
+impl Instance {
+    /// An instance with Nacos's defaults: weight 1.0, healthy, enabled, default lease.
+    pub fn new(key: InstanceKey) -> Instance {
+        Instance {
+            key,
+            weight: 1.0,
+            healthy: true,
+            enabled: true,
+            lease: Lease::default(),
+            metadata: Vec::new(),
+        }
+    }
+
+    const MIN_LEN: usize = InstanceKey::MIN_LEN + 8 + 1 + 12 + 2;
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        self.key.encode(out);
+        out.put_f64(self.weight);
+        encode_status(out, self.healthy, self.enabled);
+        out.put_u32(self.lease.beat_ms);
+        out.put_u32(self.lease.unhealthy_ms);
+        out.put_u32(self.lease.expire_ms);
+        encode_metadata(out, &self.metadata);
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<Instance, WireError> {
+        let key = InstanceKey::decode(r)?;
+        let weight = decode_weight(r)?;
+        let (healthy, enabled) = decode_status(r)?;
+        let lease = Lease {
+            beat_ms: r.u32("beat_ms")?,
+            unhealthy_ms: r.u32("unhealthy_ms")?,
+            expire_ms: r.u32("expire_ms")?,
+        };
+        let metadata = decode_metadata(r)?;
+        Ok(Instance {
+            key,
+            weight,
+            healthy,
+            enabled,
+            lease,
+            metadata,
+        })
+    }
+}
+
+/// One instance as a query or push shows it (the service name is in the enclosing snapshot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceView {
+    pub cluster: Text,
+    pub ip: Text,
+    pub port: u16,
+    pub weight: f64,
+    pub healthy: bool,
+    pub enabled: bool,
+    pub metadata: Metadata,
+}
+
+impl InstanceView {
+    const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        encode_instance_view(
+            out,
+            &self.cluster,
+            &self.ip,
+            self.port,
+            self.weight,
+            self.healthy,
+            self.enabled,
+            &self.metadata,
+        );
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<InstanceView, WireError> {
+        let cluster = r.text("cluster", NAME_LEN_MAX)?;
+        let ip = r.text("ip", IP_LEN_MAX)?;
+        let port = r.u16("port")?;
+        let weight = decode_weight(r)?;
+        let (healthy, enabled) = decode_status(r)?;
+        let metadata = decode_metadata(r)?;
+        Ok(InstanceView {
+            cluster,
+            ip,
+            port,
+            weight,
+            healthy,
+            enabled,
+            metadata,
+        })
+    }
+}
+
+/// Encodes one InstanceView from its parts, so the store can encode straight from its records.
+#[allow(clippy::too_many_arguments)]
+pub fn encode_instance_view<K: AsRef<str>, V: AsRef<str>>(
+    out: &mut BytesMut,
+    cluster: &str,
+    ip: &str,
+    port: u16,
+    weight: f64,
+    healthy: bool,
+    enabled: bool,
+    metadata: &[(K, V)],
+) {
+    put_text(out, cluster);
+    put_text(out, ip);
+    out.put_u16(port);
+    out.put_f64(weight);
+    encode_status(out, healthy, enabled);
+    encode_metadata(out, metadata);
+}
+
+/// A service's full instance list at one revision: the answer to Query and the body of Push.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSnapshot {
+    pub name: ServiceName,
+    /// Grows with every change of the service on the node that sent it.
+    pub revision: u64,
+    pub instances: Vec<InstanceView>,
+}
+
+impl ServiceSnapshot {
+    /// Appends the header part of a snapshot body; `count` InstanceViews must follow.
+    pub fn encode_head(out: &mut BytesMut, name: &ServiceName, revision: u64, count: u32) {
+        name.encode(out);
+        out.put_u64(revision);
+        out.put_u32(count);
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        Self::encode_head(out, &self.name, self.revision, self.instances.len() as u32);
+        for i in &self.instances {
+            i.encode(out);
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<ServiceSnapshot, WireError> {
+        let name = ServiceName::decode(r)?;
+        let revision = r.u64("revision")?;
+        let n = r.u32("instance count")? as usize;
+        let n = r.count(n, "instances", usize::MAX, InstanceView::MIN_LEN)?;
+        let mut instances = Vec::with_capacity(n);
+        for _ in 0..n {
+            instances.push(InstanceView::decode(r)?);
+        }
+        Ok(ServiceSnapshot {
+            name,
+            revision,
+            instances,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// The highest protocol version the client speaks.
+    pub max_version: u8,
+    pub client_name: Text,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HelloOk {
+    /// The version both sides will speak.
+    pub version: u8,
+    pub node_id: u16,
+    /// False while the node is still loading the cluster's data.
+    pub ready: bool,
+    pub frame_len_max: u32,
+    pub batch_instances_max: u16,
+    pub lease_floor_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Register {
+    /// Instances bound to this connection: marked unhealthy as soon as it drops.
+    pub session_bound: bool,
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub name: ServiceName,
+    /// Only instances of this cluster; empty means all clusters.
+    pub cluster: Text,
+    /// Only instances that are healthy and enabled.
+    pub healthy_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListServices {
+    pub namespace: Text,
+    pub page: u32,
+    pub page_size: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSummary {
+    pub group: Text,
+    pub service: Text,
+    pub instances: u32,
+    pub healthy: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceList {
+    /// Services in the namespace, over all pages.
+    pub total: u32,
+    pub services: Vec<ServiceSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorBody {
+    /// Raw code; unknown codes are kept so that newer peers can add codes.
+    pub code: u16,
+    pub message: Text,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+        let mut message: String = message.into();
+        if message.len() > MESSAGE_LEN_MAX {
+            let mut cut = MESSAGE_LEN_MAX;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+        }
+        ErrorBody {
+            code: code as u16,
+            message: message.into(),
+        }
+    }
+
+    pub fn kind(&self) -> Option<ErrorCode> {
+        ErrorCode::from_u16(self.code)
+    }
+}
+
+/// Every message, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    Hello(Hello),
+    HelloOk(HelloOk),
+    Ping(u64),
+    Pong(u64),
+    /// How many items of the request were applied.
+    Ack(u32),
+    Error(ErrorBody),
+    Register(Register),
+    Deregister(Vec<InstanceKey>),
+    Beat(Vec<InstanceKey>),
+    /// Indexes (into the Beat's key list) of the keys the node does not know.
+    BeatAck(Vec<u16>),
+    Query(Query),
+    QueryResult(ServiceSnapshot),
+    ListServices(ListServices),
+    ServiceList(ServiceList),
+    Subscribe(ServiceName),
+    Unsubscribe(ServiceName),
+    Push(ServiceSnapshot),
+}
+
+fn encode_keys(out: &mut BytesMut, keys: &[InstanceKey]) {
+    out.put_u16(keys.len() as u16);
+    for k in keys {
+        k.encode(out);
+    }
+}
+
+fn decode_keys(r: &mut Reader, max: usize) -> Result<Vec<InstanceKey>, WireError> {
+    let n = r.u16("key count")? as usize;
+    let n = r.count(n, "instance keys", max, InstanceKey::MIN_LEN)?;
+    let mut keys = Vec::with_capacity(n);
+    for _ in 0..n {
+        keys.push(InstanceKey::decode(r)?);
+    }
+    Ok(keys)
+}
+
+impl Message {
+    pub fn opcode(&self) -> Opcode {
+        match self {
+            Message::Hello(_) => Opcode::Hello,
+            Message::HelloOk(_) => Opcode::HelloOk,
+            Message::Ping(_) => Opcode::Ping,
+            Message::Pong(_) => Opcode::Pong,
+            Message::Ack(_) => Opcode::Ack,
+            Message::Error(_) => Opcode::Error,
+            Message::Register(_) => Opcode::Register,
+            Message::Deregister(_) => Opcode::Deregister,
+            Message::Beat(_) => Opcode::Beat,
+            Message::BeatAck(_) => Opcode::BeatAck,
+            Message::Query(_) => Opcode::Query,
+            Message::QueryResult(_) => Opcode::QueryResult,
+            Message::ListServices(_) => Opcode::ListServices,
+            Message::ServiceList(_) => Opcode::ServiceList,
+            Message::Subscribe(_) => Opcode::Subscribe,
+            Message::Unsubscribe(_) => Opcode::Unsubscribe,
+            Message::Push(_) => Opcode::Push,
+        }
+    }
+
+    /// Appends the body (not the header) to `out`.
+    pub fn encode_body(&self, out: &mut BytesMut) {
+        match self {
+            Message::Hello(h) => {
+                out.put_u8(h.max_version);
+                put_text(out, &h.client_name);
+            }
+            Message::HelloOk(h) => {
+                out.put_u8(h.version);
+                out.put_u16(h.node_id);
+                out.put_u8(h.ready as u8);
+                out.put_u32(h.frame_len_max);
+                out.put_u16(h.batch_instances_max);
+                out.put_u32(h.lease_floor_ms);
+            }
+            Message::Ping(n) | Message::Pong(n) => out.put_u64(*n),
+            Message::Ack(n) => out.put_u32(*n),
+            Message::Error(e) => {
+                out.put_u16(e.code);
+                put_text(out, &e.message);
+            }
+            Message::Register(reg) => {
+                out.put_u8(reg.session_bound as u8);
+                out.put_u16(reg.instances.len() as u16);
+                for i in &reg.instances {
+                    i.encode(out);
+                }
+            }
+            Message::Deregister(keys) | Message::Beat(keys) => encode_keys(out, keys),
+            Message::BeatAck(idx) => {
+                out.put_u16(idx.len() as u16);
+                for i in idx {
+                    out.put_u16(*i);
+                }
+            }
+            Message::Query(q) => {
+                q.name.encode(out);
+                put_text(out, &q.cluster);
+                out.put_u8(q.healthy_only as u8);
+            }
+            Message::QueryResult(s) | Message::Push(s) => s.encode(out),
+            Message::ListServices(l) => {
+                put_text(out, &l.namespace);
+                out.put_u32(l.page);
+                out.put_u16(l.page_size);
+            }
+            Message::ServiceList(l) => {
+                out.put_u32(l.total);
+                out.put_u16(l.services.len() as u16);
+                for s in &l.services {
+                    put_text(out, &s.group);
+                    put_text(out, &s.service);
+                    out.put_u32(s.instances);
+                    out.put_u32(s.healthy);
+                }
+            }
+            Message::Subscribe(n) | Message::Unsubscribe(n) => n.encode(out),
+        }
+    }
+
+    /// Decodes the body of a frame with the given opcode. The whole body must be consumed.
+    pub fn decode(opcode: Opcode, body: Bytes) -> Result<Message, WireError> {
+        let mut r = Reader::new(body);
+        let msg = match opcode {
+            Opcode::Hello => Message::Hello(Hello {
+                max_version: r.u8("max_version")?,
+                client_name: r.text("client name", MESSAGE_LEN_MAX)?,
+            }),
+            Opcode::HelloOk => Message::HelloOk(HelloOk {
+                version: r.u8("version")?,
+                node_id: r.u16("node id")?,
+                ready: r.bool("ready")?,
+                frame_len_max: r.u32("frame_len_max")?,
+                batch_instances_max: r.u16("batch_instances_max")?,
+                lease_floor_ms: r.u32("lease_floor_ms")?,
+            }),
+            Opcode::Ping => Message::Ping(r.u64("ping nonce")?),
+            Opcode::Pong => Message::Pong(r.u64("pong nonce")?),
+            Opcode::Ack => Message::Ack(r.u32("ack count")?),
+            Opcode::Error => Message::Error(ErrorBody {
+                code: r.u16("error code")?,
+                message: r.text("error message", MESSAGE_LEN_MAX)?,
+            }),
+            Opcode::Register => {
+                let session_bound = r.bool("register options")?;
+                let n = r.u16("instance count")? as usize;
+                let n = r.count(n, "instances", BATCH_INSTANCES_MAX, Instance::MIN_LEN)?;
+                let mut instances = Vec::with_capacity(n);
+                for _ in 0..n {
+                    instances.push(Instance::decode(&mut r)?);
+                }
+                Message::Register(Register {
+                    session_bound,
+                    instances,
+                })
+            }
+            Opcode::Deregister => Message::Deregister(decode_keys(&mut r, BATCH_INSTANCES_MAX)?),
+            Opcode::Beat => Message::Beat(decode_keys(&mut r, BEAT_KEYS_MAX)?),
+            Opcode::BeatAck => {
+                let n = r.u16("index count")? as usize;
+                let n = r.count(n, "unknown key indexes", BEAT_KEYS_MAX, 2)?;
+                let mut idx = Vec::with_capacity(n);
+                for _ in 0..n {
+                    idx.push(r.u16("key index")?);
+                }
+                Message::BeatAck(idx)
+            }
+            Opcode::Query => Message::Query(Query {
+                name: ServiceName::decode(&mut r)?,
+                cluster: r.text("cluster", NAME_LEN_MAX)?,
+                healthy_only: r.bool("query options")?,
+            }),
+            Opcode::QueryResult => Message::QueryResult(ServiceSnapshot::decode(&mut r)?),
+            Opcode::Push => Message::Push(ServiceSnapshot::decode(&mut r)?),
+            Opcode::ListServices => Message::ListServices(ListServices {
+                namespace: r.text("namespace", NAME_LEN_MAX)?,
+                page: r.u32("page")?,
+                page_size: r.u16("page size")?,
+            }),
+            Opcode::ServiceList => {
+                let total = r.u32("total")?;
+                let n = r.u16("service count")? as usize;
+                let n = r.count(n, "services", PAGE_SIZE_MAX, 12)?;
+                let mut services = Vec::with_capacity(n);
+                for _ in 0..n {
+                    services.push(ServiceSummary {
+                        group: r.text("group", NAME_LEN_MAX)?,
+                        service: r.text("service", NAME_LEN_MAX)?,
+                        instances: r.u32("instances")?,
+                        healthy: r.u32("healthy")?,
+                    });
+                }
+                Message::ServiceList(ServiceList { total, services })
+            }
+            Opcode::Subscribe => Message::Subscribe(ServiceName::decode(&mut r)?),
+            Opcode::Unsubscribe => Message::Unsubscribe(ServiceName::decode(&mut r)?),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+/// A record's version: the owner's hybrid-logical-clock stamp, then the id of the node that made
+/// the write. Ordered lexicographically; a record replaces another only with a larger version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Version {
+    pub hlc: u64,
+    pub origin: u16,
+}
+
+pub const RECORD_ALIVE: u8 = 0x01;
+pub const RECORD_HEALTHY: u8 = 0x02;
+pub const RECORD_ENABLED: u8 = 0x04;
+pub const RECORD_LAPSED: u8 = 0x08;
+
+/// One record as nodes exchange it (sync, pull answers, snapshots, handoff): the whole state of
+/// an instance at one version, or its tombstone (`alive == false`; the data fields are then
+/// sent as zeros and ignored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncRecord {
+    pub key: InstanceKey,
+    pub version: Version,
+    pub alive: bool,
+    /// As the client declared it.
+    pub healthy: bool,
+    pub enabled: bool,
+    /// The lease or the client's session lapsed: the instance is reported unhealthy.
+    pub lapsed: bool,
+    pub weight: f64,
+    pub lease: Lease,
+    /// Non-zero for a session-bound instance: `node_id << 48 | session number` of the
+    /// connection that registered it.
+    pub session: u64,
+    pub metadata: Metadata,
+}
+
+impl SyncRecord {
+    pub const MIN_LEN: usize = InstanceKey::MIN_LEN + 10 + 1 + 8 + 12 + 8 + 2;
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        self.key.encode(out);
+        encode_record_tail(
+            out,
+            self.version,
+            self.status_bits(),
+            self.weight,
+            self.lease,
+            self.session,
+            &self.metadata,
+        );
+    }
+
+    pub fn status_bits(&self) -> u8 {
+        record_status_bits(self.alive, self.healthy, self.enabled, self.lapsed)
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<SyncRecord, WireError> {
+        let key = InstanceKey::decode(r)?;
+        let version = Version {
+            hlc: r.u64("version hlc")?,
+            origin: r.u16("version origin")?,
+        };
+        let bits = r.u8("record status")?;
+        if bits & !(RECORD_ALIVE | RECORD_HEALTHY | RECORD_ENABLED | RECORD_LAPSED) != 0 {
+            return Err(WireError::InvalidValue {
+                what: "record status",
+                reason: "reserved bits set",
+            });
+        }
+        let weight = decode_weight(r)?;
+        let lease = Lease {
+            beat_ms: r.u32("beat_ms")?,
+            unhealthy_ms: r.u32("unhealthy_ms")?,
+            expire_ms: r.u32("expire_ms")?,
+        };
+        let session = r.u64("session")?;
+        let metadata = decode_metadata(r)?;
+        Ok(SyncRecord {
+            key,
+            version,
+            alive: bits & RECORD_ALIVE != 0,
+            healthy: bits & RECORD_HEALTHY != 0,
+            enabled: bits & RECORD_ENABLED != 0,
+            lapsed: bits & RECORD_LAPSED != 0,
+            weight,
+            lease,
+            session,
+            metadata,
+        })
+    }
+}
+
+pub fn record_status_bits(alive: bool, healthy: bool, enabled: bool, lapsed: bool) -> u8 {
+    let mut bits = 0;
+    if alive {
+        bits |= RECORD_ALIVE;
+    }
+    if healthy {
+        bits |= RECORD_HEALTHY;
+    }
+    if enabled {
+        bits |= RECORD_ENABLED;
+    }
+    if lapsed {
+        bits |= RECORD_LAPSED;
+    }
+    bits
+}
+
+/// Everything of a SyncRecord after its key, so that the store can encode from its own types.
+pub fn encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
+    out: &mut BytesMut,
+    version: Version,
+    status_bits: u8,
+    weight: f64,
+    lease: Lease,
+    session: u64,
+    metadata: &[(K, V)],
+) {
+    out.put_u64(version.hlc);
+    out.put_u16(version.origin);
+    out.put_u8(status_bits);
+    out.put_f64(weight);
+    out.put_u32(lease.beat_ms);
+    out.put_u32(lease.unhealthy_ms);
+    out.put_u32(lease.expire_ms);
+    out.put_u64(session);
+    encode_metadata(out, metadata);
+}
+
+/// Appends an InstanceKey from its parts (the store keeps them apart).
+pub fn encode_key_parts(out: &mut BytesMut, name: &ServiceName, cluster: &str, ip: &str, port: u16) {
+    name.encode(out);
+    put_text(out, cluster);
+    put_text(out, ip);
+    out.put_u16(port);
+}
