@@ -1,0 +1,606 @@
+//! The native SDK: an async client for one or more `distrod` nodes.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), distro::client::ClientError> {
+//! use distro::client::{Client, ClientConfig};
+//! use distro::wire::{Instance, InstanceKey, ServiceName};
+//!
+//! let client = Client::connect(ClientConfig::new(["127.0.0.1:8858"])).await?;
+//! let name = ServiceName::new("public", "DEFAULT_GROUP", "orders");
+//! let key = InstanceKey { service: name.clone(), cluster: "DEFAULT".into(), ip: "10.0.0.7".into(), port: 8080 };
+//! client.register(Instance::new(key)).await?;          // kept alive by batched heartbeats
+//! let snapshot = client.query(&name, false).await?;      // one service's instances
+//! let mut sub = client.subscribe(&name).await?;          // pushed on every change
+//! while let Some(s) = sub.next().await { println!("{} instances", s.instances.len()); }
+//! # Ok(()) }
+//! ```
+//!
+//! What it does for you:
+//! - **Heartbeats**: everything registered is renewed with one Beat frame per interval (batched
+//!   up to the frame limit), not one request per instance. Keys the node does not know are
+//!   registered again at once.
+//! - **Redo**: after a reconnect it registers its instances and subscribes its services again.
+//! - **Failover**: connections go to the servers in order; a node that is unreachable, not ready
+//!   or shutting down is skipped. Requests that fail for such reasons are retried on the next
+//!   connection until their deadline.
+//! - **Deadlines**: every request has one (`ClientConfig::request_timeout`); a request that
+//!   times out drops its connection, which is then redialed, so a wedged link cannot hang the
+//!   client.
+//! - **Subscriptions** keep the last snapshot of each service in a local cache.
+
+mod conn;
+mod error;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hashbrown::HashMap;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use conn::Conn;
+pub use error::ClientError;
+
+use crate::wire::{
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, ListServices, Message, Query,
+    Register, ServiceList, ServiceName, ServiceSnapshot, Text,
+};
+
+/// How to reach the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Client addresses of the nodes (`host:port`), tried in order.
+    pub servers: Vec<String>,
+    /// Deadline of every request, retries included.
+    pub request_timeout: Duration,
+    /// Deadline of one connection attempt (connect + Hello).
+    pub connect_timeout: Duration,
+    /// Beat interval when nothing registered asks for a shorter one; also the keep-alive ping
+    /// interval of an idle connection.
+    pub beat_interval: Duration,
+    /// Register instances session-bound (marked unhealthy as soon as the connection drops).
+    pub session_bound: bool,
+    pub client_name: String,
+}
+
+impl ClientConfig {
+    pub fn new<S: Into<String>>(servers: impl IntoIterator<Item = S>) -> ClientConfig {
+        ClientConfig {
+            servers: servers.into_iter().map(Into::into).collect(),
+            request_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(1),
+            beat_interval: Duration::from_secs(5),
+            session_bound: true,
+            client_name: format!("distro-sdk/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// A stream of snapshots of one service. The newest snapshot replaces an unread older one, so a
+/// slow reader sees the latest state, never a backlog.
+pub struct Subscription {
+    rx: watch::Receiver<Option<Arc<ServiceSnapshot>>>,
+}
+
+impl Subscription {
+    /// The next snapshot newer than the last one returned; `None` once the client is closed.
+    pub async fn next(&mut self) -> Option<Arc<ServiceSnapshot>> {
+        loop {
+            self.rx.changed().await.ok()?;
+            if let Some(s) = self.rx.borrow_and_update().clone() {
+                return Some(s);
+            }
+        }
+    }
+
+    /// The latest snapshot received, without waiting.
+    pub fn latest(&self) -> Option<Arc<ServiceSnapshot>> {
+        self.rx.borrow().clone()
+    }
+}
+
+/// An instance the client keeps alive, and how it was registered.
+#[derive(Clone)]
+struct Held {
+    instance: Instance,
+    session_bound: bool,
+}
+
+/// Subscribed services and their latest snapshots (the local cache).
+type SubTable = Mutex<HashMap<ServiceName, watch::Sender<Option<Arc<ServiceSnapshot>>>>>;
+
+struct Inner {
+    config: ClientConfig,
+    conn: watch::Sender<Option<Arc<Conn>>>,
+    held: Mutex<HashMap<InstanceKey, Held>>,
+    subs: Arc<SubTable>,
+    closed: CancellationToken,
+}
+
+/// A client of a Distro cluster. Cheap to clone; all clones share one connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// Connects to the first reachable, ready server and starts heartbeats. Fails with
+    /// [`ClientError::NoServer`] when no server answers within the connect deadlines.
+    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        if config.servers.is_empty() {
+            return Err(ClientError::Invalid("no server address given".into()));
+        }
+        let (conn, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            config,
+            conn,
+            held: Mutex::new(HashMap::new()),
+            subs: Arc::new(Mutex::new(HashMap::new())),
+            closed: CancellationToken::new(),
+        });
+        let first = inner.dial_from(0).await;
+        let (conn, start_at) = match first {
+            Ok(found) => found,
+            Err(e) => {
+                inner.closed.cancel();
+                return Err(e);
+            }
+        };
+        inner.conn.send_replace(Some(conn.clone()));
+        tokio::spawn(inner.clone().maintain(conn, start_at));
+        tokio::spawn(inner.clone().heartbeats());
+        Ok(Client { inner })
+    }
+
+    /// The node this client is connected to now (`None` while reconnecting).
+    pub fn connected_to(&self) -> Option<(String, u16)> {
+        self.inner
+            .conn
+            .borrow()
+            .as_ref()
+            .map(|c| (c.addr.clone(), c.hello.node_id))
+    }
+
+    /// Stops heartbeats and closes the connection. Instances stay registered until their lease
+    /// runs out (session-bound ones are marked unhealthy at once); deregister first to remove
+    /// them now.
+    pub fn close(&self) {
+        self.inner.closed.cancel();
+        if let Some(c) = self.inner.conn.borrow().as_ref() {
+            c.close();
+        }
+    }
+
+    /// Registers one instance and keeps it alive.
+    pub async fn register(&self, instance: Instance) -> Result<(), ClientError> {
+        self.register_batch(vec![instance]).await
+    }
+
+    /// Registers instances (sent in frames of at most the batch limit) and keeps them alive.
+    pub async fn register_batch(&self, instances: Vec<Instance>) -> Result<(), ClientError> {
+        let bound = self.inner.config.session_bound;
+        self.register_with(instances, bound).await
+    }
+
+    /// Registers instances, choosing whether they are bound to this client's connection.
+    pub async fn register_with(
+        &self,
+        instances: Vec<Instance>,
+        session_bound: bool,
+    ) -> Result<(), ClientError> {
+        for chunk in instances.chunks(BATCH_INSTANCES_MAX) {
+            let msg = Message::Register(Register {
+                session_bound,
+                instances: chunk.to_vec(),
+            });
+            expect_ack(self.inner.call(&msg).await?)?;
+            let mut held = self.inner.held.lock().unwrap();
+            for i in chunk {
+                held.insert(
+                    i.key.clone(),
+                    Held {
+                        instance: i.clone(),
+                        session_bound,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Deregisters one instance; true if the node had it.
+    pub async fn deregister(&self, key: &InstanceKey) -> Result<bool, ClientError> {
+        Ok(self.deregister_batch(std::slice::from_ref(key)).await? == 1)
+    }
+
+    /// Deregisters instances; answers how many the node had.
+    pub async fn deregister_batch(&self, keys: &[InstanceKey]) -> Result<u32, ClientError> {
+        let mut removed = 0;
+        for chunk in keys.chunks(BATCH_INSTANCES_MAX) {
+            {
+                let mut held = self.inner.held.lock().unwrap();
+                for k in chunk {
+                    held.remove(k);
+                }
+            }
+            removed += expect_ack(self.inner.call(&Message::Deregister(chunk.to_vec())).await?)?;
+        }
+        Ok(removed)
+    }
+
+    /// Deregisters everything this client registered.
+    pub async fn deregister_all(&self) -> Result<u32, ClientError> {
+        let keys: Vec<InstanceKey> = self.inner.held.lock().unwrap().keys().cloned().collect();
+        self.deregister_batch(&keys).await
+    }
+
+    /// The instances of one service (all clusters). `healthy_only` keeps those that are healthy
+    /// and enabled.
+    pub async fn query(
+        &self,
+        name: &ServiceName,
+        healthy_only: bool,
+    ) -> Result<ServiceSnapshot, ClientError> {
+        self.query_cluster(name, "", healthy_only).await
+    }
+
+    /// Like [`Client::query`], only instances of `cluster` (empty: all).
+    pub async fn query_cluster(
+        &self,
+        name: &ServiceName,
+        cluster: &str,
+        healthy_only: bool,
+    ) -> Result<ServiceSnapshot, ClientError> {
+        let q = Message::Query(Query {
+            name: name.clone(),
+            cluster: cluster.into(),
+            healthy_only,
+        });
+        match self.inner.call(&q).await? {
+            Message::QueryResult(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One page of the services of a namespace.
+    pub async fn list_services(
+        &self,
+        namespace: &str,
+        page: u32,
+        page_size: u16,
+    ) -> Result<ServiceList, ClientError> {
+        let msg = Message::ListServices(ListServices {
+            namespace: namespace.into(),
+            page,
+            page_size,
+        });
+        match self.inner.call(&msg).await? {
+            Message::ServiceList(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every service of a namespace (all pages).
+    pub async fn all_services(&self, namespace: &str) -> Result<ServiceList, ClientError> {
+        let page_size = crate::wire::PAGE_SIZE_MAX as u16;
+        let mut first = self.list_services(namespace, 0, page_size).await?;
+        let mut page = 1;
+        while (first.services.len() as u32) < first.total {
+            let next = self.list_services(namespace, page, page_size).await?;
+            if next.services.is_empty() {
+                break;
+            }
+            first.services.extend(next.services);
+            page += 1;
+        }
+        Ok(first)
+    }
+
+    /// Subscribes to a service: the stream yields its full instance list on every change, the
+    /// first time right away. Survives reconnects (the client subscribes again by itself).
+    pub async fn subscribe(&self, name: &ServiceName) -> Result<Subscription, ClientError> {
+        let rx = {
+            let mut subs = self.inner.subs.lock().unwrap();
+            subs.entry(name.clone())
+                .or_insert_with(|| watch::channel(None).0)
+                .subscribe()
+        };
+        expect_ack(self.inner.call(&Message::Subscribe(name.clone())).await?)?;
+        Ok(Subscription { rx })
+    }
+
+    /// Stops pushes for a service; its open [`Subscription`]s end.
+    pub async fn unsubscribe(&self, name: &ServiceName) -> Result<(), ClientError> {
+        self.inner.subs.lock().unwrap().remove(name);
+        expect_ack(self.inner.call(&Message::Unsubscribe(name.clone())).await?)?;
+        Ok(())
+    }
+
+    /// The last snapshot pushed for a subscribed service, from the local cache.
+    pub fn cached(&self, name: &ServiceName) -> Option<Arc<ServiceSnapshot>> {
+        self.inner
+            .subs
+            .lock()
+            .unwrap()
+            .get(name)
+            .and_then(|tx| tx.borrow().clone())
+    }
+
+    /// Sends one Beat for every held instance now (the SDK also does this by itself on its
+    /// interval). Answers how many keys the node did not know (they were registered again).
+    pub async fn beat_now(&self) -> Result<usize, ClientError> {
+        let conn = self.inner.current().await?;
+        self.inner.beat_once(&conn).await
+    }
+
+    /// How many instances this client keeps alive.
+    pub fn held_count(&self) -> usize {
+        self.inner.held.lock().unwrap().len()
+    }
+}
+
+fn unexpected(m: Message) -> ClientError {
+    match m {
+        Message::Error(e) => ClientError::from_body(e),
+        other => ClientError::Unexpected(format!("{:?}", other.opcode())),
+    }
+}
+
+fn expect_ack(m: Message) -> Result<u32, ClientError> {
+    match m {
+        Message::Ack(n) => Ok(n),
+        other => Err(unexpected(other)),
+    }
+}
+
+impl Inner {
+    /// The current connection, waiting for the maintainer to (re)establish one.
+    async fn current(&self) -> Result<Arc<Conn>, ClientError> {
+        let mut rx = self.conn.subscribe();
+        let ms = self.config.request_timeout.as_millis() as u64;
+        let wait = async {
+            loop {
+                if self.closed.is_cancelled() {
+                    return Err(ClientError::Closed);
+                }
+                if let Some(c) = rx.borrow_and_update().clone()
+                    && !c.is_closed()
+                {
+                    return Ok(c);
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { return Err(ClientError::Closed) },
+                    _ = self.closed.cancelled() => return Err(ClientError::Closed),
+                }
+            }
+        };
+        tokio::time::timeout(self.config.request_timeout, wait)
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: "waiting for a connection",
+                ms,
+            })?
+    }
+
+    /// Sends a request, retrying on the next connection while the error is one another node
+    /// might not have, until the request deadline.
+    async fn call(&self, msg: &Message) -> Result<Message, ClientError> {
+        let deadline = tokio::time::Instant::now() + self.config.request_timeout;
+        loop {
+            let conn = self.current().await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let result = match conn.call(msg, left.max(Duration::from_millis(1))).await {
+                Ok(Message::Error(e)) => Err(ClientError::from_body(e)),
+                other => other,
+            };
+            let err = match result {
+                Ok(m) => return Ok(m),
+                Err(e) => e,
+            };
+            if matches!(err, ClientError::Timeout { .. }) || err.wants_failover() {
+                // A wedged or unwilling node: drop the link, the maintainer moves on.
+                conn.close();
+            }
+            if !err.is_retryable() || tokio::time::Instant::now() >= deadline {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Tries every server once, starting at `start`; the first ready one wins.
+    async fn dial_from(&self, start: usize) -> Result<(Arc<Conn>, usize), ClientError> {
+        let n = self.config.servers.len();
+        let mut last = String::new();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let addr = &self.config.servers[idx];
+            match Conn::open(
+                addr,
+                &self.config.client_name,
+                self.config.connect_timeout,
+                self.push_sink(),
+            )
+            .await
+            {
+                Ok(c) if c.hello.ready => return Ok((c, idx)),
+                Ok(c) => {
+                    c.close();
+                    last = format!("{addr}: node not ready");
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(ClientError::NoServer { tried: n, last })
+    }
+
+    /// Where pushes go: the subscription's watch channel (the local cache).
+    fn push_sink(&self) -> Arc<dyn Fn(ServiceSnapshot) + Send + Sync> {
+        let subs = self.subs.clone();
+        Arc::new(move |snap: ServiceSnapshot| {
+            if let Some(tx) = subs.lock().unwrap().get(&snap.name) {
+                tx.send_replace(Some(Arc::new(snap)));
+            }
+        })
+    }
+
+    /// Keeps a connection up: when it drops, dials the next servers, then redoes registrations
+    /// and subscriptions on the new one.
+    async fn maintain(self: Arc<Self>, mut conn: Arc<Conn>, mut at: usize) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            tokio::select! {
+                _ = self.closed.cancelled() => { conn.close(); return; }
+                _ = conn.closed.cancelled() => {}
+            }
+            self.conn.send_replace(None);
+            info!(server = %conn.addr, "connection lost; reconnecting");
+            loop {
+                if self.closed.is_cancelled() {
+                    return;
+                }
+                match self.dial_from(at + 1).await {
+                    Ok((c, idx)) => {
+                        at = idx;
+                        conn = c;
+                        backoff = Duration::from_millis(50);
+                        break;
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "reconnect round failed");
+                        tokio::select! {
+                            _ = self.closed.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            if let Err(e) = self.redo(&conn).await {
+                warn!(error = %e, server = %conn.addr, "redo failed; reconnecting");
+                conn.close();
+                continue;
+            }
+            info!(server = %conn.addr, node = conn.hello.node_id, "reconnected");
+            self.conn.send_replace(Some(conn.clone()));
+        }
+    }
+
+    /// Registers every held instance and subscribes every service again on a new connection.
+    async fn redo(&self, conn: &Conn) -> Result<(), ClientError> {
+        let held: Vec<Held> = self.held.lock().unwrap().values().cloned().collect();
+        for bound in [true, false] {
+            let batch: Vec<Instance> = held
+                .iter()
+                .filter(|h| h.session_bound == bound)
+                .map(|h| h.instance.clone())
+                .collect();
+            for chunk in batch.chunks(BATCH_INSTANCES_MAX) {
+                let msg = Message::Register(Register {
+                    session_bound: bound,
+                    instances: chunk.to_vec(),
+                });
+                expect_ack(conn.call(&msg, self.config.request_timeout).await?)?;
+            }
+        }
+        let names: Vec<ServiceName> = self.subs.lock().unwrap().keys().cloned().collect();
+        for name in names {
+            expect_ack(
+                conn.call(&Message::Subscribe(name), self.config.request_timeout)
+                    .await?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Beats every held instance, batched; re-registers the keys the node does not know.
+    async fn beat_once(&self, conn: &Conn) -> Result<usize, ClientError> {
+        let held: Vec<(InstanceKey, Held)> = self
+            .held
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, h)| (k.clone(), h.clone()))
+            .collect();
+        if held.is_empty() {
+            let _ = conn
+                .call(&Message::Ping(0), self.config.request_timeout)
+                .await?;
+            return Ok(0);
+        }
+        let mut unknown = Vec::new();
+        for chunk in held.chunks(BEAT_KEYS_MAX) {
+            let keys: Vec<InstanceKey> = chunk.iter().map(|(k, _)| k.clone()).collect();
+            match conn
+                .call(&Message::Beat(keys), self.config.request_timeout)
+                .await?
+            {
+                Message::BeatAck(idx) => {
+                    for i in idx {
+                        if let Some((_, h)) = chunk.get(i as usize) {
+                            unknown.push(h.clone());
+                        }
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+        let n = unknown.len();
+        for bound in [true, false] {
+            let again: Vec<Instance> = unknown
+                .iter()
+                .filter(|h| h.session_bound == bound)
+                .map(|h| h.instance.clone())
+                .collect();
+            for chunk in again.chunks(BATCH_INSTANCES_MAX) {
+                let msg = Message::Register(Register {
+                    session_bound: bound,
+                    instances: chunk.to_vec(),
+                });
+                expect_ack(conn.call(&msg, self.config.request_timeout).await?)?;
+            }
+        }
+        if n > 0 {
+            info!(count = n, "node did not know some instances; registered them again");
+        }
+        Ok(n)
+    }
+
+    /// The heartbeat loop: one batched Beat per interval (the shortest beat interval any held
+    /// instance asked for), or a Ping when nothing is held.
+    async fn heartbeats(self: Arc<Self>) {
+        loop {
+            let interval = self
+                .held
+                .lock()
+                .unwrap()
+                .values()
+                .map(|h| Duration::from_millis(h.instance.lease.beat_ms as u64))
+                .min()
+                .unwrap_or(self.config.beat_interval)
+                .min(self.config.beat_interval);
+            tokio::select! {
+                _ = self.closed.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let conn = self.conn.borrow().clone();
+            let Some(conn) = conn else { continue };
+            if let Err(e) = self.beat_once(&conn).await {
+                debug!(error = %e, "heartbeat failed");
+                if matches!(e, ClientError::Timeout { .. }) {
+                    conn.close();
+                }
+            }
+        }
+    }
+}
+
+/// Fills Nacos's defaults into empty parts of a name.
+pub fn service_name(namespace: &str, group: &str, service: &str) -> ServiceName {
+    ServiceName {
+        namespace: Text::from(if namespace.is_empty() { "public" } else { namespace }),
+        group: Text::from(if group.is_empty() { "DEFAULT_GROUP" } else { group }),
+        service: Text::from(service),
+    }
+}

@@ -15,7 +15,7 @@ pub mod error;
 pub mod msg;
 
 pub use buf::{Reader, Text};
-pub use codec::{Frame, FrameCodec, encode_frame};
+pub use codec::{Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into};
 pub use error::WireError;
 pub use msg::*;
 

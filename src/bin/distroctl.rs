@@ -1,0 +1,351 @@
+//! `distroctl`: the command line of a Distro cluster. Scripts rely on its names and outputs
+//! (README, "distroctl"); keep them stable.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use distro::client::{Client, ClientConfig, service_name};
+use distro::wire::{Instance, InstanceKey, InstanceView, Lease, ServiceName, ServiceSnapshot};
+use serde_json::{Value, json};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(name = "distroctl", version, about = "Command line of a Distro registry")]
+struct Cli {
+    /// Client addresses of the nodes, comma-separated; tried in order.
+    #[arg(long, default_value = "127.0.0.1:8858", value_delimiter = ',', global = true)]
+    server: Vec<String>,
+    /// Deadline of each request, ms.
+    #[arg(long, default_value_t = 3000, global = true)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(ClapArgs, Debug)]
+struct ServiceArgs {
+    #[arg(long)]
+    service: String,
+    #[arg(long, default_value = "public")]
+    namespace: String,
+    #[arg(long, default_value = "DEFAULT_GROUP")]
+    group: String,
+}
+
+impl ServiceArgs {
+    fn name(&self) -> ServiceName {
+        service_name(&self.namespace, &self.group, &self.service)
+    }
+}
+
+#[derive(ClapArgs, Debug)]
+struct KeyArgs {
+    #[command(flatten)]
+    service: ServiceArgs,
+    #[arg(long, default_value = "DEFAULT")]
+    cluster: String,
+    #[arg(long)]
+    ip: String,
+    #[arg(long)]
+    port: u16,
+}
+
+impl KeyArgs {
+    fn key(&self) -> InstanceKey {
+        InstanceKey {
+            service: self.service.name(),
+            cluster: self.cluster.as_str().into(),
+            ip: self.ip.as_str().into(),
+            port: self.port,
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Register an instance. Without --hold it lives on its lease and the command exits; with
+    /// --hold it is bound to this process, kept alive, and deregistered on SIGINT/SIGTERM.
+    Register {
+        #[command(flatten)]
+        key: KeyArgs,
+        #[arg(long, default_value_t = 1.0)]
+        weight: f64,
+        /// Metadata entry, repeatable.
+        #[arg(long = "meta", value_parser = parse_meta)]
+        meta: Vec<(String, String)>,
+        /// Register the instance disabled (kept, but not offered to callers).
+        #[arg(long)]
+        disabled: bool,
+        #[arg(long, default_value_t = 5000)]
+        beat_ms: u32,
+        #[arg(long, default_value_t = 15000)]
+        unhealthy_ms: u32,
+        #[arg(long, default_value_t = 30000)]
+        expire_ms: u32,
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Deregister an instance.
+    Deregister {
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// List a service's instances.
+    List {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long)]
+        healthy_only: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the services of a namespace.
+    Services {
+        #[arg(long, default_value = "public")]
+        namespace: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every pushed snapshot of a service until interrupted.
+    Watch {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected key=value, got {s:?}")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(()) => {}
+        Err(e) => {
+            eprintln!("distroctl: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn connect(cli: &Cli, session_bound: bool) -> anyhow::Result<Client> {
+    let mut cfg = ClientConfig::new(cli.server.iter().cloned());
+    cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+    cfg.connect_timeout = Duration::from_millis(cli.timeout_ms.min(2000));
+    cfg.session_bound = session_bound;
+    cfg.client_name = "distroctl".into();
+    Client::connect(cfg)
+        .await
+        .with_context(|| format!("cannot reach {}", cli.server.join(",")))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Register {
+            key,
+            weight,
+            meta,
+            disabled,
+            beat_ms,
+            unhealthy_ms,
+            expire_ms,
+            hold,
+        } => {
+            let client = connect(&cli, *hold).await?;
+            let inst = Instance {
+                key: key.key(),
+                weight: *weight,
+                healthy: true,
+                enabled: !*disabled,
+                lease: Lease {
+                    beat_ms: *beat_ms,
+                    unhealthy_ms: *unhealthy_ms,
+                    expire_ms: *expire_ms,
+                },
+                metadata: meta
+                    .iter()
+                    .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                    .collect(),
+            };
+            client.register(inst).await.context("register failed")?;
+            if !*hold {
+                println!("registered {}:{} in {}", key.ip, key.port, key.service.name());
+                client.close();
+                return Ok(());
+            }
+            println!(
+                "registered {}:{} in {}; holding (SIGINT/SIGTERM deregisters)",
+                key.ip,
+                key.port,
+                key.service.name()
+            );
+            std::io::stdout().flush()?;
+            wait_for_signal().await;
+            client
+                .deregister(&key.key())
+                .await
+                .context("deregister failed")?;
+            client.close();
+            println!("deregistered {}:{}", key.ip, key.port);
+            Ok(())
+        }
+        Command::Deregister { key } => {
+            let client = connect(&cli, false).await?;
+            let existed = client.deregister(&key.key()).await?;
+            client.close();
+            if existed {
+                println!("deregistered {}:{}", key.ip, key.port);
+            } else {
+                println!("{}:{} was not registered", key.ip, key.port);
+            }
+            Ok(())
+        }
+        Command::List {
+            service,
+            healthy_only,
+            json,
+        } => {
+            let client = connect(&cli, false).await?;
+            let snap = client.query(&service.name(), *healthy_only).await?;
+            client.close();
+            if *json {
+                let items: Vec<Value> = snap
+                    .instances
+                    .iter()
+                    .map(|i| instance_json(&snap.name, i))
+                    .collect();
+                println!("{}", Value::Array(items));
+            } else {
+                print_instances(&snap);
+            }
+            Ok(())
+        }
+        Command::Services { namespace, json } => {
+            let client = connect(&cli, false).await?;
+            let list = client.all_services(namespace).await?;
+            client.close();
+            if *json {
+                let items: Vec<Value> = list
+                    .services
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "namespace": namespace,
+                            "group": s.group.as_str(),
+                            "service": s.service.as_str(),
+                            "instances": s.instances,
+                            "healthy": s.healthy,
+                        })
+                    })
+                    .collect();
+                println!("{}", Value::Array(items));
+            } else {
+                println!("{:<24} {:<32} {:>9} {:>8}", "GROUP", "SERVICE", "INSTANCES", "HEALTHY");
+                for s in &list.services {
+                    println!(
+                        "{:<24} {:<32} {:>9} {:>8}",
+                        s.group.as_str(),
+                        s.service.as_str(),
+                        s.instances,
+                        s.healthy
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Watch { service, json } => {
+            let client = connect(&cli, false).await?;
+            let mut sub = client.subscribe(&service.name()).await?;
+            let mut out = std::io::stdout();
+            loop {
+                let snap = tokio::select! {
+                    s = sub.next() => s,
+                    _ = wait_for_signal() => { client.close(); return Ok(()); }
+                };
+                let Some(snap) = snap else {
+                    bail!("subscription ended");
+                };
+                if *json {
+                    let items: Vec<Value> = snap
+                        .instances
+                        .iter()
+                        .map(|i| instance_json(&snap.name, i))
+                        .collect();
+                    let line = json!({
+                        "namespace": snap.name.namespace.as_str(),
+                        "group": snap.name.group.as_str(),
+                        "service": snap.name.service.as_str(),
+                        "revision": snap.revision,
+                        "instances": items,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "revision {}", snap.revision)?;
+                    print_instances(&snap);
+                }
+                out.flush()?;
+            }
+        }
+    }
+}
+
+fn instance_json(name: &ServiceName, i: &InstanceView) -> Value {
+    let metadata: serde_json::Map<String, Value> = i
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    json!({
+        "namespace": name.namespace.as_str(),
+        "group": name.group.as_str(),
+        "service": name.service.as_str(),
+        "cluster": i.cluster.as_str(),
+        "ip": i.ip.as_str(),
+        "port": i.port,
+        "weight": i.weight,
+        "healthy": i.healthy,
+        "enabled": i.enabled,
+        "metadata": metadata,
+    })
+}
+
+fn print_instances(snap: &ServiceSnapshot) {
+    println!(
+        "{:<12} {:<40} {:>7} {:<8} {:<8} METADATA",
+        "CLUSTER", "ADDRESS", "WEIGHT", "HEALTHY", "ENABLED"
+    );
+    for i in &snap.instances {
+        let meta: Vec<String> = i.metadata.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<12} {:<40} {:>7} {:<8} {:<8} {}",
+            i.cluster.as_str(),
+            format!("{}:{}", i.ip, i.port),
+            i.weight,
+            i.healthy,
+            i.enabled,
+            meta.join(",")
+        );
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

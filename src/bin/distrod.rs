@@ -1,0 +1,138 @@
+//! `distrod`: a Distro registry node. Flags override the TOML file given by `--config`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use distro::config::Config;
+use distro::server::Server;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser, Debug)]
+#[command(name = "distrod", version, about = "A Distro registry node")]
+struct Args {
+    /// TOML config file; flags given here override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Client address to listen on [default: 127.0.0.1:8858].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Most client connections at once [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Log filter, e.g. info, debug, distro=debug [default: info].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// This node's id in the cluster (1..=65535) [default: 1].
+    #[arg(long)]
+    node_id: Option<u16>,
+    /// Peer address to listen on for cluster traffic [default: 127.0.0.1:8859].
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
+    /// Peer addresses of all members, this node's included, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    members: Option<Vec<SocketAddr>>,
+    /// Shared secret of the cluster's members.
+    #[arg(long, env = "DISTRO_CLUSTER_TOKEN", hide_env_values = true)]
+    cluster_token: Option<String>,
+    /// Smallest lease (beat / unhealthy / expire) a client may ask for, ms [default: 500].
+    #[arg(long)]
+    lease_floor_ms: Option<u32>,
+    /// A member silent this long is down, ms [default: 3000].
+    #[arg(long)]
+    member_timeout_ms: Option<u64>,
+    /// Sync batching window, ms [default: 10].
+    #[arg(long)]
+    sync_delay_ms: Option<u64>,
+    /// Anti-entropy (digest) interval, ms [default: 5000].
+    #[arg(long)]
+    verify_interval_ms: Option<u64>,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+        }
+        set!(
+            listen,
+            max_connections,
+            log_level,
+            node_id,
+            peer_listen,
+            members,
+            lease_floor_ms,
+            member_timeout_ms,
+            sync_delay_ms,
+            verify_interval_ms
+        );
+        if self.cluster_token.is_some() {
+            c.cluster_token = self.cluster_token;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("distrod: error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(config) {
+        eprintln!("distrod: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let server = Server::bind(config.clone())
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let node = server.node();
+        tracing::info!(
+            listen = %server.local_addr(),
+            node = config.node_id,
+            "distrod serving"
+        );
+        let stop = node.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("signal received; shutting down");
+            stop.cancel();
+        });
+        server.run().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
