@@ -7,12 +7,15 @@
 //! - [`ownership`]: which node is responsible for an instance (rendezvous hashing, xxh3).
 //! - [`clock`]: the millisecond clock (through tokio, so simulated time works) and the hybrid
 //!   logical clock that versions every write.
+//! - [`cluster`]: the Distro protocol between nodes — membership, forwarding, batched sync,
+//!   digest verify and pull, streamed load, handoff.
 //! - [`server`]: `distrod`'s listener, client sessions, request handling, subscriptions/push.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
 //! - [`config`]: the node's settings (flags and TOML file) and their limits.
 
 pub mod client;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod ownership;
 pub mod server;

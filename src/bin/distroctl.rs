@@ -14,10 +14,19 @@ use serde_json::{Value, json};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser, Debug)]
-#[command(name = "distroctl", version, about = "Command line of a Distro registry")]
+#[command(
+    name = "distroctl",
+    version,
+    about = "Command line of a Distro registry"
+)]
 struct Cli {
     /// Client addresses of the nodes, comma-separated; tried in order.
-    #[arg(long, default_value = "127.0.0.1:8858", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8858",
+        value_delimiter = ',',
+        global = true
+    )]
     server: Vec<String>,
     /// Deadline of each request, ms.
     #[arg(long, default_value_t = 3000, global = true)]
@@ -110,6 +119,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the id of the node responsible for ip:port, as the connected node sees it.
+    Owner {
+        #[arg(long)]
+        ip: String,
+        #[arg(long)]
+        port: u16,
+    },
+    /// Show the connected node's view of the cluster.
+    Cluster {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every pushed snapshot of a service until interrupted.
     Watch {
         #[command(flatten)]
@@ -152,6 +173,19 @@ async fn connect(cli: &Cli, session_bound: bool) -> anyhow::Result<Client> {
         .with_context(|| format!("cannot reach {}", cli.server.join(",")))
 }
 
+/// A connection for status commands: those are answered also by a node that is not ready, so
+/// this one connects to the first server that answers at all.
+async fn connect_any(cli: &Cli) -> anyhow::Result<Client> {
+    let mut cfg = ClientConfig::new(cli.server.iter().cloned());
+    cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
+    cfg.connect_timeout = Duration::from_millis(cli.timeout_ms.min(2000));
+    cfg.require_ready = false;
+    cfg.client_name = "distroctl".into();
+    Client::connect(cfg)
+        .await
+        .with_context(|| format!("cannot reach {}", cli.server.join(",")))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Register {
@@ -182,7 +216,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             client.register(inst).await.context("register failed")?;
             if !*hold {
-                println!("registered {}:{} in {}", key.ip, key.port, key.service.name());
+                println!(
+                    "registered {}:{} in {}",
+                    key.ip,
+                    key.port,
+                    key.service.name()
+                );
                 client.close();
                 return Ok(());
             }
@@ -253,7 +292,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 println!("{}", Value::Array(items));
             } else {
-                println!("{:<24} {:<32} {:>9} {:>8}", "GROUP", "SERVICE", "INSTANCES", "HEALTHY");
+                println!(
+                    "{:<24} {:<32} {:>9} {:>8}",
+                    "GROUP", "SERVICE", "INSTANCES", "HEALTHY"
+                );
                 for s in &list.services {
                     println!(
                         "{:<24} {:<32} {:>9} {:>8}",
@@ -261,6 +303,60 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         s.service.as_str(),
                         s.instances,
                         s.healthy
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Owner { ip, port } => {
+            let client = connect_any(&cli).await?;
+            let owner = client.owner(ip, *port).await?;
+            client.close();
+            println!("{owner}");
+            Ok(())
+        }
+        Command::Cluster { json } => {
+            let client = connect_any(&cli).await?;
+            let s = client.cluster_status().await?;
+            client.close();
+            if *json {
+                let members: Vec<Value> = s
+                    .members
+                    .iter()
+                    .map(|m| {
+                        json!({
+                            "id": m.id,
+                            "addr": m.addr.as_str(),
+                            "state": if m.up { "up" } else { "down" },
+                            "owned": m.owned,
+                        })
+                    })
+                    .collect();
+                let line = json!({
+                    "node": s.node_id,
+                    "ready": s.ready,
+                    "instances": s.instances,
+                    "members": members,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "node {} ({}), {} instances",
+                    s.node_id,
+                    if s.ready { "ready" } else { "not ready" },
+                    s.instances
+                );
+                println!(
+                    "{:>6} {:<24} {:<6} {:>10}",
+                    "ID", "PEER ADDRESS", "STATE", "OWNED"
+                );
+                for m in &s.members {
+                    println!(
+                        "{:>6} {:<24} {:<6} {:>10}",
+                        m.id,
+                        m.addr.as_str(),
+                        if m.up { "up" } else { "down" },
+                        m.owned
                     );
                 }
             }

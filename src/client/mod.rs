@@ -61,6 +61,9 @@ pub struct ClientConfig {
     pub beat_interval: Duration,
     /// Register instances session-bound (marked unhealthy as soon as the connection drops).
     pub session_bound: bool,
+    /// Skip nodes that are still loading (the default). Off for status tools, which want an
+    /// answer from any node.
+    pub require_ready: bool,
     pub client_name: String,
 }
 
@@ -72,6 +75,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(1),
             beat_interval: Duration::from_secs(5),
             session_bound: true,
+            require_ready: true,
             client_name: format!("distro-sdk/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -116,6 +120,9 @@ struct Inner {
     held: Mutex<HashMap<InstanceKey, Held>>,
     subs: Arc<SubTable>,
     closed: CancellationToken,
+    /// Woken on every registration, so that a beat interval shorter than the one the heartbeat
+    /// loop is sleeping on takes effect at once, not after the old interval.
+    beat_wake: tokio::sync::Notify,
 }
 
 /// A client of a Distro cluster. Cheap to clone; all clones share one connection.
@@ -138,6 +145,7 @@ impl Client {
             held: Mutex::new(HashMap::new()),
             subs: Arc::new(Mutex::new(HashMap::new())),
             closed: CancellationToken::new(),
+            beat_wake: tokio::sync::Notify::new(),
         });
         let first = inner.dial_from(0).await;
         let (conn, start_at) = match first {
@@ -206,6 +214,7 @@ impl Client {
                 );
             }
         }
+        self.inner.beat_wake.notify_one();
         Ok(())
     }
 
@@ -224,7 +233,11 @@ impl Client {
                     held.remove(k);
                 }
             }
-            removed += expect_ack(self.inner.call(&Message::Deregister(chunk.to_vec())).await?)?;
+            removed += expect_ack(
+                self.inner
+                    .call(&Message::Deregister(chunk.to_vec()))
+                    .await?,
+            )?;
         }
         Ok(removed)
     }
@@ -334,6 +347,26 @@ impl Client {
         self.inner.beat_once(&conn).await
     }
 
+    /// The connected node's view of the cluster.
+    pub async fn cluster_status(&self) -> Result<crate::wire::ClusterStatus, ClientError> {
+        match self.inner.call(&Message::ClusterStatus).await? {
+            Message::ClusterStatusResult(s) => Ok(s),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The id of the node responsible for `ip:port`, as the connected node sees it.
+    pub async fn owner(&self, ip: &str, port: u16) -> Result<u16, ClientError> {
+        let msg = Message::Owner {
+            ip: ip.into(),
+            port,
+        };
+        match self.inner.call(&msg).await? {
+            Message::OwnerResult(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// How many instances this client keeps alive.
     pub fn held_count(&self) -> usize {
         self.inner.held.lock().unwrap().len()
@@ -424,7 +457,7 @@ impl Inner {
             )
             .await
             {
-                Ok(c) if c.hello.ready => return Ok((c, idx)),
+                Ok(c) if c.hello.ready || !self.config.require_ready => return Ok((c, idx)),
                 Ok(c) => {
                     c.close();
                     last = format!("{addr}: node not ready");
@@ -562,7 +595,10 @@ impl Inner {
             }
         }
         if n > 0 {
-            info!(count = n, "node did not know some instances; registered them again");
+            info!(
+                count = n,
+                "node did not know some instances; registered them again"
+            );
         }
         Ok(n)
     }
@@ -570,6 +606,7 @@ impl Inner {
     /// The heartbeat loop: one batched Beat per interval (the shortest beat interval any held
     /// instance asked for), or a Ping when nothing is held.
     async fn heartbeats(self: Arc<Self>) {
+        let mut last = tokio::time::Instant::now();
         loop {
             let interval = self
                 .held
@@ -582,8 +619,11 @@ impl Inner {
                 .min(self.config.beat_interval);
             tokio::select! {
                 _ = self.closed.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+                // Registered: the interval may be shorter now; recompute it.
+                _ = self.beat_wake.notified() => continue,
+                _ = tokio::time::sleep_until(last + interval) => {}
             }
+            last = tokio::time::Instant::now();
             let conn = self.conn.borrow().clone();
             let Some(conn) = conn else { continue };
             if let Err(e) = self.beat_once(&conn).await {
@@ -599,8 +639,16 @@ impl Inner {
 /// Fills Nacos's defaults into empty parts of a name.
 pub fn service_name(namespace: &str, group: &str, service: &str) -> ServiceName {
     ServiceName {
-        namespace: Text::from(if namespace.is_empty() { "public" } else { namespace }),
-        group: Text::from(if group.is_empty() { "DEFAULT_GROUP" } else { group }),
+        namespace: Text::from(if namespace.is_empty() {
+            "public"
+        } else {
+            namespace
+        }),
+        group: Text::from(if group.is_empty() {
+            "DEFAULT_GROUP"
+        } else {
+            group
+        }),
         service: Text::from(service),
     }
 }

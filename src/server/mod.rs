@@ -22,6 +22,8 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::clock::Clock;
+use crate::cluster::Cluster;
+use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
 use crate::store::{InstanceId, Record, Store, StoreObserver};
 use crate::wire::{ErrorBody, ErrorCode, InstanceKey, Register, ServiceName};
@@ -39,15 +41,19 @@ pub struct Node {
     pub config: Config,
     pub store: Arc<Store>,
     pub subs: Arc<Subscriptions>,
-    ready: AtomicBool,
+    /// The cluster machinery; `None` for a standalone node.
+    pub cluster: Option<Arc<Cluster>>,
+    ready: Arc<AtomicBool>,
     next_session: AtomicU64,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
 
-/// Routes store changes to the subscribers.
+/// Routes store changes to the subscribers and, in a cluster, this node's writes to the sync
+/// outbox.
 struct Observer {
     subs: Arc<Subscriptions>,
+    outbox: Option<Arc<SyncOutbox>>,
 }
 
 impl StoreObserver for Observer {
@@ -55,16 +61,31 @@ impl StoreObserver for Observer {
         self.subs.notify(name);
     }
 
-    fn local_write(&self, _: &ServiceName, _: &InstanceId, _: &Record) {}
+    fn local_write(&self, name: &ServiceName, id: &InstanceId, rec: &Record) {
+        if let Some(o) = &self.outbox {
+            o.push(name, id, rec);
+        }
+    }
 }
 
 impl Node {
     pub fn new(config: Config, clock: Clock) -> Arc<Node> {
         let subs = Arc::new(Subscriptions::default());
-        let observer = Arc::new(Observer { subs: subs.clone() });
+        let outbox = config
+            .is_clustered()
+            .then(|| Arc::new(SyncOutbox::default()));
+        let observer = Arc::new(Observer {
+            subs: subs.clone(),
+            outbox: outbox.clone(),
+        });
         let store = Arc::new(Store::new(config.node_id, clock, observer));
+        // A cluster member is not ready until it has loaded the cluster's data.
+        let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
+        let cluster =
+            outbox.map(|outbox| Cluster::new(config.clone(), store.clone(), ready.clone(), outbox));
         Arc::new(Node {
-            ready: AtomicBool::new(!config.is_clustered()),
+            ready,
+            cluster,
             config,
             store,
             subs,
@@ -94,6 +115,9 @@ impl Node {
                 .map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m))?;
         }
         let bound = if reg.session_bound { session } else { 0 };
+        if let Some(c) = &self.cluster {
+            return c.register(&reg.instances, bound).await;
+        }
         for inst in &reg.instances {
             self.store.register(inst, bound);
         }
@@ -105,11 +129,17 @@ impl Node {
         for k in keys {
             validate::key(k).map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m))?;
         }
+        if let Some(c) = &self.cluster {
+            return c.deregister(keys).await;
+        }
         Ok(keys.iter().filter(|k| self.store.deregister(k)).count() as u32)
     }
 
     /// Applies a Beat; answers the indexes of the keys this node does not know.
     pub async fn beat(&self, keys: &[InstanceKey]) -> Result<Vec<u16>, ErrorBody> {
+        if let Some(c) = &self.cluster {
+            return c.beat(keys).await;
+        }
         let mut unknown = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             if self.store.beat(k) == crate::store::BeatOutcome::Unknown {
@@ -122,6 +152,9 @@ impl Node {
     /// A connection dropped without deregistering: its session-bound instances are reported
     /// unhealthy at once.
     pub async fn lapse_session(&self, session: u64, keys: Vec<InstanceKey>) {
+        if let Some(c) = &self.cluster {
+            return c.lapse_session(session, keys).await;
+        }
         for k in &keys {
             self.store.lapse_session(k, session);
         }
@@ -159,24 +192,44 @@ impl Node {
     }
 }
 
-/// A bound client listener and the node behind it.
+/// A bound client listener (and, in a cluster, peer listener) and the node behind them.
 pub struct Server {
     node: Arc<Node>,
     listener: TcpListener,
+    peer_listener: Option<TcpListener>,
 }
 
 impl Server {
-    /// Binds the client port of `config.listen` (port 0 picks a free port).
+    /// Binds the client port of `config.listen` (port 0 picks a free port) and, in a cluster,
+    /// the peer port of `config.peer_listen`.
     pub async fn bind(config: Config) -> std::io::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
-        Ok(Server {
+        let peer_listener = if config.is_clustered() {
+            Some(TcpListener::bind(config.peer_listen).await?)
+        } else {
+            None
+        };
+        Ok(Server::from_listeners(config, listener, peer_listener))
+    }
+
+    /// A server on listeners the caller bound (tests bind port 0 first to learn the peer
+    /// addresses of every member). `config.peer_listen` must be the peer listener's address.
+    pub fn from_listeners(
+        config: Config,
+        listener: TcpListener,
+        peer_listener: Option<TcpListener>,
+    ) -> Server {
+        Server {
             node: Node::new(config, Clock::system()),
             listener,
-        })
+            peer_listener,
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     pub fn node(&self) -> Arc<Node> {
@@ -188,6 +241,9 @@ impl Server {
     pub async fn run(self) {
         let node = self.node;
         node.tracker.spawn(node.clone().lease_duty());
+        if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
+            c.start(l, node.shutdown.clone(), &node.tracker);
+        }
         accept_loop(&node, self.listener).await;
         node.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tracker.wait())
@@ -252,6 +308,27 @@ async fn accept_loop(node: &Arc<Node>, listener: TcpListener) {
                 tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
                 backoff_ms = (backoff_ms * 2).min(1_000);
             }
+        }
+    }
+}
+
+impl Node {
+    /// This node's view of the cluster (a standalone node is a cluster of one).
+    pub fn cluster_status(&self) -> crate::wire::ClusterStatus {
+        if let Some(c) = &self.cluster {
+            return c.status();
+        }
+        let n = self.store.len() as u64;
+        crate::wire::ClusterStatus {
+            node_id: self.config.node_id,
+            ready: self.is_ready(),
+            instances: n,
+            members: vec![crate::wire::MemberStatus {
+                id: self.config.node_id,
+                addr: self.config.listen.to_string().into(),
+                up: true,
+                owned: n,
+            }],
         }
     }
 }

@@ -134,7 +134,10 @@ impl Session {
                 return Flow::Close;
             }
         };
-        let needs_ready = !matches!(msg, Message::Hello(_) | Message::Ping(_));
+        let needs_ready = !matches!(
+            msg,
+            Message::Hello(_) | Message::Ping(_) | Message::ClusterStatus
+        );
         if needs_ready && !self.node.is_ready() {
             return self
                 .send_error(
@@ -272,6 +275,14 @@ impl Session {
                 self.node.subs.unsubscribe(&name, &self.push);
                 let was = self.subscribed.remove(&name);
                 self.send(rid, &Message::Ack(was as u32)).await
+            }
+            Message::ClusterStatus => {
+                let status = self.node.cluster_status();
+                self.send(rid, &Message::ClusterStatusResult(status)).await
+            }
+            Message::Owner { ip, port } => {
+                let owner = self.node.store.ownership().owner(&ip, port);
+                self.send(rid, &Message::OwnerResult(owner)).await
             }
             other => {
                 self.send_error(

@@ -6,6 +6,7 @@
 //!
 //! - [`buf`]: primitive encodings (integers, strings, maps) and the bounds-checked [`Reader`].
 //! - [`msg`]: the message bodies and [`Message`], with `encode`/`decode` per opcode.
+//! - [`peer`]: the bodies of the cluster (peer-to-peer) messages.
 //! - [`codec`]: [`FrameCodec`], length-prefixed framing for `tokio_util::codec`.
 //! - [`error`]: [`WireError`], one variant per kind of malformed input.
 
@@ -13,11 +14,13 @@ pub mod buf;
 pub mod codec;
 pub mod error;
 pub mod msg;
+pub mod peer;
 
 pub use buf::{Reader, Text};
 pub use codec::{Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into};
 pub use error::WireError;
 pub use msg::*;
+pub use peer::*;
 
 /// The only protocol version this node speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -72,9 +75,30 @@ pub enum Opcode {
     Subscribe = 0x28,
     Unsubscribe = 0x29,
     Push = 0x2A,
+    ClusterStatus = 0x30,
+    ClusterStatusResult = 0x31,
+    Owner = 0x32,
+    OwnerResult = 0x33,
+    PeerHello = 0x40,
+    PeerChallenge = 0x41,
+    PeerAuth = 0x42,
+    FwdRegister = 0x44,
+    FwdDeregister = 0x45,
+    FwdBeat = 0x46,
+    FwdLapse = 0x47,
+    SyncBatch = 0x48,
+    Digest = 0x49,
+    Pull = 0x4A,
+    Records = 0x4B,
+    SnapshotRequest = 0x4C,
 }
 
 impl Opcode {
+    /// Opcodes only peers send (accepted on the peer port only).
+    pub fn is_peer(self) -> bool {
+        (0x40..0x80).contains(&(self as u8))
+    }
+
     pub fn from_u8(b: u8) -> Result<Opcode, WireError> {
         use Opcode::*;
         Ok(match b {
@@ -95,6 +119,22 @@ impl Opcode {
             0x28 => Subscribe,
             0x29 => Unsubscribe,
             0x2A => Push,
+            0x30 => ClusterStatus,
+            0x31 => ClusterStatusResult,
+            0x32 => Owner,
+            0x33 => OwnerResult,
+            0x40 => PeerHello,
+            0x41 => PeerChallenge,
+            0x42 => PeerAuth,
+            0x44 => FwdRegister,
+            0x45 => FwdDeregister,
+            0x46 => FwdBeat,
+            0x47 => FwdLapse,
+            0x48 => SyncBatch,
+            0x49 => Digest,
+            0x4A => Pull,
+            0x4B => Records,
+            0x4C => SnapshotRequest,
             other => return Err(WireError::UnknownOpcode(other)),
         })
     }

@@ -6,6 +6,10 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::buf::{Reader, Text, put_text};
+use super::peer::{
+    decode_instances, decode_keys, decode_records, encode_instances, encode_keys, encode_records,
+    fixed,
+};
 use super::*;
 
 /// namespace / group / service: the name of a service.
@@ -57,7 +61,7 @@ pub struct InstanceKey {
 
 impl InstanceKey {
     /// Smallest encoding: six empty strings' lengths and the port.
-    const MIN_LEN: usize = 2 * 5 + 2;
+    pub const MIN_LEN: usize = 2 * 5 + 2;
 
     pub fn encode(&self, out: &mut BytesMut) {
         self.service.encode(out);
@@ -195,7 +199,7 @@ impl Instance {
         }
     }
 
-    const MIN_LEN: usize = InstanceKey::MIN_LEN + 8 + 1 + 12 + 2;
+    pub const MIN_LEN: usize = InstanceKey::MIN_LEN + 8 + 1 + 12 + 2;
 
     pub fn encode(&self, out: &mut BytesMut) {
         self.key.encode(out);
@@ -443,23 +447,38 @@ pub enum Message {
     Subscribe(ServiceName),
     Unsubscribe(ServiceName),
     Push(ServiceSnapshot),
-}
-
-fn encode_keys(out: &mut BytesMut, keys: &[InstanceKey]) {
-    out.put_u16(keys.len() as u16);
-    for k in keys {
-        k.encode(out);
-    }
-}
-
-fn decode_keys(r: &mut Reader, max: usize) -> Result<Vec<InstanceKey>, WireError> {
-    let n = r.u16("key count")? as usize;
-    let n = r.count(n, "instance keys", max, InstanceKey::MIN_LEN)?;
-    let mut keys = Vec::with_capacity(n);
-    for _ in 0..n {
-        keys.push(InstanceKey::decode(r)?);
-    }
-    Ok(keys)
+    /// Asks a node for its view of the cluster (empty body).
+    ClusterStatus,
+    ClusterStatusResult(ClusterStatus),
+    /// Asks which node is responsible for `ip:port`, as the answering node sees it.
+    Owner {
+        ip: Text,
+        port: u16,
+    },
+    OwnerResult(u16),
+    PeerHello(PeerHello),
+    PeerChallenge(PeerChallenge),
+    /// The dialing node's proof that it knows the token.
+    PeerAuth([u8; MAC_LEN]),
+    /// A write forwarded to its owner; `session` is non-zero for session-bound instances.
+    FwdRegister {
+        session: u64,
+        instances: Vec<Instance>,
+    },
+    FwdDeregister(Vec<InstanceKey>),
+    FwdBeat(Vec<InstanceKey>),
+    /// The client session `session` dropped: lapse these of its instances.
+    FwdLapse {
+        session: u64,
+        keys: Vec<InstanceKey>,
+    },
+    /// Records an owner changed, to apply by version (request id 0: no answer).
+    SyncBatch(Vec<SyncRecord>),
+    Digest(DigestMsg),
+    Pull(PullMsg),
+    /// Records answering a Pull or a SnapshotRequest; FLAG_MORE on every frame but the last.
+    Records(Vec<SyncRecord>),
+    SnapshotRequest,
 }
 
 impl Message {
@@ -482,6 +501,22 @@ impl Message {
             Message::Subscribe(_) => Opcode::Subscribe,
             Message::Unsubscribe(_) => Opcode::Unsubscribe,
             Message::Push(_) => Opcode::Push,
+            Message::ClusterStatus => Opcode::ClusterStatus,
+            Message::ClusterStatusResult(_) => Opcode::ClusterStatusResult,
+            Message::Owner { .. } => Opcode::Owner,
+            Message::OwnerResult(_) => Opcode::OwnerResult,
+            Message::PeerHello(_) => Opcode::PeerHello,
+            Message::PeerChallenge(_) => Opcode::PeerChallenge,
+            Message::PeerAuth(_) => Opcode::PeerAuth,
+            Message::FwdRegister { .. } => Opcode::FwdRegister,
+            Message::FwdDeregister(_) => Opcode::FwdDeregister,
+            Message::FwdBeat(_) => Opcode::FwdBeat,
+            Message::FwdLapse { .. } => Opcode::FwdLapse,
+            Message::SyncBatch(_) => Opcode::SyncBatch,
+            Message::Digest(_) => Opcode::Digest,
+            Message::Pull(_) => Opcode::Pull,
+            Message::Records(_) => Opcode::Records,
+            Message::SnapshotRequest => Opcode::SnapshotRequest,
         }
     }
 
@@ -542,6 +577,43 @@ impl Message {
                 }
             }
             Message::Subscribe(n) | Message::Unsubscribe(n) => n.encode(out),
+            Message::ClusterStatus | Message::SnapshotRequest => {}
+            Message::ClusterStatusResult(s) => s.encode(out),
+            Message::Owner { ip, port } => {
+                put_text(out, ip);
+                out.put_u16(*port);
+            }
+            Message::OwnerResult(id) => out.put_u16(*id),
+            Message::PeerHello(h) => {
+                out.put_u16(h.node_id);
+                out.put_u8(h.max_version);
+                out.put_u64(h.members_hash);
+                out.put_slice(&h.nonce);
+            }
+            Message::PeerChallenge(c) => {
+                out.put_u16(c.node_id);
+                out.put_slice(&c.nonce);
+                out.put_slice(&c.mac);
+            }
+            Message::PeerAuth(mac) => out.put_slice(mac),
+            Message::FwdRegister { session, instances } => {
+                out.put_u64(*session);
+                encode_instances(out, instances);
+            }
+            Message::FwdDeregister(keys) | Message::FwdBeat(keys) => encode_keys(out, keys),
+            Message::FwdLapse { session, keys } => {
+                out.put_u64(*session);
+                encode_keys(out, keys);
+            }
+            Message::SyncBatch(recs) | Message::Records(recs) => encode_records(out, recs),
+            Message::Digest(d) => d.encode(out),
+            Message::Pull(p) => {
+                out.put_u16(p.owner);
+                out.put_u16(p.buckets.len() as u16);
+                for b in &p.buckets {
+                    out.put_u16(*b);
+                }
+            }
         }
     }
 
@@ -621,6 +693,53 @@ impl Message {
             }
             Opcode::Subscribe => Message::Subscribe(ServiceName::decode(&mut r)?),
             Opcode::Unsubscribe => Message::Unsubscribe(ServiceName::decode(&mut r)?),
+            Opcode::ClusterStatus => Message::ClusterStatus,
+            Opcode::SnapshotRequest => Message::SnapshotRequest,
+            Opcode::ClusterStatusResult => {
+                Message::ClusterStatusResult(ClusterStatus::decode(&mut r)?)
+            }
+            Opcode::Owner => Message::Owner {
+                ip: r.text("ip", IP_LEN_MAX)?,
+                port: r.u16("port")?,
+            },
+            Opcode::OwnerResult => Message::OwnerResult(r.u16("owner")?),
+            Opcode::PeerHello => Message::PeerHello(PeerHello {
+                node_id: r.u16("node id")?,
+                max_version: r.u8("max version")?,
+                members_hash: r.u64("members hash")?,
+                nonce: fixed(&mut r, "nonce")?,
+            }),
+            Opcode::PeerChallenge => Message::PeerChallenge(PeerChallenge {
+                node_id: r.u16("node id")?,
+                nonce: fixed(&mut r, "nonce")?,
+                mac: fixed(&mut r, "mac")?,
+            }),
+            Opcode::PeerAuth => Message::PeerAuth(fixed(&mut r, "mac")?),
+            Opcode::FwdRegister => Message::FwdRegister {
+                session: r.u64("session")?,
+                instances: decode_instances(&mut r)?,
+            },
+            Opcode::FwdDeregister => {
+                Message::FwdDeregister(decode_keys(&mut r, BATCH_INSTANCES_MAX)?)
+            }
+            Opcode::FwdBeat => Message::FwdBeat(decode_keys(&mut r, BEAT_KEYS_MAX)?),
+            Opcode::FwdLapse => Message::FwdLapse {
+                session: r.u64("session")?,
+                keys: decode_keys(&mut r, BATCH_INSTANCES_MAX)?,
+            },
+            Opcode::SyncBatch => Message::SyncBatch(decode_records(&mut r)?),
+            Opcode::Records => Message::Records(decode_records(&mut r)?),
+            Opcode::Digest => Message::Digest(DigestMsg::decode(&mut r)?),
+            Opcode::Pull => {
+                let owner = r.u16("owner")?;
+                let n = r.u16("bucket count")? as usize;
+                let n = r.count(n, "buckets", crate::store::DIGEST_BUCKETS, 2)?;
+                let mut buckets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    buckets.push(r.u16("bucket")?);
+                }
+                Message::Pull(PullMsg { owner, buckets })
+            }
         };
         r.finish()?;
         Ok(msg)
@@ -756,7 +875,13 @@ pub fn encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
 }
 
 /// Appends an InstanceKey from its parts (the store keeps them apart).
-pub fn encode_key_parts(out: &mut BytesMut, name: &ServiceName, cluster: &str, ip: &str, port: u16) {
+pub fn encode_key_parts(
+    out: &mut BytesMut,
+    name: &ServiceName,
+    cluster: &str,
+    ip: &str,
+    port: u16,
+) {
     name.encode(out);
     put_text(out, cluster);
     put_text(out, ip);

@@ -1,0 +1,199 @@
+//! Bodies of the cluster messages (opcodes 0x40–0x7F, peer port only) and of the two client
+//! messages that ask a node about the cluster (ClusterStatus, Owner).
+
+use bytes::{BufMut, BytesMut};
+
+use super::buf::{Reader, Text, put_text};
+use super::msg::{Instance, InstanceKey, SyncRecord};
+use super::*;
+
+/// Bytes of a handshake nonce.
+pub const NONCE_LEN: usize = 16;
+/// Bytes of a handshake MAC (HMAC-SHA256).
+pub const MAC_LEN: usize = 32;
+/// Records in one record-carrying frame (SyncBatch, Records); frames are also cut by size.
+pub const RECORDS_PER_FRAME_MAX: usize = 65_536;
+/// Members a cluster may have (bounds ClusterStatus).
+pub const MEMBERS_MAX: usize = 256;
+
+/// First frame on a peer connection, from the dialing node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerHello {
+    pub node_id: u16,
+    pub max_version: u8,
+    /// xxh3-64 of the sorted member address list: nodes configured for different clusters
+    /// refuse each other.
+    pub members_hash: u64,
+    pub nonce: [u8; NONCE_LEN],
+}
+
+/// The accepting node's answer: its id, its nonce, and its proof that it knows the token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerChallenge {
+    pub node_id: u16,
+    pub nonce: [u8; NONCE_LEN],
+    pub mac: [u8; MAC_LEN],
+}
+
+/// Per owner, the digest of the live records it owns, as the sender sees them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigestMsg {
+    /// The node whose records these are (the sender: a node sends its own).
+    pub owner: u16,
+    /// Hash of the sender's live member set; digests are compared only between equal views.
+    pub view_hash: u64,
+    /// (count, sum) per bucket, bucket 0 first.
+    pub buckets: Vec<(u32, u64)>,
+}
+
+/// Asks the owner for all its records (tombstones included) in the listed buckets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PullMsg {
+    pub owner: u16,
+    pub buckets: Vec<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberStatus {
+    pub id: u16,
+    pub addr: Text,
+    pub up: bool,
+    /// Live instances it owns, as the answering node sees it.
+    pub owned: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    pub node_id: u16,
+    pub ready: bool,
+    /// Live instances the answering node holds.
+    pub instances: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+pub(crate) fn fixed<const N: usize>(
+    r: &mut Reader,
+    what: &'static str,
+) -> Result<[u8; N], WireError> {
+    let b = r.bytes(N, what)?;
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b);
+    Ok(out)
+}
+
+pub(crate) fn encode_records(out: &mut BytesMut, records: &[SyncRecord]) {
+    out.put_u32(records.len() as u32);
+    for r in records {
+        r.encode(out);
+    }
+}
+
+pub(crate) fn decode_records(r: &mut Reader) -> Result<Vec<SyncRecord>, WireError> {
+    let n = r.u32("record count")? as usize;
+    let n = r.count(n, "records", RECORDS_PER_FRAME_MAX, SyncRecord::MIN_LEN)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(SyncRecord::decode(r)?);
+    }
+    Ok(v)
+}
+
+pub(crate) fn encode_instances(out: &mut BytesMut, instances: &[Instance]) {
+    out.put_u16(instances.len() as u16);
+    for i in instances {
+        i.encode(out);
+    }
+}
+
+pub(crate) fn decode_instances(r: &mut Reader) -> Result<Vec<Instance>, WireError> {
+    let n = r.u16("instance count")? as usize;
+    let n = r.count(n, "instances", BATCH_INSTANCES_MAX, Instance::MIN_LEN)?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(Instance::decode(r)?);
+    }
+    Ok(v)
+}
+
+pub(crate) fn encode_keys(out: &mut BytesMut, keys: &[InstanceKey]) {
+    out.put_u16(keys.len() as u16);
+    for k in keys {
+        k.encode(out);
+    }
+}
+
+pub(crate) fn decode_keys(r: &mut Reader, max: usize) -> Result<Vec<InstanceKey>, WireError> {
+    let n = r.u16("key count")? as usize;
+    let n = r.count(n, "instance keys", max, InstanceKey::MIN_LEN)?;
+    let mut keys = Vec::with_capacity(n);
+    for _ in 0..n {
+        keys.push(InstanceKey::decode(r)?);
+    }
+    Ok(keys)
+}
+
+impl DigestMsg {
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        out.put_u16(self.owner);
+        out.put_u64(self.view_hash);
+        out.put_u16(self.buckets.len() as u16);
+        for (c, s) in &self.buckets {
+            out.put_u32(*c);
+            out.put_u64(*s);
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<DigestMsg, WireError> {
+        let owner = r.u16("owner")?;
+        let view_hash = r.u64("view hash")?;
+        let n = r.u16("bucket count")? as usize;
+        let n = r.count(n, "digest buckets", crate::store::DIGEST_BUCKETS, 12)?;
+        let mut buckets = Vec::with_capacity(n);
+        for _ in 0..n {
+            buckets.push((r.u32("bucket count")?, r.u64("bucket sum")?));
+        }
+        Ok(DigestMsg {
+            owner,
+            view_hash,
+            buckets,
+        })
+    }
+}
+
+impl ClusterStatus {
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        out.put_u16(self.node_id);
+        out.put_u8(self.ready as u8);
+        out.put_u64(self.instances);
+        out.put_u16(self.members.len() as u16);
+        for m in &self.members {
+            out.put_u16(m.id);
+            put_text(out, &m.addr);
+            out.put_u8(m.up as u8);
+            out.put_u64(m.owned);
+        }
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<ClusterStatus, WireError> {
+        let node_id = r.u16("node id")?;
+        let ready = r.bool("ready")?;
+        let instances = r.u64("instances")?;
+        let n = r.u16("member count")? as usize;
+        let n = r.count(n, "members", MEMBERS_MAX, 13)?;
+        let mut members = Vec::with_capacity(n);
+        for _ in 0..n {
+            members.push(MemberStatus {
+                id: r.u16("member id")?,
+                addr: r.text("member address", NAME_LEN_MAX)?,
+                up: r.bool("member state")?,
+                owned: r.u64("owned")?,
+            });
+        }
+        Ok(ClusterStatus {
+            node_id,
+            ready,
+            instances,
+            members,
+        })
+    }
+}
