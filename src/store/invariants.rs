@@ -1,0 +1,277 @@
+//! [`Store::check_invariants`]: recomputes from scratch everything the store maintains
+//! incrementally (digests, cached owners and key hashes, the live counter, snapshot caches) and
+//! compares. Meant for tests, fuzz targets and the simulation, after every step.
+//!
+//! What holds whenever no store call is in progress:
+//! - every record sits in the shard its service name hashes to, under a non-empty service entry
+//!   (`put` never leaves one empty; `lease_pass_shard` and `drop_missing` remove a service entry
+//!   in the same critical section that removes its last record), whose revision is non-zero
+//!   (every entry got its first record through `put`, which assigns a revision from a counter
+//!   that starts at 1) and not above the store's revision counter;
+//! - a record's `key_hash` is `key_hash(name, cluster, ip, port)` and its `owner` is the owner of
+//!   `ip:port` under the current view (`set_ownership` rewrites every owner);
+//! - a record's cluster is one of its service's interned clusters;
+//! - per shard, per owner, the digest equals the sum over the live records with that cached
+//!   owner (owners with no live records may keep an all-zero digest);
+//! - the `live` counter is the number of live records;
+//! - a service's cached snapshot, once built, decodes to exactly its live instances, in the
+//!   snapshot order, at the service's revision.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use hashbrown::HashMap;
+
+use super::digest::{DIGEST_BUCKETS, bucket_of};
+use super::{Digest, InstanceId, Record, Service, Store, key_hash};
+use crate::ownership::NodeId;
+use crate::wire::{InstanceView, Message, Opcode, ServiceName, ServiceSnapshot, Text};
+
+/// At most this many problems are listed in one error (the first ones usually explain the rest).
+const PROBLEMS_MAX: usize = 32;
+
+/// `namespace/group/service cluster ip:port`, the way every message here names a key.
+fn key_name(name: &ServiceName, id: &InstanceId) -> String {
+    format!("{name} {} {}:{}", id.cluster, id.ip, id.port)
+}
+
+struct Problems {
+    list: Vec<String>,
+    more: usize,
+}
+
+impl Problems {
+    fn push(&mut self, p: String) {
+        if self.list.len() < PROBLEMS_MAX {
+            self.list.push(p);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn into_result(self) -> Result<(), String> {
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        let mut s = format!("{} store invariant(s) broken:", self.list.len() + self.more);
+        for p in &self.list {
+            let _ = write!(s, "\n  - {p}");
+        }
+        if self.more > 0 {
+            let _ = write!(s, "\n  ... and {} more", self.more);
+        }
+        Err(s)
+    }
+}
+
+impl Store {
+    /// Recomputes every derived structure from the records and compares it with what the store
+    /// maintains. `Err` lists the broken invariants, each naming the key (or shard and owner)
+    /// concerned. Takes the ownership lock and then every shard's read lock at once, so it sees
+    /// one consistent state even while other threads write (they wait).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut p = Problems {
+            list: Vec::new(),
+            more: 0,
+        };
+        // Lock order as in `set_ownership`: the ownership lock, then the shards in order.
+        // One guard only: a second read lock on the same thread can deadlock behind a writer.
+        let ownership_guard = self.ownership.read().unwrap();
+        let ownership = ownership_guard.clone();
+        let shards: Vec<_> = self.shards.iter().map(|s| s.read().unwrap()).collect();
+        let revisions = self.revisions.load(Ordering::Relaxed);
+        let mut live = 0usize;
+
+        for (index, shard) in shards.iter().enumerate() {
+            let mut expected: HashMap<NodeId, Digest> = HashMap::new();
+            // Per owner, per bucket: the live keys there, to name them when a bucket is off.
+            let mut bucket_keys: HashMap<(NodeId, usize), Vec<String>> = HashMap::new();
+            for (name, svc) in &shard.services {
+                let here = format!("service {name} (shard {index})");
+                let home = self.shard_index(name);
+                if home != index {
+                    p.push(format!("{here} belongs in shard {home}"));
+                }
+                if svc.instances.is_empty() {
+                    p.push(format!("{here} is an empty entry"));
+                }
+                if svc.revision == 0 {
+                    p.push(format!("{here} has revision 0 but holds records"));
+                }
+                if svc.revision > revisions {
+                    p.push(format!(
+                        "{here} has revision {} beyond the store's counter {revisions}",
+                        svc.revision
+                    ));
+                }
+                for (id, r) in &svc.instances {
+                    let key = key_name(name, id);
+                    check_record(&mut p, &ownership, svc, name, id, r, &key);
+                    if r.alive {
+                        live += 1;
+                        expected
+                            .entry(r.owner)
+                            .or_insert_with(Digest::new)
+                            .add(r.key_hash, r.digest_term());
+                        bucket_keys
+                            .entry((r.owner, bucket_of(r.key_hash)))
+                            .or_default()
+                            .push(key);
+                    }
+                }
+                if let Some(cached) = svc.cache.get() {
+                    check_snapshot(&mut p, svc, name, cached, &here);
+                }
+            }
+            compare_digests(&mut p, index, &shard.digests, &expected, &bucket_keys);
+        }
+
+        let counted = self.live.load(Ordering::Relaxed);
+        if counted != live {
+            p.push(format!(
+                "live counter is {counted} but {live} live records are stored"
+            ));
+        }
+        drop(shards);
+        drop(ownership_guard);
+        p.into_result()
+    }
+
+    /// The index of the shard `name` hashes to.
+    pub(super) fn shard_index(&self, name: &ServiceName) -> usize {
+        let home = self.shard_of(name);
+        self.shards
+            .iter()
+            .position(|s| std::ptr::eq(s, home))
+            .expect("shard_of returns one of the shards")
+    }
+}
+
+fn check_record(
+    p: &mut Problems,
+    ownership: &crate::ownership::Ownership,
+    svc: &Service,
+    name: &ServiceName,
+    id: &InstanceId,
+    r: &Record,
+    key: &str,
+) {
+    let kh = key_hash(name, &id.cluster, &id.ip, id.port);
+    if r.key_hash != kh {
+        p.push(format!(
+            "{key}: cached key_hash {:#018x}, recomputed {kh:#018x}",
+            r.key_hash
+        ));
+    }
+    let owner = ownership.owner(&id.ip, id.port);
+    if r.owner != owner {
+        p.push(format!(
+            "{key}: cached owner {}, but node {owner} owns it under the view {:?}",
+            r.owner,
+            ownership.live()
+        ));
+    }
+    if !svc.clusters.iter().any(|c| Arc::ptr_eq(c, &id.cluster)) {
+        p.push(format!(
+            "{key}: cluster {:?} is not one of the service's interned clusters",
+            id.cluster
+        ));
+    }
+}
+
+fn compare_digests(
+    p: &mut Problems,
+    shard: usize,
+    stored: &HashMap<NodeId, Digest>,
+    expected: &HashMap<NodeId, Digest>,
+    bucket_keys: &HashMap<(NodeId, usize), Vec<String>>,
+) {
+    let zero = Digest::new();
+    let mut owners: Vec<NodeId> = stored.keys().chain(expected.keys()).copied().collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners {
+        let s = stored.get(&owner).unwrap_or(&zero);
+        let e = expected.get(&owner).unwrap_or(&zero);
+        for b in 0..DIGEST_BUCKETS {
+            let (sb, eb) = (s.buckets[b], e.buckets[b]);
+            if sb != eb {
+                let keys = bucket_keys
+                    .get(&(owner, b))
+                    .map(|k| k.join(", "))
+                    .unwrap_or_else(|| "none".into());
+                p.push(format!(
+                    "shard {shard}, owner {owner}, bucket {b}: digest holds count {} sum {:#018x}, \
+                     the live records give count {} sum {:#018x} (live keys there: {keys})",
+                    sb.count, sb.sum, eb.count, eb.sum
+                ));
+            }
+        }
+    }
+}
+
+fn check_snapshot(p: &mut Problems, svc: &Service, name: &ServiceName, cached: &Bytes, here: &str) {
+    let snap: ServiceSnapshot = match Message::decode(Opcode::QueryResult, cached.clone()) {
+        Ok(Message::QueryResult(s)) => s,
+        Ok(other) => {
+            p.push(format!("{here}: cached snapshot decodes as {other:?}"));
+            return;
+        }
+        Err(e) => {
+            p.push(format!("{here}: cached snapshot does not decode: {e}"));
+            return;
+        }
+    };
+    if snap.name != *name {
+        p.push(format!("{here}: cached snapshot names {}", snap.name));
+    }
+    if snap.revision != svc.revision {
+        p.push(format!(
+            "{here}: cached snapshot is at revision {}, the service at {}",
+            snap.revision, svc.revision
+        ));
+    }
+    let mut want: Vec<InstanceView> = svc
+        .instances
+        .iter()
+        .filter(|(_, r)| r.alive)
+        .map(|(id, r)| InstanceView {
+            cluster: Text::from(&*id.cluster),
+            ip: Text::from(&*id.ip),
+            port: id.port,
+            weight: r.weight,
+            healthy: r.reported_healthy(),
+            enabled: r.enabled,
+            metadata: r
+                .metadata
+                .as_deref()
+                .unwrap_or(&[])
+                .iter()
+                .map(|(k, v)| (Text::from(&**k), Text::from(&**v)))
+                .collect(),
+        })
+        .collect();
+    want.sort_by(|a, b| (&a.cluster, &a.ip, a.port).cmp(&(&b.cluster, &b.ip, b.port)));
+    if snap.instances != want {
+        let show = |v: &[InstanceView]| {
+            v.iter()
+                .map(|i| format!("{} {}:{}", i.cluster, i.ip, i.port))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut s = format!(
+            "{here}: cached snapshot is stale: it lists [{}], the live records are [{}]",
+            show(&snap.instances),
+            show(&want)
+        );
+        for (a, b) in snap.instances.iter().zip(&want) {
+            if a != b {
+                let _ = write!(s, "; first difference: cached {a:?}, live {b:?}");
+                break;
+            }
+        }
+        p.push(s);
+    }
+}
