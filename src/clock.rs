@@ -108,6 +108,9 @@ mod tests {
         let h = Hlc::new();
         let remote = (5_000 << LOGICAL_BITS) | 7;
         h.observe(remote);
-        assert!(h.tick(10) > remote, "a slow wall clock must not lose writes");
+        assert!(
+            h.tick(10) > remote,
+            "a slow wall clock must not lose writes"
+        );
     }
 }

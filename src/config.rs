@@ -161,7 +161,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("distro-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
-        std::fs::write(&good, "listen = \"127.0.0.1:9000\"\nlease_floor_ms = 1000\n").unwrap();
+        std::fs::write(
+            &good,
+            "listen = \"127.0.0.1:9000\"\nlease_floor_ms = 1000\n",
+        )
+        .unwrap();
         let c = Config::from_file(&good).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.lease_floor_ms, 1000);
@@ -179,6 +183,11 @@ mod tests {
             lease_floor_ms: 5,
             ..Config::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("lease_floor_ms"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("lease_floor_ms")
+        );
     }
 }

@@ -96,7 +96,12 @@ mod tests {
     use super::*;
 
     fn keys() -> impl Iterator<Item = (String, u16)> {
-        (0..20_000u32).map(|i| (format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255), 8080))
+        (0..20_000u32).map(|i| {
+            (
+                format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255),
+                8080,
+            )
+        })
     }
 
     #[test]

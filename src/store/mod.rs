@@ -13,8 +13,10 @@
 //!
 //! - [`record`]: the stored record, compact instance ids, the canonical key hash.
 //! - [`digest`]: order-independent bucket digests.
+//! - [`invariants`]: `Store::check_invariants`, a from-scratch recheck for tests and fuzzing.
 
 pub mod digest;
+pub mod invariants;
 pub mod record;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -77,11 +79,13 @@ pub struct LeaseStats {
     pub tombstones_dropped: usize,
 }
 
-/// Encoded SyncRecords, back to back, and how many.
+/// Encoded SyncRecords, back to back, and how many; remembers where each record ends so that
+/// a large batch can be cut into bounded frames.
 #[derive(Debug, Default)]
 pub struct RecordBatch {
     pub count: u32,
     pub bytes: BytesMut,
+    ends: Vec<u32>,
 }
 
 /// What changed when the live member set changed.
@@ -240,9 +244,8 @@ impl Store {
     }
 
     fn shard_of(&self, name: &ServiceName) -> &RwLock<Shard> {
-        let mut buf = Vec::with_capacity(
-            6 + name.namespace.len() + name.group.len() + name.service.len(),
-        );
+        let mut buf =
+            Vec::with_capacity(6 + name.namespace.len() + name.group.len() + name.service.len());
         for s in [&name.namespace, &name.group, &name.service] {
             buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
             buf.extend_from_slice(s.as_bytes());
@@ -601,7 +604,8 @@ impl Store {
             for (name, id, mut rec, seen_touched_ms) in changes {
                 // Re-check under the write lock: a beat or a write may have come in between.
                 let current = shard.services.get(&name).and_then(|s| s.instances.get(&id));
-                if current.map(|c| (c.version, c.touched_ms)) != Some((rec.version, seen_touched_ms))
+                if current.map(|c| (c.version, c.touched_ms))
+                    != Some((rec.version, seen_touched_ms))
                 {
                     continue;
                 }
@@ -667,9 +671,7 @@ impl Store {
                             change.gained += 1;
                         }
                         if r.owner == self.node {
-                            let batch = change.lost.entry(new_owner).or_default();
-                            encode_record(&mut batch.bytes, name, id, r);
-                            batch.count += 1;
+                            change.lost.entry(new_owner).or_default().push(name, id, r);
                         }
                         r.owner = new_owner;
                     }
@@ -702,8 +704,7 @@ impl Store {
         let mut batch = RecordBatch::default();
         self.for_each_record(|name, id, r| {
             if r.owner == owner && buckets.contains(digest::bucket_of(r.key_hash)) {
-                encode_record(&mut batch.bytes, name, id, r);
-                batch.count += 1;
+                batch.push(name, id, r);
             }
         });
         batch
@@ -766,8 +767,7 @@ impl Store {
         let shard = self.shards[shard].read().unwrap();
         for (name, svc) in &shard.services {
             for (id, r) in &svc.instances {
-                encode_record(&mut batch.bytes, name, id, r);
-                batch.count += 1;
+                batch.push(name, id, r);
             }
         }
         batch
@@ -828,6 +828,35 @@ pub fn encode_record(out: &mut BytesMut, name: &ServiceName, id: &InstanceId, re
 impl RecordBatch {
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Appends one record.
+    pub fn push(&mut self, name: &ServiceName, id: &InstanceId, rec: &Record) {
+        encode_record(&mut self.bytes, name, id, rec);
+        self.count += 1;
+        self.ends.push(self.bytes.len() as u32);
+    }
+
+    /// Cuts the batch into pieces of at most `max_bytes` each (a single larger record gets a
+    /// piece of its own): (record count, the records' bytes).
+    pub fn pieces(&self, max_bytes: usize) -> Vec<(u32, bytes::Bytes)> {
+        let all = self.bytes.clone().freeze();
+        let mut out = Vec::new();
+        let (mut start, mut prev_end, mut n) = (0usize, 0usize, 0u32);
+        for &end in &self.ends {
+            let end = end as usize;
+            if n > 0 && end - start > max_bytes {
+                out.push((n, all.slice(start..prev_end)));
+                start = prev_end;
+                n = 0;
+            }
+            n += 1;
+            prev_end = end;
+        }
+        if n > 0 {
+            out.push((n, all.slice(start..)));
+        }
+        out
     }
 
     /// Appends the count and the records (the body layout of record-carrying cluster frames).

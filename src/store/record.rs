@@ -136,10 +136,7 @@ mod tests {
         let name = ServiceName::new("public", "DEFAULT_GROUP", "orders");
         let mut wire = BytesMut::new();
         crate::wire::encode_key_parts(&mut wire, &name, "DEFAULT", "10.0.0.1", 8080);
-        assert_eq!(
-            key_hash(&name, "DEFAULT", "10.0.0.1", 8080),
-            xxh3_64(&wire)
-        );
+        assert_eq!(key_hash(&name, "DEFAULT", "10.0.0.1", 8080), xxh3_64(&wire));
     }
 
     #[test]

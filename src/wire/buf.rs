@@ -189,7 +189,10 @@ impl Reader {
 
 /// Appends a `u16`-length string. The caller has validated the length against the limits.
 pub fn put_text(out: &mut BytesMut, s: &str) {
-    debug_assert!(s.len() <= u16::MAX as usize, "string longer than u16 on encode");
+    debug_assert!(
+        s.len() <= u16::MAX as usize,
+        "string longer than u16 on encode"
+    );
     out.put_u16(s.len() as u16);
     out.put_slice(s.as_bytes());
 }
