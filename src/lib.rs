@@ -11,12 +11,16 @@
 //!   digest verify and pull, streamed load, handoff.
 //! - [`server`]: `distrod`'s listener, client sessions, request handling, subscriptions/push.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
+//! - [`net`]: the transport seam (tokio TCP in production, simulated streams in tests).
+//! - [`hash`]: the node's hash maps, with one process-wide (settable) seed.
 //! - [`config`]: the node's settings (flags and TOML file) and their limits.
 
 pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod hash;
+pub mod net;
 pub mod ownership;
 pub mod server;
 pub mod store;

@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -39,13 +38,14 @@ pub struct Conn {
 impl Conn {
     /// Connects, says Hello, and starts the reader and writer. `on_push` gets every Push.
     pub async fn open(
+        dialer: &dyn crate::net::Dialer,
         addr: &str,
         client_name: &str,
         timeout: Duration,
         on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
     ) -> Result<Arc<Conn>, ClientError> {
         let ms = timeout.as_millis() as u64;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(timeout, dialer.connect(addr.to_string()))
             .await
             .map_err(|_| ClientError::Timeout {
                 what: "connect",
@@ -55,8 +55,7 @@ impl Conn {
                 tried: 1,
                 last: format!("{addr}: {e}"),
             })?;
-        let _ = stream.set_nodelay(true);
-        let (rd, mut wr) = stream.into_split();
+        let (rd, mut wr) = crate::net::split(stream);
         let (tx, mut rx) = mpsc::channel::<Bytes>(OUTBOX_MAX);
         let pending: Pending = Default::default();
         let closed = CancellationToken::new();

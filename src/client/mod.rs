@@ -34,7 +34,7 @@ mod error;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -65,6 +65,8 @@ pub struct ClientConfig {
     /// answer from any node.
     pub require_ready: bool,
     pub client_name: String,
+    /// How connections are opened (tokio TCP; the simulation plugs in its own).
+    pub dialer: Arc<dyn crate::net::Dialer>,
 }
 
 impl ClientConfig {
@@ -76,6 +78,7 @@ impl ClientConfig {
             beat_interval: Duration::from_secs(5),
             session_bound: true,
             require_ready: true,
+            dialer: crate::net::tcp(),
             client_name: format!("distro-sdk/{}", env!("CARGO_PKG_VERSION")),
         }
     }
@@ -142,8 +145,8 @@ impl Client {
         let inner = Arc::new(Inner {
             config,
             conn,
-            held: Mutex::new(HashMap::new()),
-            subs: Arc::new(Mutex::new(HashMap::new())),
+            held: Mutex::new(HashMap::default()),
+            subs: Arc::new(Mutex::new(HashMap::default())),
             closed: CancellationToken::new(),
             beat_wake: tokio::sync::Notify::new(),
         });
@@ -450,6 +453,7 @@ impl Inner {
             let idx = (start + i) % n;
             let addr = &self.config.servers[idx];
             match Conn::open(
+                &*self.config.dialer,
                 addr,
                 &self.config.client_name,
                 self.config.connect_timeout,
@@ -462,6 +466,8 @@ impl Inner {
                     c.close();
                     last = format!("{addr}: node not ready");
                 }
+                // A connect failure already names the address.
+                Err(ClientError::NoServer { last: l, .. }) => last = l,
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }

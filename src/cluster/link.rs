@@ -12,16 +12,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Identity};
+use crate::net::{Dialer, StreamReader, StreamWriter};
 use crate::wire::{
     ErrorBody, FLAG_MORE, FRAME_LEN_MAX, FrameCodec, Message, PROTOCOL_VERSION, PeerHello,
     WireError, encode_frame, encode_frame_into,
@@ -70,19 +69,20 @@ pub struct Link {
 impl Link {
     /// Connects, authenticates, and starts the link's reader and writer.
     pub async fn dial(
+        dialer: &dyn Dialer,
         addr: SocketAddr,
         me: &Identity,
         timeout: Duration,
     ) -> Result<Arc<Link>, PeerError> {
         let fut = async {
-            let stream = TcpStream::connect(addr)
+            let stream = dialer
+                .connect(addr.to_string())
                 .await
                 .map_err(|e| PeerError::Connect {
                     addr,
                     reason: e.to_string(),
                 })?;
-            let _ = stream.set_nodelay(true);
-            let (rd, mut wr) = stream.into_split();
+            let (rd, mut wr) = crate::net::split(stream);
             let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
             let my_nonce = auth::nonce();
             let hello = Message::PeerHello(PeerHello {
@@ -148,8 +148,8 @@ impl Link {
     fn start(
         addr: SocketAddr,
         peer_id: u16,
-        mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
-        mut wr: tokio::net::tcp::OwnedWriteHalf,
+        mut frames: FramedRead<StreamReader, FrameCodec>,
+        mut wr: StreamWriter,
     ) -> Arc<Link> {
         let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_OUTBOX_FRAMES);
         let pending: Pending = Default::default();
@@ -302,7 +302,7 @@ impl Link {
 }
 
 async fn next_message(
-    frames: &mut FramedRead<OwnedReadHalf, FrameCodec>,
+    frames: &mut FramedRead<StreamReader, FrameCodec>,
 ) -> Result<Message, PeerError> {
     match frames.next().await {
         Some(Ok(f)) => Ok(f.message()?),

@@ -24,12 +24,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::future::join_all;
-use hashbrown::{HashMap, HashSet};
-use tokio::net::TcpListener;
+use crate::hash::{HashMap, HashSet};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::net::{Dialer, Listener};
 use crate::ownership::{NodeId, Ownership};
 use crate::store::digest::BucketSet;
 use crate::store::{Bucket, Digest, Store, key_hash};
@@ -102,6 +102,7 @@ pub struct Cluster {
     ready: Arc<AtomicBool>,
     members: Vec<Arc<Member>>,
     outbox: Arc<SyncOutbox>,
+    dialer: Arc<dyn Dialer>,
     view_lock: tokio::sync::Mutex<()>,
     ownership_changed_ms: AtomicU64,
     forwards: Semaphore,
@@ -114,6 +115,7 @@ impl Cluster {
         store: Arc<Store>,
         ready: Arc<AtomicBool>,
         outbox: Arc<SyncOutbox>,
+        dialer: Arc<dyn Dialer>,
     ) -> Arc<Cluster> {
         let identity = Identity {
             node_id: config.node_id,
@@ -147,6 +149,7 @@ impl Cluster {
             ready,
             members,
             outbox,
+            dialer,
             view_lock: tokio::sync::Mutex::new(()),
             ownership_changed_ms: AtomicU64::new(0),
             forwards: Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
@@ -177,7 +180,7 @@ impl Cluster {
     /// Starts the peer listener and every background duty; they stop with `shutdown`.
     pub fn start(
         self: &Arc<Self>,
-        listener: TcpListener,
+        listener: Box<dyn Listener>,
         shutdown: tokio_util::sync::CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) {
@@ -241,7 +244,7 @@ impl Cluster {
     async fn probe(&self, m: &Member, dial_timeout: Duration, ping_timeout: Duration) -> bool {
         let control = match Member::link(&m.control) {
             Some(l) => l,
-            None => match Link::dial(m.addr, &self.identity, dial_timeout).await {
+            None => match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
                 Ok(l) => {
                     self.learn_id(m, l.peer_id);
                     *m.control.lock().unwrap() = Some(l.clone());
@@ -268,7 +271,7 @@ impl Cluster {
             return false;
         }
         if m.data_link().is_none() {
-            match Link::dial(m.addr, &self.identity, dial_timeout).await {
+            match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
                 Ok(l) => *m.data.lock().unwrap() = Some(l),
                 Err(e) => {
                     debug!(peer = %m.addr, error = %e, "data link failed");
@@ -472,7 +475,7 @@ impl Cluster {
             buckets: buckets.iter().map(|b| b as u16).collect(),
         });
         let mut rx = link.call_stream(&req, STREAM_FRAME_TIMEOUT).await?;
-        let mut present = HashSet::new();
+        let mut present = HashSet::default();
         let mut repaired = 0;
         loop {
             let msg = tokio::time::timeout(STREAM_FRAME_TIMEOUT, rx.recv())
@@ -615,7 +618,7 @@ impl Cluster {
         key: impl Fn(&T) -> (&str, u16),
     ) -> HashMap<NodeId, Vec<(usize, T)>> {
         let o = self.store.ownership();
-        let mut groups: HashMap<NodeId, Vec<(usize, T)>> = HashMap::new();
+        let mut groups: HashMap<NodeId, Vec<(usize, T)>> = HashMap::default();
         for (i, item) in items {
             let (ip, port) = key(&item);
             groups.entry(o.owner(ip, port)).or_default().push((i, item));

@@ -11,13 +11,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth;
+use crate::net::{BoxStream, Listener, StreamReader, StreamWriter};
 use super::{Cluster, RECORDS_FRAME_BYTES};
 use crate::store::digest::BucketSet;
 use crate::wire::{
@@ -36,7 +36,7 @@ const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub async fn accept_loop(
     cluster: Arc<Cluster>,
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX));
@@ -51,7 +51,6 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
                 let c = cluster.clone();
                 let s = shutdown.clone();
                 tokio::spawn(async move {
@@ -69,11 +68,11 @@ pub async fn accept_loop(
 
 async fn serve(
     cluster: Arc<Cluster>,
-    stream: TcpStream,
+    stream: BoxStream,
     peer: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let (rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = crate::net::split(stream);
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let peer_id =
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&cluster, &mut frames, &mut wr))
@@ -157,8 +156,8 @@ async fn serve(
 /// Acceptor side of the handshake (see [`auth`]); answers the peer's node id.
 async fn handshake(
     cluster: &Cluster,
-    frames: &mut FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    frames: &mut FramedRead<StreamReader, FrameCodec>,
+    wr: &mut StreamWriter,
 ) -> Result<u16, String> {
     let me = &cluster.identity;
     let hello = match frames.next().await {

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -25,6 +24,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
+use crate::net::{Dialer, Listener};
 use crate::store::{InstanceId, Record, Store, StoreObserver};
 use crate::wire::{ErrorBody, ErrorCode, InstanceKey, Register, ServiceName};
 use push::Subscriptions;
@@ -70,6 +70,11 @@ impl StoreObserver for Observer {
 
 impl Node {
     pub fn new(config: Config, clock: Clock) -> Arc<Node> {
+        Node::with_dialer(config, clock, crate::net::tcp())
+    }
+
+    /// A node whose cluster links are opened by `dialer`.
+    pub fn with_dialer(config: Config, clock: Clock, dialer: Arc<dyn Dialer>) -> Arc<Node> {
         let subs = Arc::new(Subscriptions::default());
         let outbox = config
             .is_clustered()
@@ -82,7 +87,9 @@ impl Node {
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
         let cluster =
-            outbox.map(|outbox| Cluster::new(config.clone(), store.clone(), ready.clone(), outbox));
+            outbox.map(|outbox| {
+                Cluster::new(config.clone(), store.clone(), ready.clone(), outbox, dialer)
+            });
         Arc::new(Node {
             ready,
             cluster,
@@ -195,17 +202,17 @@ impl Node {
 /// A bound client listener (and, in a cluster, peer listener) and the node behind them.
 pub struct Server {
     node: Arc<Node>,
-    listener: TcpListener,
-    peer_listener: Option<TcpListener>,
+    listener: Box<dyn Listener>,
+    peer_listener: Option<Box<dyn Listener>>,
 }
 
 impl Server {
     /// Binds the client port of `config.listen` (port 0 picks a free port) and, in a cluster,
     /// the peer port of `config.peer_listen`.
     pub async fn bind(config: Config) -> std::io::Result<Server> {
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let peer_listener = if config.is_clustered() {
-            Some(TcpListener::bind(config.peer_listen).await?)
+            Some(tokio::net::TcpListener::bind(config.peer_listen).await?)
         } else {
             None
         };
@@ -216,11 +223,28 @@ impl Server {
     /// addresses of every member). `config.peer_listen` must be the peer listener's address.
     pub fn from_listeners(
         config: Config,
-        listener: TcpListener,
-        peer_listener: Option<TcpListener>,
+        listener: tokio::net::TcpListener,
+        peer_listener: Option<tokio::net::TcpListener>,
+    ) -> Server {
+        Server::with_transport(
+            config,
+            Clock::system(),
+            Box::new(listener),
+            peer_listener.map(|l| Box::new(l) as Box<dyn Listener>),
+            crate::net::tcp(),
+        )
+    }
+
+    /// A server on any transport, with an injected clock: the simulation's entry point.
+    pub fn with_transport(
+        config: Config,
+        clock: Clock,
+        listener: Box<dyn Listener>,
+        peer_listener: Option<Box<dyn Listener>>,
+        dialer: Arc<dyn Dialer>,
     ) -> Server {
         Server {
-            node: Node::new(config, Clock::system()),
+            node: Node::with_dialer(config, clock, dialer),
             listener,
             peer_listener,
         }
@@ -281,7 +305,7 @@ impl ServerHandle {
 
 /// Accepts connections while slots are free; backs off on accept errors (out of file
 /// descriptors, ...) instead of spinning.
-async fn accept_loop(node: &Arc<Node>, listener: TcpListener) {
+async fn accept_loop(node: &Arc<Node>, listener: Box<dyn Listener>) {
     let slots = Arc::new(Semaphore::new(node.config.max_connections));
     let mut backoff_ms = 1u64;
     loop {
@@ -296,7 +320,6 @@ async fn accept_loop(node: &Arc<Node>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff_ms = 1;
-                let _ = stream.set_nodelay(true);
                 let node2 = node.clone();
                 node.tracker.spawn(async move {
                     session::serve(node2, stream, peer).await;

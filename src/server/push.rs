@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use hashbrown::{HashMap, HashSet};
+use crate::hash::{HashMap, HashSet};
 use tokio::sync::Notify;
 
 use crate::wire::ServiceName;
@@ -22,6 +22,10 @@ pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 10_000;
 pub struct PushQueue {
     id: u64,
     pending: Mutex<HashSet<ServiceName>>,
+    /// Revision of the last snapshot pushed, per subscribed service. A change that lands after
+    /// the writer took the pending set but before it read the snapshot is in that snapshot and
+    /// marks the service again; the next snapshot would repeat the revision, and is skipped.
+    pushed: Mutex<HashMap<ServiceName, u64>>,
     notify: Notify,
 }
 
@@ -45,6 +49,30 @@ impl PushQueue {
     pub fn take(&self) -> Vec<ServiceName> {
         self.pending.lock().unwrap().drain().collect()
     }
+
+    /// True if a snapshot of `name` at `revision` is newer than the last one pushed (and
+    /// records it as pushed), so that every subscriber sees strictly growing revisions.
+    pub fn is_news(&self, name: &ServiceName, revision: u64) -> bool {
+        let mut pushed = self.pushed.lock().unwrap();
+        match pushed.get_mut(name) {
+            Some(last) if *last >= revision => false,
+            Some(last) => {
+                *last = revision;
+                true
+            }
+            None => {
+                pushed.insert(name.clone(), revision);
+                true
+            }
+        }
+    }
+
+    /// Forgets what was pushed and is pending for `name` (unsubscribed, or subscribed anew and
+    /// owed the current snapshot whatever was pushed before).
+    pub fn forget(&self, name: &ServiceName) {
+        self.pending.lock().unwrap().remove(name);
+        self.pushed.lock().unwrap().remove(name);
+    }
 }
 
 /// Who is subscribed to what, on this node.
@@ -58,7 +86,8 @@ impl Subscriptions {
     pub fn new_queue(&self) -> Arc<PushQueue> {
         Arc::new(PushQueue {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
-            pending: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashSet::default()),
+            pushed: Mutex::new(HashMap::default()),
             notify: Notify::new(),
         })
     }
@@ -72,6 +101,7 @@ impl Subscriptions {
     }
 
     pub fn unsubscribe(&self, name: &ServiceName, q: &PushQueue) {
+        q.forget(name);
         let mut map = self.by_service.write().unwrap();
         if let Some(subs) = map.get_mut(name) {
             subs.retain(|s| s.id != q.id);

@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use hashbrown::HashSet;
+use crate::hash::HashSet;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info};
 
 use super::Node;
+use crate::net::{BoxStream, StreamWriter};
 use super::push::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
 use crate::wire::{
     ErrorBody, ErrorCode, FRAME_LEN_MAX, Frame, FrameCodec, HelloOk, InstanceKey, Message, Opcode,
@@ -56,8 +55,8 @@ struct Session {
 }
 
 /// Serves one client connection until it closes, fails, idles out or the node shuts down.
-pub async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
-    let (rd, wr) = stream.into_split();
+pub async fn serve(node: Arc<Node>, stream: BoxStream, peer: SocketAddr) {
+    let (rd, wr) = crate::net::split(stream);
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let (tx, rx) = mpsc::channel(ANSWER_QUEUE_MAX);
     let push = node.subs.new_queue();
@@ -68,8 +67,8 @@ pub async fn serve(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
         peer,
         answers: tx,
         push,
-        bound: HashSet::new(),
-        subscribed: HashSet::new(),
+        bound: HashSet::default(),
+        subscribed: HashSet::default(),
     };
     debug!(%peer, session = s.id, "client connected");
     let idle = Duration::from_millis(node.config.client_idle_timeout_ms);
@@ -268,6 +267,7 @@ impl Session {
                 self.subscribed.insert(name.clone());
                 let flow = self.send(rid, &Message::Ack(1)).await;
                 // The first push is the current list, so the subscriber starts from a snapshot.
+                self.push.forget(&name);
                 self.push.mark(&name);
                 flow
             }
@@ -334,7 +334,7 @@ fn compact(name: &ServiceName) -> ServiceName {
 
 /// Writes answers and pushes, gathering whatever is ready into one socket write.
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: StreamWriter,
     mut answers: mpsc::Receiver<Bytes>,
     push: Arc<PushQueue>,
     node: Arc<Node>,
@@ -368,10 +368,13 @@ async fn write_loop(
                 }
                 for name in push.take() {
                     let body = node.store.query(&Query {
-                        name,
+                        name: name.clone(),
                         cluster: Text::default(),
                         healthy_only: false,
                     });
+                    if !snapshot_revision(&body).is_none_or(|rev| push.is_news(&name, rev)) {
+                        continue;
+                    }
                     encode_raw_frame_into(&mut buf, Opcode::Push as u8, 0, 0, |b| {
                         b.extend_from_slice(&body)
                     });
@@ -389,4 +392,10 @@ async fn write_loop(
             }
         }
     }
+}
+
+/// The revision in an encoded snapshot body (the store encoded it, so it always decodes).
+fn snapshot_revision(body: &Bytes) -> Option<u64> {
+    let mut r = crate::wire::Reader::new(body.clone());
+    ServiceName::decode(&mut r).and_then(|_| r.u64("revision")).ok()
 }

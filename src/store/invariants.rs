@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 
 use super::digest::{DIGEST_BUCKETS, bucket_of};
 use super::{Digest, InstanceId, Record, Service, Store, key_hash};
@@ -85,9 +85,9 @@ impl Store {
         let mut live = 0usize;
 
         for (index, shard) in shards.iter().enumerate() {
-            let mut expected: HashMap<NodeId, Digest> = HashMap::new();
+            let mut expected: HashMap<NodeId, Digest> = HashMap::default();
             // Per owner, per bucket: the live keys there, to name them when a bucket is off.
-            let mut bucket_keys: HashMap<(NodeId, usize), Vec<String>> = HashMap::new();
+            let mut bucket_keys: HashMap<(NodeId, usize), Vec<String>> = HashMap::default();
             for (name, svc) in &shard.services {
                 let here = format!("service {name} (shard {index})");
                 let home = self.shard_index(name);

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use hashbrown::HashMap;
+use crate::hash::HashMap;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::{Clock, Hlc};
@@ -109,7 +109,7 @@ struct Service {
 impl Service {
     fn new() -> Service {
         Service {
-            instances: HashMap::new(),
+            instances: HashMap::default(),
             clusters: Vec::new(),
             revision: 0,
             cache: OnceLock::new(),
@@ -201,8 +201,8 @@ impl Store {
         let shards = (0..SHARDS)
             .map(|_| {
                 RwLock::new(Shard {
-                    services: HashMap::new(),
-                    digests: HashMap::new(),
+                    services: HashMap::default(),
+                    digests: HashMap::default(),
                 })
             })
             .collect();
@@ -298,7 +298,10 @@ impl Store {
     pub fn register(&self, inst: &Instance, session: u64) {
         let now = self.clock.now_ms();
         let k = &inst.key;
-        let owner = self.ownership().owner(&k.ip, k.port);
+        // Keep the view locked until the record is in, so that `set_ownership` cannot pass this
+        // shard between the owner lookup and the insert (which would leave a stale owner).
+        let view = self.ownership.read().unwrap();
+        let owner = view.owner(&k.ip, k.port);
         let mut shard = self.shard_of(&k.service).write().unwrap();
         let idref = InstanceIdRef {
             cluster: &k.cluster,
@@ -436,7 +439,10 @@ impl Store {
         self.hlc.observe(rec.version.hlc);
         let k = &rec.key;
         let now = self.clock.now_ms();
-        let owner = self.ownership().owner(&k.ip, k.port);
+        // Keep the view locked until the record is in, so that `set_ownership` cannot pass this
+        // shard between the owner lookup and the insert (which would leave a stale owner).
+        let view = self.ownership.read().unwrap();
+        let owner = view.owner(&k.ip, k.port);
         let mut shard = self.shard_of(&k.service).write().unwrap();
         let idref = InstanceIdRef {
             cluster: &k.cluster,
@@ -602,10 +608,11 @@ impl Store {
             }
             let mut shard = shard.write().unwrap();
             for (name, id, mut rec, seen_touched_ms) in changes {
-                // Re-check under the write lock: a beat or a write may have come in between.
+                // Re-check under the write lock: a beat, a write or a view change (which moves
+                // the record to another owner) may have come in between.
                 let current = shard.services.get(&name).and_then(|s| s.instances.get(&id));
-                if current.map(|c| (c.version, c.touched_ms))
-                    != Some((rec.version, seen_touched_ms))
+                if current.map(|c| (c.version, c.touched_ms, c.owner))
+                    != Some((rec.version, seen_touched_ms, self.node))
                 {
                     continue;
                 }
@@ -616,7 +623,12 @@ impl Store {
                 let Some(svc) = shard.services.get_mut(&name) else {
                     continue;
                 };
-                if svc.instances.get(&id).is_some_and(|r| !r.alive) {
+                // Re-check: a newer tombstone may have replaced the one seen under the read lock.
+                if svc.instances.get(&id).is_some_and(|r| {
+                    !r.alive
+                        && now.saturating_sub(r.touched_ms)
+                            > r.lease.expire_ms as u64 + TOMBSTONE_GRACE_MS
+                }) {
                     svc.instances.remove(&id);
                     stats.tombstones_dropped += 1;
                     if svc.instances.is_empty() {
@@ -718,7 +730,7 @@ impl Store {
         &self,
         owner: NodeId,
         buckets: &digest::BucketSet,
-        present: &hashbrown::HashSet<u64>,
+        present: &hashbrown::HashSet<u64, impl std::hash::BuildHasher>,
         touched_before_ms: u64,
     ) -> usize {
         let mut removed = 0;
@@ -787,7 +799,7 @@ impl Store {
 
     /// Live records per owner, under this node's view.
     pub fn owned_counts(&self) -> HashMap<NodeId, usize> {
-        let mut counts = HashMap::new();
+        let mut counts = HashMap::default();
         for shard in self.shards.iter() {
             for (owner, d) in &shard.read().unwrap().digests {
                 *counts.entry(*owner).or_insert(0) += d.total_count() as usize;
