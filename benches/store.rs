@@ -1,0 +1,127 @@
+//! The store at scale: insert, update, renew and query with 1,000,000 instances held; digest
+//! maintenance (registering into a big store of a 3-node view) and digest build.
+
+mod common;
+
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use distro::ownership::Ownership;
+use distro::wire::{Query, Text};
+use std::hint::black_box;
+
+fn config(c: &mut Criterion) -> &mut Criterion {
+    c
+}
+
+fn store_ops(c: &mut Criterion) {
+    let n = common::big_n();
+    // Filled once; the timing loops below only add to it or touch it.
+    let store = common::filled_store(n);
+    let services = n / common::PER_SERVICE;
+    let mut g = config(c).benchmark_group(format!("store_{n}"));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+
+    // New instances (each iteration a key the store has never seen), into existing services.
+    let mut next = n;
+    g.bench_function("insert", |b| {
+        b.iter(|| {
+            let mut inst = common::instance(next % n);
+            inst.key.port = 20_000 + (next / n) as u16;
+            store.register(black_box(&inst), 0);
+            next += 1;
+        })
+    });
+
+    // A changed instance: a new version, digest and snapshot-cache upkeep.
+    let mut i = 0u64;
+    g.bench_function("update", |b| {
+        b.iter_batched(
+            || {
+                i = (i + 7919) % n;
+                let mut inst = common::instance(i);
+                inst.weight = if (i / n) % 2 == 0 { 2.0 } else { 1.0 };
+                inst.weight += (i % 3) as f64;
+                inst
+            },
+            |inst| store.register(&inst, 0),
+            BatchSize::SmallInput,
+        )
+    });
+
+    // Re-registering identical data only renews the lease (a client's redo).
+    g.bench_function("renew_register", |b| {
+        let inst = common::instance(n / 2);
+        b.iter(|| store.register(black_box(&inst), 0))
+    });
+
+    let mut k = 0u64;
+    g.bench_function("beat", |b| {
+        b.iter(|| {
+            k = (k + 104_729) % n;
+            black_box(store.beat(&common::key(k)))
+        })
+    });
+
+    // A query answered from the service's cached snapshot (the common case).
+    let queries: Vec<Query> = (0..1024)
+        .map(|j| Query {
+            name: common::service((j * 7919) % services),
+            cluster: Text::default(),
+            healthy_only: false,
+        })
+        .collect();
+    let mut q = 0usize;
+    g.bench_function("query_cached", |b| {
+        b.iter(|| {
+            q = (q + 1) % queries.len();
+            black_box(store.query(&queries[q]).len())
+        })
+    });
+    // A filtered query is encoded afresh every time.
+    let filtered: Vec<Query> = queries
+        .iter()
+        .map(|q| Query {
+            healthy_only: true,
+            ..q.clone()
+        })
+        .collect();
+    g.bench_function("query_filtered", |b| {
+        b.iter(|| {
+            q = (q + 1) % filtered.len();
+            black_box(store.query(&filtered[q]).len())
+        })
+    });
+    g.finish();
+}
+
+fn digests(c: &mut Criterion) {
+    let n = common::big_n();
+    let store = common::new_store(1);
+    store.set_ownership(Ownership::new(vec![1, 2, 3]));
+    for i in 0..n {
+        store.register(&common::instance(i), 0);
+    }
+    let mut g = c.benchmark_group(format!("digest_{n}"));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    // A register into a big store under a 3-node view: owner, record and bucket digest upkeep.
+    let mut next = n;
+    g.bench_function("register_maintained", |b| {
+        b.iter(|| {
+            let mut inst = common::instance(next % n);
+            inst.key.port = 30_000 + (next / n) as u16;
+            store.register(black_box(&inst), 0);
+            next += 1;
+        })
+    });
+    // Building one owner's digest (what a verify round sends): O(shards × buckets).
+    g.bench_function("build", |b| b.iter(|| black_box(store.digest(1))));
+    g.finish();
+}
+
+criterion_group!(benches, store_ops, digests);
+criterion_main!(benches);
