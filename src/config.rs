@@ -128,10 +128,22 @@ impl Config {
         if !(100..=600_000).contains(&self.member_timeout_ms) {
             return invalid("member_timeout_ms", "must be 100..=600000");
         }
+        if self.members.len() > crate::wire::MEMBERS_MAX {
+            return invalid("members", "at most 256 members");
+        }
         if !self.members.is_empty() && !self.members.contains(&self.peer_listen) {
             return invalid(
                 "members",
                 "must contain this node's own peer address (peer_listen)",
+            );
+        }
+        if self.is_clustered()
+            && self.cluster_token.is_none()
+            && !self.peer_listen.ip().is_loopback()
+        {
+            return invalid(
+                "cluster_token",
+                "required when the peer port listens beyond loopback (peers authenticate with it)",
             );
         }
         if let Some(t) = &self.cluster_token

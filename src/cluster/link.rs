@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::hash::HashMap;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use crate::hash::HashMap;
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
@@ -75,13 +75,14 @@ impl Link {
         timeout: Duration,
     ) -> Result<Arc<Link>, PeerError> {
         let fut = async {
-            let stream = dialer
-                .connect(addr.to_string())
-                .await
-                .map_err(|e| PeerError::Connect {
-                    addr,
-                    reason: e.to_string(),
-                })?;
+            let stream =
+                dialer
+                    .connect(addr.to_string())
+                    .await
+                    .map_err(|e| PeerError::Connect {
+                        addr,
+                        reason: e.to_string(),
+                    })?;
             let (rd, mut wr) = crate::net::split(stream);
             let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
             let my_nonce = auth::nonce();
@@ -194,17 +195,16 @@ impl Link {
                     Some(Waiter::One(tx)) => {
                         let _ = tx.send(msg);
                     }
-                    Some(Waiter::Stream(tx)) => {
-                        // A full stream channel means the consumer is slow: the reader waits
-                        // rather than buffering without bound.
-                        if tx.send(msg).await.is_ok() && more {
-                            rpending
-                                .lock()
-                                .unwrap()
-                                .insert(frame.request_id, Waiter::Stream(tx));
-                        }
+                    // A full stream channel means the consumer is slow: the reader waits rather
+                    // than buffering without bound. After the last frame the sender is dropped,
+                    // which ends the consumer's stream.
+                    Some(Waiter::Stream(tx)) if tx.send(msg).await.is_ok() && more => {
+                        rpending
+                            .lock()
+                            .unwrap()
+                            .insert(frame.request_id, Waiter::Stream(tx));
                     }
-                    None => {}
+                    Some(Waiter::Stream(_)) | None => {}
                 }
             }
             rclosed.cancel();

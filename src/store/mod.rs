@@ -22,8 +22,8 @@ pub mod record;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use bytes::{BufMut, Bytes, BytesMut};
 use crate::hash::HashMap;
+use bytes::{BufMut, Bytes, BytesMut};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::{Clock, Hlc};
@@ -168,7 +168,7 @@ impl Shard {
         if rec.alive {
             self.digests
                 .entry(rec.owner)
-                .or_insert_with(Digest::new)
+                .or_default()
                 .add(rec.key_hash, rec.digest_term());
         }
     }
@@ -325,6 +325,7 @@ impl Store {
             lease: inst.lease,
             session,
             touched_ms: now,
+            renewed: true,
             metadata,
         };
         if let Some(old) = existing
@@ -332,6 +333,7 @@ impl Store {
         {
             old.touched_ms = now;
             old.session = session;
+            old.renewed = true;
             return;
         }
         rec.version = self.next_version();
@@ -362,6 +364,8 @@ impl Store {
     pub fn deregister(&self, key: &InstanceKey) -> bool {
         self.modify_live(key, true, |rec, now| {
             rec.alive = false;
+            // A tombstone without `lapsed` is a deregistration; with it, a lease expiry.
+            rec.lapsed = false;
             rec.touched_ms = now;
             true
         })
@@ -372,6 +376,7 @@ impl Store {
         let mut outcome = BeatOutcome::Unknown;
         self.modify_live(key, true, |rec, now| {
             rec.touched_ms = now;
+            rec.renewed = true;
             if rec.lapsed {
                 rec.lapsed = false;
                 outcome = BeatOutcome::Recovered;
@@ -425,6 +430,7 @@ impl Store {
         let mut new = rec.clone();
         if !f(&mut new, now) {
             rec.touched_ms = new.touched_ms;
+            rec.renewed = new.renewed;
             return false;
         }
         new.version = self.next_version();
@@ -453,9 +459,27 @@ impl Store {
             .services
             .get(&k.service)
             .and_then(|s| s.instances.get(&idref))
-            && old.version >= rec.version
         {
-            return false;
+            if old.version >= rec.version {
+                return false;
+            }
+            // An expiry made elsewhere (a node that took the key over while it could not see
+            // the client, in a partition) against an instance this node owns and whose client
+            // is beating here: the client is alive. Keep the instance, with a version newer
+            // than the tombstone so that every node converges to it.
+            let expiry = !rec.alive && rec.lapsed;
+            if expiry
+                && old.alive
+                && old.owner == self.node
+                && old.renewed
+                && now.saturating_sub(old.touched_ms) < old.lease.unhealthy_ms as u64
+            {
+                let mut keep = old.clone();
+                keep.version = self.next_version();
+                let id = self.instance_id(&mut shard, &k.service, idref);
+                self.put(&mut shard, &k.service, id, keep, true);
+                return false;
+            }
         }
         let new = Record {
             version: rec.version,
@@ -469,6 +493,7 @@ impl Store {
             lease: rec.lease,
             session: rec.session,
             touched_ms: now,
+            renewed: false,
             metadata: if rec.alive {
                 record::store_metadata(&rec.metadata)
             } else {
@@ -495,12 +520,15 @@ impl Store {
     }
 
     /// The encoded snapshot body (a ServiceSnapshot) answering `q`. An unknown service is an
-    /// empty list at revision 0.
+    /// empty list at the node's latest revision.
     pub fn query(&self, q: &Query) -> Bytes {
         let shard = self.shard_of(&q.name).read().unwrap();
         let Some(svc) = shard.services.get(&q.name) else {
+            // The node's current revision: at least as new as anything this service had before
+            // it was emptied and dropped, so a subscriber is pushed the empty list.
             let mut out = BytesMut::new();
-            ServiceSnapshot::encode_head(&mut out, &q.name, 0, 0);
+            let revision = self.revisions.load(Ordering::Relaxed);
+            ServiceSnapshot::encode_head(&mut out, &q.name, revision, 0);
             return out.freeze();
         };
         if q.cluster.is_empty() && !q.healthy_only {
@@ -591,6 +619,7 @@ impl Store {
                         if idle > r.lease.expire_ms as u64 {
                             let mut n = r.clone();
                             n.alive = false;
+                            n.lapsed = true;
                             n.touched_ms = now;
                             changes.push((name.clone(), id.clone(), n, r.touched_ms));
                             stats.expired += 1;
@@ -661,7 +690,8 @@ impl Store {
 
     /// Installs a new view of the live members: recomputes every record's owner and the
     /// digests. Records this node gains get a fresh lease counted from now (the takeover grace);
-    /// records it loses are returned, encoded, to be handed off to their new owners.
+    /// records it loses are returned, encoded, to be handed off to their new owners — those it
+    /// was renewing on its client's beats with a new version (see [`Record::renewed`]).
     pub fn set_ownership(&self, o: Ownership) -> OwnershipChange {
         let o = Arc::new(o);
         let mut change = OwnershipChange::default();
@@ -675,6 +705,7 @@ impl Store {
             let shard = &mut *shard;
             shard.digests.clear();
             for (name, svc) in shard.services.iter_mut() {
+                let mut restamped = false;
                 for (id, r) in svc.instances.iter_mut() {
                     let new_owner = o.owner(&id.ip, id.port);
                     if new_owner != r.owner {
@@ -683,6 +714,18 @@ impl Store {
                             change.gained += 1;
                         }
                         if r.owner == self.node {
+                            // An instance this node kept alive on its client's beats is handed
+                            // off as a fresh write: it must win over a tombstone the new owner
+                            // may have made while it could not see the client (a partition).
+                            if r.alive
+                                && r.renewed
+                                && now.saturating_sub(r.touched_ms) < r.lease.unhealthy_ms as u64
+                            {
+                                r.version = self.next_version();
+                                self.observer.local_write(name, id, r);
+                                restamped = true;
+                            }
+                            r.renewed = false;
                             change.lost.entry(new_owner).or_default().push(name, id, r);
                         }
                         r.owner = new_owner;
@@ -694,6 +737,11 @@ impl Store {
                             .or_insert_with(Digest::new)
                             .add(r.key_hash, r.digest_term());
                     }
+                }
+                if restamped {
+                    svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
+                    svc.cache = OnceLock::new();
+                    self.observer.service_changed(name);
                 }
             }
         }

@@ -54,6 +54,11 @@ pub struct Record {
     pub session: u64,
     /// Local time (ms) of the last beat, takeover or receipt; for a tombstone, of the delete.
     pub touched_ms: u64,
+    /// This node applied a register or beat to this version: it has first-hand evidence that
+    /// the client is alive. Local only (not synced). Used after a partition heals, so that a
+    /// tombstone made by a side that could not see the client does not delete an instance
+    /// whose client kept beating on the other side (see `Store::merge`, `set_ownership`).
+    pub renewed: bool,
     pub metadata: Option<StoredMetadata>,
 }
 

@@ -760,8 +760,8 @@ pub const RECORD_ENABLED: u8 = 0x04;
 pub const RECORD_LAPSED: u8 = 0x08;
 
 /// One record as nodes exchange it (sync, pull answers, snapshots, handoff): the whole state of
-/// an instance at one version, or its tombstone (`alive == false`; the data fields are then
-/// sent as zeros and ignored).
+/// an instance at one version, or its tombstone (`alive == false`: weight and metadata are sent
+/// empty, and `lapsed` tells an expiry (set) from a deregistration (clear)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncRecord {
     pub key: InstanceKey,
