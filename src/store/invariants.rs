@@ -21,8 +21,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
 use crate::hash::HashMap;
+use bytes::Bytes;
 
 use super::digest::{DIGEST_BUCKETS, bucket_of};
 use super::{Digest, InstanceId, Record, Service, Store, key_hash};
@@ -113,7 +113,7 @@ impl Store {
                         live += 1;
                         expected
                             .entry(r.owner)
-                            .or_insert_with(Digest::new)
+                            .or_default()
                             .add(r.key_hash, r.digest_term());
                         bucket_keys
                             .entry((r.owner, bucket_of(r.key_hash)))
