@@ -148,7 +148,10 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -160,6 +163,31 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// Help and version print as clap renders them; every other argument error is one line on
+/// stderr (scripts read the first line), exit code 2.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("distroctl: error: no command given; see distroctl --help");
+        }
+        _ => {
+            let text = e.render().to_string();
+            let line: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = line.join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            eprintln!("distroctl: error: {line}; see distroctl --help");
+        }
+    }
+    std::process::exit(2);
 }
 
 async fn connect(cli: &Cli, session_bound: bool) -> anyhow::Result<Client> {
@@ -214,6 +242,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
                     .collect(),
             };
+            // Installed before the instance is announced, so that a signal sent as soon as the
+            // "holding" line appears deregisters instead of killing the process.
+            let stop = if *hold { Some(signals()?) } else { None };
             client.register(inst).await.context("register failed")?;
             if !*hold {
                 println!(
@@ -232,7 +263,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 key.service.name()
             );
             std::io::stdout().flush()?;
-            wait_for_signal().await;
+            if let Some(stop) = stop {
+                stop.await;
+            }
             client
                 .deregister(&key.key())
                 .await
@@ -364,12 +397,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Watch { service, json } => {
             let client = connect(&cli, false).await?;
+            let stop = signals()?;
+            tokio::pin!(stop);
             let mut sub = client.subscribe(&service.name()).await?;
             let mut out = std::io::stdout();
             loop {
                 let snap = tokio::select! {
                     s = sub.next() => s,
-                    _ = wait_for_signal() => { client.close(); return Ok(()); }
+                    _ = &mut stop => { client.close(); return Ok(()); }
                 };
                 let Some(snap) = snap else {
                     bail!("subscription ended");
@@ -437,11 +472,16 @@ fn print_instances(snap: &ServiceSnapshot) {
     }
 }
 
-async fn wait_for_signal() {
+/// Installs the SIGINT and SIGTERM handlers now; the future completes on the first of them.
+/// A signal that arrives before the future is awaited is not lost.
+fn signals() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -11,17 +11,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::hash::HashSet;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use crate::hash::HashSet;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info};
 
 use super::Node;
-use crate::net::{BoxStream, StreamWriter};
 use super::push::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
+use crate::net::{BoxStream, StreamWriter};
 use crate::wire::{
     ErrorBody, ErrorCode, FRAME_LEN_MAX, Frame, FrameCodec, HelloOk, InstanceKey, Message, Opcode,
     PAGE_SIZE_MAX, PROTOCOL_VERSION, Query, ServiceName, Text, WireError,
@@ -397,5 +397,7 @@ async fn write_loop(
 /// The revision in an encoded snapshot body (the store encoded it, so it always decodes).
 fn snapshot_revision(body: &Bytes) -> Option<u64> {
     let mut r = crate::wire::Reader::new(body.clone());
-    ServiceName::decode(&mut r).and_then(|_| r.u64("revision")).ok()
+    ServiceName::decode(&mut r)
+        .and_then(|_| r.u64("revision"))
+        .ok()
 }

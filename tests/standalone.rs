@@ -1,0 +1,787 @@
+//! One node, real loopback TCP: what an application relies on when it registers, discovers,
+//! subscribes and loses its connection. Servers run in-process on port 0; leases are short
+//! (down to the 100 ms floor these tests configure) and every wait polls up to a generous
+//! deadline instead of sleeping a fixed time.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use common::*;
+use distro::client::{ClientError, Subscription};
+use distro::wire::{
+    ErrorCode, Instance, InstanceView, Message, Query, Register, ServiceSnapshot, encode_frame_into,
+};
+use tokio::time::Instant;
+
+fn meta(i: &InstanceView) -> BTreeMap<String, String> {
+    i.metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn server_error_code(e: &ClientError) -> Option<ErrorCode> {
+    match e {
+        ClientError::Server { code, .. } => *code,
+        _ => None,
+    }
+}
+
+/// Waits for the next snapshot of `sub` that satisfies `pred`.
+async fn next_matching(
+    sub: &mut Subscription,
+    what: &str,
+    pred: impl Fn(&ServiceSnapshot) -> bool,
+) -> Arc<ServiceSnapshot> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, sub.next()).await {
+            Err(_) => panic!("no push with {what} within {DEADLINE:?}"),
+            Ok(None) => panic!("subscription ended while waiting for {what}"),
+            Ok(Some(s)) if pred(&s) => return s,
+            Ok(Some(_)) => {}
+        }
+    }
+}
+
+fn register_msg(session_bound: bool, instances: Vec<Instance>) -> Message {
+    Message::Register(Register {
+        session_bound,
+        instances,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_list_deregister_keep_metadata_weight_and_enabled() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let svc = name("orders");
+
+    let mut a = inst(&svc, "10.0.0.1", 8080);
+    a.weight = 2.5;
+    a.metadata = vec![
+        ("zone".into(), "eu-1".into()),
+        ("version".into(), "1.2.0".into()),
+    ];
+    let mut b = inst(&svc, "10.0.0.2", 8080);
+    b.enabled = false;
+    let mut canary = Instance::new(key(&svc, "canary", "10.0.0.3", 9090));
+    canary.weight = 0.0;
+    c.register(a.clone()).await.unwrap();
+    c.register_batch(vec![b.clone(), canary.clone()])
+        .await
+        .unwrap();
+
+    let snap = c.query(&svc, false).await.unwrap();
+    assert_eq!(snap.name, svc);
+    assert_eq!(
+        addrs_of(&snap),
+        ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:9090"]
+    );
+    let va = find(&snap, "10.0.0.1", 8080).unwrap();
+    assert_eq!(va.cluster.as_str(), "DEFAULT");
+    assert_eq!(va.weight, 2.5);
+    assert!(va.healthy && va.enabled);
+    assert_eq!(
+        meta(va),
+        BTreeMap::from([
+            ("version".to_string(), "1.2.0".to_string()),
+            ("zone".to_string(), "eu-1".to_string())
+        ])
+    );
+    let vb = find(&snap, "10.0.0.2", 8080).unwrap();
+    assert!(vb.healthy, "a disabled instance is still healthy");
+    assert!(!vb.enabled);
+    assert!(meta(vb).is_empty());
+    let vc = find(&snap, "10.0.0.3", 9090).unwrap();
+    assert_eq!(vc.cluster.as_str(), "canary");
+    assert_eq!(vc.weight, 0.0);
+    assert_eq!(h.node.store.len(), 3);
+
+    // Registering again replaces the attributes.
+    a.weight = 1.0;
+    a.metadata = vec![("zone".into(), "eu-2".into())];
+    c.register(a.clone()).await.unwrap();
+    let snap = c.query(&svc, false).await.unwrap();
+    let va = find(&snap, "10.0.0.1", 8080).unwrap();
+    assert_eq!(va.weight, 1.0);
+    assert_eq!(
+        meta(va),
+        BTreeMap::from([("zone".to_string(), "eu-2".to_string())])
+    );
+    assert_eq!(h.node.store.len(), 3);
+
+    // Deregister removes; a second time there is nothing to remove.
+    assert!(c.deregister(&b.key).await.unwrap());
+    assert!(!c.deregister(&b.key).await.unwrap());
+    let snap = c.query(&svc, false).await.unwrap();
+    assert_eq!(addrs_of(&snap), ["10.0.0.1:8080", "10.0.0.3:9090"]);
+    assert_eq!(h.node.store.len(), 2);
+    assert_eq!(c.held_count(), 2);
+
+    // A service nobody registered is an empty list, not an error.
+    let none = c.query(&name("nobody"), false).await.unwrap();
+    assert!(none.instances.is_empty());
+
+    assert_eq!(c.deregister_all().await.unwrap(), 2);
+    assert!(c.query(&svc, false).await.unwrap().instances.is_empty());
+    assert_eq!(h.node.store.len(), 0);
+    assert_eq!(c.held_count(), 0);
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_only_excludes_disabled_declared_down_and_lapsed() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let svc = name("payments");
+
+    let up = inst(&svc, "10.0.1.1", 80);
+    let mut disabled = inst(&svc, "10.0.1.2", 80);
+    disabled.enabled = false;
+    let mut declared_down = inst(&svc, "10.0.1.3", 80);
+    declared_down.healthy = false;
+    c.register_batch(vec![up, disabled, declared_down])
+        .await
+        .unwrap();
+
+    // A session-bound instance whose connection drops lapses at once.
+    let (mut raw, _) = Raw::open(h.addr).await;
+    let lapsing = inst(&svc, "10.0.1.4", 80);
+    assert_eq!(
+        raw.call(&register_msg(true, vec![lapsing])).await,
+        Message::Ack(1)
+    );
+    drop(raw);
+    eventually(
+        "the dropped session's instance to be reported unhealthy",
+        async || {
+            let s = c.query(&svc, false).await.unwrap();
+            find(&s, "10.0.1.4", 80).filter(|i| !i.healthy).map(|_| ())
+        },
+    )
+    .await;
+
+    let all = c.query(&svc, false).await.unwrap();
+    assert_eq!(
+        all.instances.len(),
+        4,
+        "healthy_only=false lists everything"
+    );
+    let d = find(&all, "10.0.1.2", 80).unwrap();
+    assert!(d.healthy && !d.enabled);
+    assert!(!find(&all, "10.0.1.3", 80).unwrap().healthy);
+
+    let healthy = c.query(&svc, true).await.unwrap();
+    assert_eq!(addrs_of(&healthy), ["10.0.1.1:80"]);
+    assert!(healthy.instances.iter().all(|i| i.healthy && i.enabled));
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_filter_selects_one_cluster() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let svc = name("inventory");
+    let mut off = Instance::new(key(&svc, "c1", "10.0.4.3", 80));
+    off.enabled = false;
+    c.register_batch(vec![
+        Instance::new(key(&svc, "DEFAULT", "10.0.4.1", 80)),
+        Instance::new(key(&svc, "c1", "10.0.4.2", 80)),
+        off,
+        Instance::new(key(&svc, "c2", "10.0.4.4", 80)),
+    ])
+    .await
+    .unwrap();
+
+    let c1 = c.query_cluster(&svc, "c1", false).await.unwrap();
+    assert_eq!(addrs_of(&c1), ["10.0.4.2:80", "10.0.4.3:80"]);
+    assert!(c1.instances.iter().all(|i| i.cluster.as_str() == "c1"));
+    let c1_healthy = c.query_cluster(&svc, "c1", true).await.unwrap();
+    assert_eq!(addrs_of(&c1_healthy), ["10.0.4.2:80"]);
+    let c2 = c.query_cluster(&svc, "c2", false).await.unwrap();
+    assert_eq!(addrs_of(&c2), ["10.0.4.4:80"]);
+    assert!(
+        c.query_cluster(&svc, "nope", false)
+            .await
+            .unwrap()
+            .instances
+            .is_empty()
+    );
+    assert_eq!(
+        c.query_cluster(&svc, "", false)
+            .await
+            .unwrap()
+            .instances
+            .len(),
+        4,
+        "an empty cluster means all clusters"
+    );
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_services_pages_with_counts() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let ns = "paging";
+    // 25 services in group "g" with 1..=3 instances each (every other one has one declared
+    // down), one in group "a" (sorts first), and one in another namespace (never listed).
+    let mut expected = Vec::new();
+    let mut batch = Vec::new();
+    let a = distro::wire::ServiceName::new(ns, "a", "zeta");
+    batch.push(inst(&a, "10.1.0.1", 1));
+    expected.push(("a".to_string(), "zeta".to_string(), 1, 1));
+    for s in 0..25u16 {
+        let svc = distro::wire::ServiceName::new(ns, "g", &format!("svc-{s:02}"));
+        let n = (s % 3) as u32 + 1;
+        for p in 0..n {
+            let mut i = inst(&svc, "10.1.0.2", 1000 + p as u16);
+            i.healthy = !(s % 2 == 0 && p == 0);
+            batch.push(i);
+        }
+        let healthy = if s % 2 == 0 { n - 1 } else { n };
+        expected.push(("g".to_string(), format!("svc-{s:02}"), n, healthy));
+    }
+    batch.push(inst(&name("elsewhere"), "10.1.0.3", 1));
+    c.register_batch(batch).await.unwrap();
+
+    let mut seen = Vec::new();
+    for (page, len) in [(0, 10), (1, 10), (2, 6), (3, 0)] {
+        let l = c.list_services(ns, page, 10).await.unwrap();
+        assert_eq!(l.total, 26, "total counts every page");
+        assert_eq!(l.services.len(), len, "page {page}");
+        seen.extend(l.services.into_iter().map(|s| {
+            (
+                s.group.to_string(),
+                s.service.to_string(),
+                s.instances,
+                s.healthy,
+            )
+        }));
+    }
+    assert_eq!(seen, expected, "sorted by (group, service) with counts");
+    assert_eq!(c.all_services(ns).await.unwrap().services.len(), 26);
+    let public = c.all_services("public").await.unwrap();
+    assert_eq!(public.total, 1);
+    assert_eq!(public.services[0].service.as_str(), "elsewhere");
+
+    for bad in [0u16, 1001] {
+        let e = c.list_services(ns, 0, bad).await.unwrap_err();
+        assert_eq!(
+            server_error_code(&e),
+            Some(ErrorCode::InvalidArgument),
+            "{e}"
+        );
+    }
+
+    // A service whose instances are all gone is no longer listed.
+    c.deregister(&key(&a, "DEFAULT", "10.1.0.1", 1))
+        .await
+        .unwrap();
+    let l = c.list_services(ns, 0, 10).await.unwrap();
+    assert_eq!(l.total, 25);
+    assert_eq!(l.services[0].service.as_str(), "svc-00");
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_lapses_then_expires_without_beats_while_a_beating_instance_stays_healthy() {
+    let h = start().await;
+    let svc = name("leases");
+    let c = client(&[h.addr]).await;
+    // The SDK beats at the shortest interval it holds: every 100 ms here.
+    let mut kept = inst(&svc, "10.0.2.1", 80);
+    kept.lease = lease(100, 1500, 2500);
+    c.register(kept).await.unwrap();
+    let registered_at = Instant::now();
+
+    // A raw connection registers and never beats; it stays open, so only the lease acts.
+    let (mut raw, _) = Raw::open(h.addr).await;
+    let mut silent = inst(&svc, "10.0.2.2", 80);
+    silent.lease = lease(100, 300, 1500);
+    assert_eq!(
+        raw.call(&register_msg(true, vec![silent.clone()])).await,
+        Message::Ack(1)
+    );
+
+    eventually("the silent instance to be reported unhealthy", async || {
+        let s = c.query(&svc, false).await.unwrap();
+        find(&s, "10.0.2.2", 80).filter(|i| !i.healthy).map(|_| ())
+    })
+    .await;
+    eventually("the silent instance to be removed", async || {
+        let s = c.query(&svc, false).await.unwrap();
+        find(&s, "10.0.2.2", 80).is_none().then_some(())
+    })
+    .await;
+    assert!(
+        h.node.store.get(&silent.key).is_some_and(|r| !r.alive),
+        "an expired instance leaves a tombstone"
+    );
+
+    // The beating instance outlives its own expire-after many times over, healthy throughout.
+    while registered_at.elapsed() < Duration::from_millis(4000) {
+        let s = c.query(&svc, false).await.unwrap();
+        let k = find(&s, "10.0.2.1", 80).expect("the beating instance expired");
+        assert!(k.healthy, "the beating instance was reported unhealthy");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The silent connection itself was fine all along.
+    assert_eq!(raw.call(&Message::Ping(7)).await, Message::Pong(7));
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_session_lapses_bound_instances_at_once_and_removes_them_at_expiry() {
+    let h = start().await;
+    let svc = name("sessions");
+    let watcher = client(&[h.addr]).await;
+    let mut sub = watcher.subscribe(&svc).await.unwrap();
+
+    let owner = client(&[h.addr]).await;
+    let mut bound = inst(&svc, "10.0.3.1", 80);
+    bound.lease = lease(100, 4000, 4000);
+    let mut unbound = inst(&svc, "10.0.3.2", 80);
+    unbound.lease = lease(100, 4000, 4000);
+    owner.register_with(vec![bound], true).await.unwrap();
+    owner.register_with(vec![unbound], false).await.unwrap();
+    next_matching(&mut sub, "both instances healthy", |s| {
+        s.instances.len() == 2 && s.instances.iter().all(|i| i.healthy)
+    })
+    .await;
+
+    // The client goes away without deregistering.
+    owner.close();
+    let snap = next_matching(&mut sub, "the bound instance unhealthy", |s| {
+        find(s, "10.0.3.1", 80).is_some_and(|i| !i.healthy)
+    })
+    .await;
+    // Pushed at once, not at the end of the 4 s lease: the instance that is not session-bound
+    // (same lease, same client, beats stopped at the same moment) is still healthy.
+    assert!(
+        find(&snap, "10.0.3.2", 80).unwrap().healthy,
+        "an instance that is not session-bound lives on its lease alone"
+    );
+    assert_eq!(h.node.store.len(), 2, "lapsed, not removed");
+
+    // Removed at expire-after.
+    next_matching(&mut sub, "the bound instance removed", |s| {
+        find(s, "10.0.3.1", 80).is_none()
+    })
+    .await;
+    eventually("both instances gone from the store", async || {
+        h.node.store.is_empty().then_some(())
+    })
+    .await;
+    watcher.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reregistering_from_a_new_connection_restores_health() {
+    let h = start().await;
+    let svc = name("comeback");
+    let reader = client(&[h.addr]).await;
+    let mut x = inst(&svc, "10.0.5.1", 80);
+    x.lease = lease(100, 10_000, 20_000);
+    let is_healthy = async |want: bool| {
+        let s = reader.query(&svc, false).await.unwrap();
+        find(&s, "10.0.5.1", 80).is_some_and(|i| i.healthy == want)
+    };
+
+    let first = client(&[h.addr]).await;
+    first.register(x.clone()).await.unwrap();
+    first.close();
+    eventually("the instance of the closed client to lapse", async || {
+        is_healthy(false).await.then_some(())
+    })
+    .await;
+
+    let second = client(&[h.addr]).await;
+    second.register(x.clone()).await.unwrap();
+    assert!(is_healthy(true).await, "re-registering restores health");
+    assert_eq!(h.node.store.len(), 1);
+
+    // It is now bound to the new connection: dropping that one lapses it again.
+    second.close();
+    eventually("the instance to lapse again", async || {
+        is_healthy(false).await.then_some(())
+    })
+    .await;
+    reader.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_start_with_a_snapshot_grow_in_revision_and_coalesce() {
+    let h = start_with(|c| c.push_delay_ms = 50).await;
+    let svc = name("coalesce");
+    let (mut writer, _) = Raw::open(h.addr).await;
+    let before: Vec<Instance> = (1..=3).map(|p| inst(&svc, "10.2.0.1", p)).collect();
+    assert_eq!(
+        writer.call(&register_msg(false, before)).await,
+        Message::Ack(3)
+    );
+
+    let (mut sub, _) = Raw::open(h.addr).await;
+    assert_eq!(
+        sub.call(&Message::Subscribe(svc.clone())).await,
+        Message::Ack(1)
+    );
+    let first = sub.push().await;
+    assert_eq!(first.name, svc);
+    assert_eq!(
+        first.instances.len(),
+        3,
+        "the first push is the current list"
+    );
+    assert!(first.revision > 0);
+
+    // 200 changes, pipelined in one write: each Register is a change of its own.
+    const CHANGES: u32 = 200;
+    let mut frames = BytesMut::new();
+    for i in 0..CHANGES {
+        let one = inst(&svc, "10.2.1.1", 1000 + i as u16);
+        encode_frame_into(&mut frames, 100 + i, 0, &register_msg(false, vec![one]));
+    }
+    writer.write(&frames).await;
+    for _ in 0..CHANGES {
+        let f = writer.frame().await.expect("answer");
+        assert_eq!(f.message().unwrap(), Message::Ack(1));
+    }
+
+    let mut pushes = vec![first];
+    while pushes.last().unwrap().instances.len() < 3 + CHANGES as usize {
+        pushes.push(sub.push().await);
+    }
+    for w in pushes.windows(2) {
+        assert!(
+            w[0].revision < w[1].revision,
+            "revisions must grow strictly: {} then {}",
+            w[0].revision,
+            w[1].revision
+        );
+    }
+    let after_first = pushes.len() - 1;
+    assert!(
+        after_first * 10 <= CHANGES as usize,
+        "{after_first} pushes for {CHANGES} changes: not coalesced"
+    );
+
+    // One more change later: one more push, newer still, with the current list.
+    let last_rev = pushes.last().unwrap().revision;
+    let gone = distro::wire::InstanceKey {
+        service: svc.clone(),
+        cluster: "DEFAULT".into(),
+        ip: "10.2.0.1".into(),
+        port: 1,
+    };
+    assert_eq!(
+        writer.call(&Message::Deregister(vec![gone])).await,
+        Message::Ack(1)
+    );
+    let p = sub.push().await;
+    assert!(p.revision > last_rev);
+    assert_eq!(p.instances.len(), 2 + CHANGES as usize);
+    assert!(find(&p, "10.2.0.1", 1).is_none());
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_never_repeat_under_a_stream_of_changes_without_push_delay() {
+    // With no coalescing delay the writer pushes while changes keep landing; a change that
+    // lands between taking the pending set and reading the snapshot must not make the next
+    // push repeat the revision.
+    let h = start_with(|c| c.push_delay_ms = 0).await;
+    let svc = name("stream");
+    let (mut writer, _) = Raw::open(h.addr).await;
+    let (mut sub, _) = Raw::open(h.addr).await;
+    assert_eq!(
+        sub.call(&Message::Subscribe(svc.clone())).await,
+        Message::Ack(1)
+    );
+    const CHANGES: u32 = 3000;
+    let mut frames = BytesMut::new();
+    for i in 0..CHANGES {
+        let one = inst(&svc, "10.2.2.2", 1 + i as u16);
+        encode_frame_into(&mut frames, 10 + i, 0, &register_msg(false, vec![one]));
+    }
+    writer.write(&frames).await;
+    let mut revisions = Vec::new();
+    loop {
+        let p = sub.push().await;
+        revisions.push(p.revision);
+        if p.instances.len() == CHANGES as usize {
+            break;
+        }
+    }
+    let repeats: Vec<_> = revisions.windows(2).filter(|w| w[0] >= w[1]).collect();
+    assert!(
+        repeats.is_empty(),
+        "{} of {} pushes did not grow the revision: {repeats:?}",
+        repeats.len(),
+        revisions.len()
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_subscription_yields_the_snapshot_first_then_every_change() {
+    let h = start().await;
+    let svc = name("watched");
+    let c = client(&[h.addr]).await;
+    c.register(inst(&svc, "10.3.0.1", 80)).await.unwrap();
+
+    let mut sub = c.subscribe(&svc).await.unwrap();
+    let first = next_matching(&mut sub, "the first snapshot", |_| true).await;
+    assert_eq!(addrs_of(&first), ["10.3.0.1:80"]);
+
+    c.register(inst(&svc, "10.3.0.2", 80)).await.unwrap();
+    let s = next_matching(&mut sub, "the second instance", |s| s.instances.len() == 2).await;
+    assert!(s.revision > first.revision);
+    assert_eq!(
+        addrs_of(&c.cached(&svc).unwrap()),
+        ["10.3.0.1:80", "10.3.0.2:80"]
+    );
+
+    c.deregister(&key(&svc, "DEFAULT", "10.3.0.1", 80))
+        .await
+        .unwrap();
+    next_matching(&mut sub, "the first instance gone", |s| {
+        addrs_of(s) == ["10.3.0.2:80"]
+    })
+    .await;
+
+    c.unsubscribe(&svc).await.unwrap();
+    let ended = tokio::time::timeout(DEADLINE, sub.next()).await.unwrap();
+    assert!(ended.is_none(), "an unsubscribed stream ends");
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_redoes_registrations_and_subscriptions_after_a_server_restart() {
+    let h = start().await;
+    let addr = h.addr;
+    let svc = name("redo");
+    let owner = client(&[addr]).await;
+    let watcher = client(&[addr]).await;
+    let mut sub = watcher.subscribe(&svc).await.unwrap();
+    owner.register(inst(&svc, "10.4.0.1", 80)).await.unwrap();
+    next_matching(&mut sub, "the instance before the restart", |s| {
+        addrs_of(s) == ["10.4.0.1:80"]
+    })
+    .await;
+
+    h.stop().await;
+    let h2 = start_on(addr).await;
+    // Nothing is told to the clients: they reconnect, register and subscribe again by themselves.
+    next_matching(&mut sub, "the instance after the restart", |s| {
+        addrs_of(s) == ["10.4.0.1:80"] && s.instances[0].healthy
+    })
+    .await;
+    assert_eq!(h2.node.store.len(), 1);
+    assert_eq!(h2.node.subs.count(), 1, "the watcher subscribed again");
+    let s = owner.query(&svc, true).await.unwrap();
+    assert_eq!(addrs_of(&s), ["10.4.0.1:80"]);
+    owner.close();
+    watcher.close();
+    h2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_skips_a_dead_address() {
+    let h = start().await;
+    let dead = dead_addr();
+    let c = client(&[dead, h.addr]).await;
+    assert_eq!(c.connected_to().unwrap().0, h.addr.to_string());
+    let svc = name("failover-dead");
+    c.register(inst(&svc, "10.5.0.1", 80)).await.unwrap();
+    assert_eq!(
+        addrs_of(&c.query(&svc, false).await.unwrap()),
+        ["10.5.0.1:80"]
+    );
+    assert_eq!(h.node.store.len(), 1);
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_the_second_server_when_the_first_stops() {
+    let h1 = start().await;
+    let h2 = start_with(|c| c.node_id = 2).await;
+    let svc = name("failover-live");
+    let c = client(&[h1.addr, h2.addr]).await;
+    assert_eq!(c.connected_to().unwrap().0, h1.addr.to_string());
+    c.register(inst(&svc, "10.5.1.1", 80)).await.unwrap();
+    assert_eq!(h1.node.store.len(), 1);
+
+    h1.stop().await;
+    // Requests continue against the second server, which learns the instance from the redo.
+    let s = eventually("the instance on the second server", async || {
+        let s = c.query(&svc, false).await.ok()?;
+        (addrs_of(&s) == ["10.5.1.1:80"]).then_some(s)
+    })
+    .await;
+    assert!(s.instances[0].healthy);
+    assert_eq!(c.connected_to().unwrap().0, h2.addr.to_string());
+    c.register(inst(&svc, "10.5.1.2", 80)).await.unwrap();
+    assert_eq!(h2.node.store.len(), 2);
+    c.close();
+    h2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beat_of_an_unknown_key_is_answered_and_the_sdk_registers_it_again() {
+    let h = start().await;
+    let svc = name("beats");
+    let known = inst(&svc, "10.6.0.1", 80);
+
+    // On the wire: BeatAck lists the indexes of the keys the node does not know.
+    let (mut raw, _) = Raw::open(h.addr).await;
+    assert_eq!(
+        raw.call(&register_msg(false, vec![known.clone()])).await,
+        Message::Ack(1)
+    );
+    let unknown = key(&svc, "DEFAULT", "10.6.0.9", 80);
+    let keys = vec![
+        known.key.clone(),
+        unknown.clone(),
+        known.key.clone(),
+        unknown,
+    ];
+    assert_eq!(
+        raw.call(&Message::Beat(keys)).await,
+        Message::BeatAck(vec![1, 3])
+    );
+    assert_eq!(h.node.store.len(), 1, "a beat never creates an instance");
+    assert_eq!(
+        raw.call(&Message::Deregister(vec![known.key.clone()]))
+            .await,
+        Message::Ack(1)
+    );
+
+    // Through the SDK: an instance deleted behind its back comes back on the next beat.
+    let holder = client(&[h.addr]).await;
+    let other = client(&[h.addr]).await;
+    let mut x = inst(&svc, "10.6.0.2", 80);
+    x.metadata = vec![("k".into(), "v".into())];
+    holder.register(x.clone()).await.unwrap();
+    assert!(other.deregister(&x.key).await.unwrap());
+    assert!(other.query(&svc, false).await.unwrap().instances.is_empty());
+
+    assert_eq!(holder.beat_now().await.unwrap(), 1);
+    let s = other.query(&svc, false).await.unwrap();
+    let back = find(&s, "10.6.0.2", 80).expect("registered again");
+    assert!(back.healthy);
+    assert_eq!(meta(back).get("k").map(String::as_str), Some("v"));
+    assert_eq!(holder.beat_now().await.unwrap(), 0);
+    holder.close();
+    other.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_below_the_floor_is_rejected_and_nothing_is_stored() {
+    let h = start_with(|c| c.lease_floor_ms = 500).await;
+    let svc = name("floor");
+    let c = client(&[h.addr]).await;
+
+    for bad in [
+        lease(100, 15_000, 30_000),
+        lease(5_000, 400, 30_000),
+        lease(5_000, 15_000, 499),
+    ] {
+        let mut i = inst(&svc, "10.7.0.1", 80);
+        i.lease = bad;
+        let e = c.register(i).await.unwrap_err();
+        assert_eq!(
+            server_error_code(&e),
+            Some(ErrorCode::InvalidArgument),
+            "{e}"
+        );
+        assert!(e.to_string().contains("floor"), "the message says why: {e}");
+    }
+    // A batch is checked whole: one bad lease rejects all of it.
+    let good = inst(&svc, "10.7.0.2", 80);
+    let mut bad = inst(&svc, "10.7.0.3", 80);
+    bad.lease = lease(50, 50, 50);
+    let e = c.register_batch(vec![good.clone(), bad]).await.unwrap_err();
+    assert_eq!(server_error_code(&e), Some(ErrorCode::InvalidArgument));
+    // An inconsistent lease (beat after unhealthy-after) is rejected too.
+    let mut odd = inst(&svc, "10.7.0.4", 80);
+    odd.lease = lease(2_000, 1_000, 30_000);
+    let e = c.register(odd).await.unwrap_err();
+    assert_eq!(server_error_code(&e), Some(ErrorCode::InvalidArgument));
+
+    assert_eq!(h.node.store.len(), 0);
+    assert!(c.query(&svc, false).await.unwrap().instances.is_empty());
+    assert_eq!(c.held_count(), 0, "the SDK keeps nothing that was rejected");
+
+    // Exactly at the floor is fine, and the connection still works.
+    let mut edge = good;
+    edge.lease = lease(500, 500, 500);
+    c.register(edge).await.unwrap();
+    assert_eq!(h.node.store.len(), 1);
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_not_ready_refuses_client_traffic_and_the_sdk_fails_over() {
+    let h1 = start().await;
+    let h2 = start_with(|c| c.node_id = 2).await;
+    let svc = name("ready");
+    h1.node.set_ready(false);
+
+    // On the wire: Hello and Ping answer, Query and Register are refused with NotReady.
+    let (mut raw, hello) = Raw::open(h1.addr).await;
+    assert!(!hello.ready);
+    assert_eq!(raw.call(&Message::Ping(1)).await, Message::Pong(1));
+    let q = Message::Query(Query {
+        name: svc.clone(),
+        cluster: "".into(),
+        healthy_only: false,
+    });
+    for msg in [q, register_msg(true, vec![inst(&svc, "10.8.0.1", 80)])] {
+        match raw.call(&msg).await {
+            Message::Error(e) => assert_eq!(e.kind(), Some(ErrorCode::NotReady), "{e:?}"),
+            other => panic!("expected NotReady, got {other:?}"),
+        }
+    }
+    assert_eq!(h1.node.store.len(), 0);
+
+    // The SDK skips the node that is not ready.
+    let c = client(&[h1.addr, h2.addr]).await;
+    assert_eq!(c.connected_to().unwrap().0, h2.addr.to_string());
+    c.register(inst(&svc, "10.8.0.2", 80)).await.unwrap();
+    assert_eq!(h2.node.store.len(), 1);
+    c.close();
+
+    // A node that stops being ready under a connected SDK: the next request moves on.
+    h1.node.set_ready(true);
+    let c = client(&[h1.addr, h2.addr]).await;
+    assert_eq!(c.connected_to().unwrap().0, h1.addr.to_string());
+    h1.node.set_ready(false);
+    c.register(inst(&svc, "10.8.0.3", 80)).await.unwrap();
+    assert_eq!(c.connected_to().unwrap().0, h2.addr.to_string());
+    assert_eq!(h1.node.store.len(), 0);
+    assert_eq!(
+        addrs_of(&c.query(&svc, false).await.unwrap()),
+        ["10.8.0.2:80", "10.8.0.3:80"]
+    );
+    c.close();
+    h1.stop().await;
+    h2.stop().await;
+}
