@@ -57,7 +57,11 @@ impl Hlc {
         let phys = now_ms << LOGICAL_BITS;
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {
-            let next = if phys > prev { phys } else { prev + 1 };
+            let next = if phys > prev {
+                phys
+            } else {
+                prev.saturating_add(1)
+            };
             match self
                 .last
                 .compare_exchange_weak(prev, next, Ordering::AcqRel, Ordering::Relaxed)

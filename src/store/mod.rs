@@ -45,6 +45,11 @@ pub const SHARDS: usize = 64;
 /// "Tombstones").
 pub const TOMBSTONE_GRACE_MS: u64 = 60_000;
 
+/// A received record stamped further than this past the local clock is refused: clocks of a
+/// cluster are expected within seconds of each other, and an unbounded version would win every
+/// merge forever.
+pub const VERSION_FUTURE_MAX_MS: u64 = 3_600_000;
+
 /// Told about every change, while the shard's lock is held: keep it quick.
 pub trait StoreObserver: Send + Sync {
     /// The instance list of `name` changed (push to its subscribers).
@@ -328,11 +333,13 @@ impl Store {
             renewed: true,
             metadata,
         };
+        // The session is part of what peers must know (a new owner lapses by it), so a
+        // re-register from another connection is a new version even with the same data.
         if let Some(old) = existing
             && old.same_content(&rec)
+            && old.session == session
         {
             old.touched_ms = now;
-            old.session = session;
             old.renewed = true;
             return;
         }
@@ -392,6 +399,10 @@ impl Store {
     /// Marks the instance unhealthy at once if it is still bound to `session` (its connection
     /// dropped without deregistering). True if it changed.
     pub fn lapse_session(&self, key: &InstanceKey, session: u64) -> bool {
+        if session == 0 {
+            // 0 marks instances bound to no session: there is nothing to lapse.
+            return false;
+        }
         self.modify_live(key, true, |rec, _| {
             if rec.session == session && !rec.lapsed {
                 rec.lapsed = true;
@@ -442,9 +453,19 @@ impl Store {
     /// Merges a record from a peer: applied only if its version is newer than what this node
     /// holds (last writer wins; tombstones included). True if applied.
     pub fn merge(&self, rec: &SyncRecord) -> bool {
-        self.hlc.observe(rec.version.hlc);
         let k = &rec.key;
         let now = self.clock.now_ms();
+        if crate::clock::hlc_physical_ms(rec.version.hlc) > now + VERSION_FUTURE_MAX_MS {
+            // A version from far in the future would win every merge and drag this node's
+            // clock along: refuse it (a peer's clock is broken, or the record is hostile).
+            tracing::warn!(
+                key = %format_args!("{}/{}:{}", k.service, k.ip, k.port),
+                hlc = rec.version.hlc,
+                "refused a record stamped more than an hour in the future"
+            );
+            return false;
+        }
+        self.hlc.observe(rec.version.hlc);
         // Keep the view locked until the record is in, so that `set_ownership` cannot pass this
         // shard between the owner lookup and the insert (which would leave a stale owner).
         let view = self.ownership.read().unwrap();

@@ -322,13 +322,23 @@ async fn reregistering_identical_data_renews_without_a_new_version() {
     advance(10_000).await;
     let mut same = i.clone();
     same.metadata.reverse(); // the same map in another order
-    s.register(&same, 6);
+    s.register(&same, 5);
     let r = s.get(&a).unwrap();
     assert_eq!(r.version, v1, "identical data: no new version");
     assert_eq!(r.touched_ms, T0 + 10_000, "but the lease is renewed");
-    assert_eq!(r.session, 6, "and the record follows the new session");
     assert_eq!(query_all(&s, &orders()).revision, rev1);
     assert_eq!(obs.take(), [], "nothing to sync or push");
+    check(&s);
+
+    // The same data from another connection is a new version: peers (and a future owner)
+    // must know which session the instance is bound to.
+    s.register(&same, 6);
+    let r = s.get(&a).unwrap();
+    assert!(r.version > v1, "a new session is news");
+    assert_eq!(r.session, 6);
+    let v1 = r.version;
+    let rev1 = query_all(&s, &orders()).revision;
+    obs.take();
     check(&s);
 
     type Change = Box<dyn Fn(&mut Instance)>;
@@ -1802,9 +1812,9 @@ fn apply(s: &Store, op: &Op) -> Result<(), TestCaseError> {
         Op::LapseSession { key, session } => {
             let k = prop_key(*key);
             let before = s.get(&k);
-            let expect = before
-                .as_ref()
-                .is_some_and(|b| b.alive && !b.lapsed && b.session == *session as u64);
+            let expect = before.as_ref().is_some_and(|b| {
+                b.alive && !b.lapsed && *session != 0 && b.session == *session as u64
+            });
             prop_assert_eq!(s.lapse_session(&k, *session as u64), expect);
             if expect {
                 prop_assert!(s.get(&k).unwrap().lapsed);
@@ -2143,4 +2153,25 @@ proptest! {
         if let Err(e) = a.check_invariants() { prop_assert!(false, "a: {}", e); }
         if let Err(e) = b.check_invariants() { prop_assert!(false, "b: {}", e); }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_record_from_far_in_the_future_is_refused_and_does_not_drag_the_clock() {
+    let s = Store::new(1, Clock::starting_at(T0), Arc::new(NoObserver));
+    let a = k("10.0.0.1");
+    for hlc in [u64::MAX, hlc_at(T0 + VERSION_FUTURE_MAX_MS + 1_000)] {
+        assert!(
+            !s.merge(&sync(&a, hlc, 2, true)),
+            "hlc {hlc:#x} must be refused"
+        );
+        assert!(s.get(&a).is_none());
+    }
+    // Within the bound a peer ahead of us is accepted, and our next write still wins.
+    let ahead = hlc_at(T0 + 60_000);
+    assert!(s.merge(&sync(&a, ahead, 2, true)));
+    let mut changed = inst(&a);
+    changed.weight = 2.0;
+    s.register(&changed, 0);
+    assert!(s.get(&a).unwrap().version.hlc > ahead);
+    check(&s);
 }
