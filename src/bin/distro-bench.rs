@@ -55,6 +55,9 @@ const BENCH_LEASE: Lease = Lease {
     unhealthy_ms: 3_600_000,
     expire_ms: 3_600_000,
 };
+/// How often the nodes' instance counts are read while waiting for them to hold the data.
+/// ClusterStatus sums the per-owner digests (O(shards × buckets)): cheap, but not free.
+const STATUS_POLL: Duration = Duration::from_millis(100);
 /// Instances per Register frame while loading the data set of `query` and `beat`.
 const LOAD_BATCH: usize = 1024;
 /// Subscriptions one connection may hold on a node (`SUBSCRIPTIONS_PER_CONNECTION_MAX`).
@@ -628,7 +631,7 @@ impl NodeStatus {
                 );
                 return None;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(STATUS_POLL).await;
         }
     }
 }
@@ -744,7 +747,7 @@ async fn register(
                 if load_done.load(Ordering::Acquire) {
                     return (status, None);
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(STATUS_POLL).await;
             }
         })
     };
