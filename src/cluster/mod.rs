@@ -476,6 +476,8 @@ impl Cluster {
         });
         let mut rx = link.call_stream(&req, STREAM_FRAME_TIMEOUT).await?;
         let mut present = HashSet::default();
+        // The owner's version of each record it sent, by key hash.
+        let mut theirs: HashMap<u64, crate::wire::Version> = HashMap::default();
         let mut repaired = 0;
         loop {
             let msg = tokio::time::timeout(STREAM_FRAME_TIMEOUT, rx.recv())
@@ -485,7 +487,9 @@ impl Cluster {
                 Some(Message::Records(recs)) => {
                     for r in &recs {
                         let k = &r.key;
-                        present.insert(key_hash(&k.service, &k.cluster, &k.ip, k.port));
+                        let h = key_hash(&k.service, &k.cluster, &k.ip, k.port);
+                        present.insert(h);
+                        theirs.insert(h, r.version);
                     }
                     repaired += self.apply_records(&recs);
                 }
@@ -499,6 +503,24 @@ impl Cluster {
             return Err(PeerError::Closed);
         }
         Stats::add(&self.stats.records_repaired, repaired as u64);
+        // Records this node holds at a newer version than the owner's (a write or delete whose
+        // handoff to the owner was lost, the other side of a healed partition): last writer
+        // wins, so they go to the owner, whose next digest spreads them. Without this the owner
+        // never learns them and every replica pulls the same buckets forever.
+        let mut newer = crate::store::RecordBatch::default();
+        self.store.for_each_record(|name, id, r| {
+            if r.owner == owner
+                && buckets.contains(crate::store::digest::bucket_of(r.key_hash))
+                && theirs.get(&r.key_hash).is_some_and(|v| *v < r.version)
+            {
+                newer.push(name, id, r);
+            }
+        });
+        for (count, bytes) in newer.pieces(RECORDS_FRAME_BYTES) {
+            if link.send_raw(records_frame(Opcode::SyncBatch, 0, 0, count, &bytes)) {
+                Stats::add(&self.stats.records_pushed_to_owner, count as u64);
+            }
+        }
         let grace = self.config.verify_interval_ms + self.config.member_timeout_ms;
         let changed = self.ownership_changed_ms.load(Ordering::Relaxed);
         let mut dropped = 0;
@@ -535,6 +557,9 @@ impl Cluster {
                 return;
             }
             let up: Vec<Arc<Member>> = self.members.iter().filter(|m| m.is_up()).cloned().collect();
+            // Peers that refused because they are loading themselves (their store is no copy
+            // of the cluster's data).
+            let mut loading = 0;
             for m in &up {
                 match self.load_from(m).await {
                     Ok(n) => {
@@ -542,12 +567,18 @@ impl Cluster {
                         info!(peer = %m.addr, records = n, "loaded the cluster's data; ready");
                         return;
                     }
+                    Err(PeerError::Remote(e)) if e.kind() == Some(ErrorCode::NotReady) => {
+                        loading += 1;
+                    }
                     Err(e) => warn!(peer = %m.addr, error = %e, "snapshot load failed"),
                 }
             }
-            if up.is_empty() && started.elapsed() >= alone_after {
+            // Every member up and loading: the whole cluster is starting and nobody holds data
+            // yet. Otherwise serve alone only once no peer with data answered for a while.
+            let cold_start = !up.is_empty() && up.len() == self.members.len();
+            if loading == up.len() && (cold_start || started.elapsed() >= alone_after) {
                 self.ready.store(true, Ordering::Release);
-                info!("no peer reachable; serving alone");
+                info!(loading, "no peer with data reachable; serving alone");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -276,6 +276,15 @@ async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sende
             return send_all(tx, frames).await;
         }
         Message::SnapshotRequest => {
+            if !cluster.ready.load(std::sync::atomic::Ordering::Acquire) {
+                // A node still loading holds only part of the data (nothing, after a restart):
+                // a peer that loaded it would turn ready with an empty or partial store.
+                let e = ErrorBody::new(ErrorCode::NotReady, "this node is still loading");
+                return tx
+                    .send(encode_frame(rid, 0, &Message::Error(e)))
+                    .await
+                    .is_ok();
+            }
             let c = cluster.clone();
             let tx = tx.clone();
             // Streamed from its own task so the connection keeps serving (and the receiver's

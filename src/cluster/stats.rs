@@ -46,6 +46,9 @@ counters! {
     records_repaired,
     /// Records removed after a pull because their owner no longer had them.
     records_dropped_by_pull,
+    /// Records sent back to their owner after a pull because this node held them at a newer
+    /// version than the owner did.
+    records_pushed_to_owner,
     /// Writes forwarded to their owner.
     forwards,
     forward_errors,
