@@ -79,15 +79,15 @@ fn partition_and_heal_across_network_namespaces() {
     with_lab("p", Lab::scenario);
 }
 
-/// A known bug, kept as its reproduction until it is fixed (then drop the `ignore`, and the
-/// constraint on `y_side` in `partition_round`): a write made on the cut-off node during a cut is
-/// lost when the heal is staggered. Node 1 is cut off, registers key K (owner 2 with every node
+/// A write made on the cut-off node during a cut survives a staggered heal (a regression test;
+/// this used to lose the write). Node 1 is cut off, registers key K (owner 2 with every node
 /// up, owner 3 in the view {1, 3}); the link 1-3 comes back first, so node 1 (view {1, 3}) hands
 /// K to node 3; node 3 (view {1, 2, 3}) stores it as owned by node 2 and tells no one; then the
 /// link 1-2 comes back, node 2 never learns K, and the next anti-entropy pulls from node 2
-/// drop K on nodes 1 and 3 (`drop_missing`: alive, owner 2, absent from the owner's buckets).
+/// dropped K on nodes 1 and 3 (`drop_missing`: alive, owner 2, absent from the owner's
+/// buckets). Now a pull sends such a record, younger than any tombstone's retention, to the
+/// owner instead of dropping it.
 #[test]
-#[ignore = "known bug: a handoff to a node that does not own the key by its own view is lost"]
 fn staggered_heal_keeps_a_write_made_on_the_cut_off_side() {
     with_lab("s", Lab::staggered_heal);
 }
@@ -671,12 +671,11 @@ impl Lab {
         let ip = |kind: usize| format!("192.0.2.{}", round * 16 + kind);
         let x_side = self.key_owned_by(&ip(0), side); // written on the majority side
         let x_cut = self.key_owned_by(&ip(1), cut);
-        // Written at the cut-off node. While the staggered-heal bug stands (see
-        // `staggered_heal_keeps_a_write_made_on_the_cut_off_side`), `y_side` must not be owned by
-        // the third node in the view {cut, third}: the cut-off node may see that node back first
-        // and hand the key to it, where it is lost.
+        // Written at the cut-off node, and owned by the third node in the view {cut, third}: if
+        // the cut-off node sees that node back first it hands the key there, to a node that
+        // stores it as the side's (see `staggered_heal_keeps_a_write_made_on_the_cut_off_side`).
         let third = 6 - cut - side;
-        let y_side = self.pick_key(&ip(2), side, |k| owner_in(&[cut, third], k) != third);
+        let y_side = self.pick_key(&ip(2), side, |k| owner_in(&[cut, third], k) == third);
         let y_cut = self.key_owned_by(&ip(3), cut);
         let d_side = self.key_owned_by(&ip(4), side); // deleted on the majority side
         let d_cut = self.key_owned_by(&ip(5), cut);

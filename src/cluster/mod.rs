@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use crate::hash::{HashMap, HashSet};
+use futures_util::future::join_all;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -49,6 +49,9 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 pub const FORWARDS_IN_FLIGHT_MAX: usize = 4096;
 /// Records frames (pull answers, snapshot chunks, handoffs) are cut at about this size.
 pub const RECORDS_FRAME_BYTES: usize = 1 << 20;
+/// A live record the owner lacks is sent back to it (not dropped) while its version is younger
+/// than a tombstone's retention by at least this margin, which absorbs clock skew between nodes.
+pub const UNKNOWN_RECORD_MARGIN_MS: u64 = 10_000;
 /// Deadline for each frame of a streamed answer (snapshot, pull).
 pub const STREAM_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -267,7 +270,11 @@ impl Cluster {
             )
             .await;
         if !matches!(pong, Ok(Message::Pong(_))) {
-            control.close();
+            // The path to the peer lost a ping: frames on the data link may have been lost with
+            // it, and a connection that lost a frame can stay wedged (a half-open connection;
+            // simulated TCP never retransmits), silently swallowing every sync and digest
+            // after it. Redial both links.
+            m.drop_links();
             return false;
         }
         if m.data_link().is_none() {
@@ -393,12 +400,22 @@ impl Cluster {
                 continue;
             }
             let frame = self.digest_frame();
+            let deadline = Duration::from_millis(self.config.member_timeout_ms);
             for m in self.members.iter().filter(|m| m.is_up()) {
                 if let Some(l) = m.data_link()
                     && l.send_raw(frame.clone())
                 {
                     Stats::add(&self.stats.digests_sent, 1);
                     Stats::add(&self.stats.digest_bytes_sent, frame.len() as u64);
+                    // Digests and sync batches expect no answer, so nothing would notice a data
+                    // link that stopped delivering (a frame lost in a short partition wedges it:
+                    // simulated TCP never retransmits, a half-open connection hangs): a ping
+                    // behind the digest must be answered within the member timeout, or the
+                    // call closes the link and the prober redials it.
+                    let ping = Message::Ping(self.now_ms());
+                    tokio::spawn(async move {
+                        let _ = l.call(&ping, deadline).await;
+                    });
                 }
             }
         }
@@ -482,7 +499,12 @@ impl Cluster {
         loop {
             let msg = tokio::time::timeout(STREAM_FRAME_TIMEOUT, rx.recv())
                 .await
-                .map_err(|_| PeerError::Timeout { what: "pull" })?;
+                .map_err(|_| {
+                    // As for any request (`Link::call`): a peer that does not answer in time
+                    // sits behind a wedged link; drop it so that it is redialed.
+                    link.close();
+                    PeerError::Timeout { what: "pull" }
+                })?;
             match msg {
                 Some(Message::Records(recs)) => {
                     for r in &recs {
@@ -507,13 +529,29 @@ impl Cluster {
         // handoff to the owner was lost, the other side of a healed partition): last writer
         // wins, so they go to the owner, whose next digest spreads them. Without this the owner
         // never learns them and every replica pulls the same buckets forever.
+        //
+        // Live records the owner does not have at all go to the owner too when they are younger
+        // than the retention of any tombstone that could have deleted them: had the owner
+        // deleted one, it would still hold the tombstone and have sent it. So the owner never
+        // learned of it (a handoff lost, or sent to a node whose view named another owner while
+        // a partition healed in steps), and dropping it would lose an acknowledged write. Older
+        // ones may have been deleted and their tombstone collected: those are dropped below.
+        let now_ms = self.now_ms();
         let mut newer = crate::store::RecordBatch::default();
+        let mut kept = present.clone();
         self.store.for_each_record(|name, id, r| {
-            if r.owner == owner
-                && buckets.contains(crate::store::digest::bucket_of(r.key_hash))
-                && theirs.get(&r.key_hash).is_some_and(|v| *v < r.version)
-            {
+            if r.owner != owner || !buckets.contains(crate::store::digest::bucket_of(r.key_hash)) {
+                return;
+            }
+            let unknown_to_owner = r.alive
+                && !present.contains(&r.key_hash)
+                && crate::clock::hlc_physical_ms(r.version.hlc)
+                    + r.lease.expire_ms as u64
+                    + crate::store::TOMBSTONE_GRACE_MS
+                    > now_ms + UNKNOWN_RECORD_MARGIN_MS;
+            if unknown_to_owner || theirs.get(&r.key_hash).is_some_and(|v| *v < r.version) {
                 newer.push(name, id, r);
+                kept.insert(r.key_hash);
             }
         });
         for (count, bytes) in newer.pieces(RECORDS_FRAME_BYTES) {
@@ -527,12 +565,9 @@ impl Cluster {
         if self.store.ownership().view_hash() == view_hash
             && started_ms.saturating_sub(changed) > grace
         {
-            dropped = self.store.drop_missing(
-                owner,
-                &buckets,
-                &present,
-                started_ms.saturating_sub(grace),
-            );
+            dropped =
+                self.store
+                    .drop_missing(owner, &buckets, &kept, started_ms.saturating_sub(grace));
             Stats::add(&self.stats.records_dropped_by_pull, dropped as u64);
         }
         info!(
@@ -594,7 +629,12 @@ impl Cluster {
         loop {
             let msg = tokio::time::timeout(STREAM_FRAME_TIMEOUT, rx.recv())
                 .await
-                .map_err(|_| PeerError::Timeout { what: "snapshot" })?;
+                .map_err(|_| {
+                    // As for any request (`Link::call`): a peer that does not answer in time
+                    // sits behind a wedged link; drop it so that it is redialed.
+                    link.close();
+                    PeerError::Timeout { what: "snapshot" }
+                })?;
             match msg {
                 Some(Message::Records(recs)) => {
                     total += recs.len();
