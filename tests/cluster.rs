@@ -22,13 +22,31 @@ use distro::wire::{
 use tokio::time::Instant;
 
 /// Registers `instances` through node `at`'s write path (forwarded to their owners), in frames
-/// of at most the batch limit, not session-bound.
+/// of at most the batch limit, not session-bound. Retries what the SDK retries (a forward that
+/// timed out or lost its link answers "retry"), a few times, saying so.
 async fn register_via(tc: &TestCluster, at: NodeId, instances: &[Instance]) {
     for chunk in instances.chunks(distro::wire::BATCH_INSTANCES_MAX) {
-        tc.cluster(at)
-            .register(chunk, 0)
-            .await
-            .unwrap_or_else(|e| panic!("register via node {at}: {}", e.message));
+        let mut attempt = 1;
+        loop {
+            match tc.cluster(at).register(chunk, 0).await {
+                Ok(_) => break,
+                Err(e)
+                    if attempt < 5
+                        && matches!(
+                            e.kind(),
+                            Some(ErrorCode::Timeout | ErrorCode::Overloaded | ErrorCode::NotReady)
+                        ) =>
+                {
+                    eprintln!(
+                        "register via node {at}, attempt {attempt}: {}; retrying",
+                        e.message
+                    );
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("register via node {at}: {}", e.message),
+            }
+        }
     }
 }
 
@@ -308,16 +326,31 @@ async fn a_replica_edited_behind_the_protocols_back_is_repaired_from_the_differi
             .drop_missing(owner, &bucket, &hashbrown::HashSet::<u64>::new(), u64::MAX);
     assert!(dropped >= 1);
     assert!(!is_live(tc.store(replica), victim));
-    // And give it an instance its owner never had.
+    // And give it an instance its owner does not have, written long ago: older than any
+    // tombstone's retention, so the owner may have deleted it and forgotten the tombstone.
+    // (A young one the owner lacks is a write the owner never learned of: it is sent to the
+    // owner instead, not dropped.)
     let ghost = keys_owned_by(&view, owner, &svc, 6, 1).remove(0);
+    let ghost_lease = lease(100, 400, 800);
+    let long_ago_ms = tc.store(owner).clock().now_ms()
+        - ghost_lease.expire_ms as u64
+        - distro::store::TOMBSTONE_GRACE_MS
+        - 120_000;
     let v = Version {
-        hlc: tc.store(owner).hlc().last() + 1,
+        // A hybrid logical clock value: physical milliseconds above a 16-bit counter.
+        hlc: long_ago_ms << 16,
         origin: owner,
     };
-    assert!(tc.store(replica).merge(&record(&ghost, v, true)));
+    let mut old = record(&ghost, v, true);
+    old.lease = ghost_lease;
+    assert!(tc.store(replica).merge(&old));
 
     let repaired = tc.wait_converged().await;
-    assert_eq!(repaired, good, "the replica holds the owner's data again");
+    assert!(
+        repaired == good,
+        "the replica holds the owner's data again; (key, now, before): {:?}",
+        map_diff(&repaired, &good)
+    );
     assert!(!is_live(tc.store(replica), &ghost));
     let after = tc.cluster(replica).stats.snapshot();
     let b = &before[replica as usize - 1];

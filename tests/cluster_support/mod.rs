@@ -400,6 +400,18 @@ pub fn live_owners(store: &Store) -> BTreeMap<String, NodeId> {
     m
 }
 
+/// The entries where two (key → version) maps differ, for failure messages.
+pub fn map_diff(
+    a: &BTreeMap<String, Version>,
+    b: &BTreeMap<String, Version>,
+) -> Vec<(String, Option<Version>, Option<Version>)> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| (k.clone(), a.get(k).copied(), b.get(k).copied()))
+        .collect()
+}
+
 /// True if `store` holds a live record under `k`.
 pub fn is_live(store: &Store, k: &InstanceKey) -> bool {
     store.get(k).is_some_and(|r| r.alive)
