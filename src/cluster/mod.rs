@@ -316,7 +316,11 @@ impl Cluster {
             return;
         }
         let live = view.live().to_vec();
-        let change = self.store.set_ownership(view);
+        // Records older than a couple of digest rounds are on every live node already (and a
+        // joining node loads them): hand off only the younger ones.
+        let window = 2 * self.config.verify_interval_ms + self.config.member_timeout_ms;
+        let since = self.now_ms().saturating_sub(window);
+        let change = self.store.set_ownership_handing_off(view, since);
         self.ownership_changed_ms
             .store(self.now_ms(), Ordering::Relaxed);
         Stats::add(&self.stats.view_changes, 1);
@@ -379,7 +383,7 @@ impl Cluster {
 
     /// Applies records from a peer by version.
     pub fn apply_records(&self, records: &[SyncRecord]) -> usize {
-        let applied = records.iter().filter(|r| self.store.merge(r)).count();
+        let applied = self.store.merge_batch(records);
         Stats::add(&self.stats.records_applied, applied as u64);
         applied
     }

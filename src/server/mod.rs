@@ -86,10 +86,9 @@ impl Node {
         let store = Arc::new(Store::new(config.node_id, clock, observer));
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
-        let cluster =
-            outbox.map(|outbox| {
-                Cluster::new(config.clone(), store.clone(), ready.clone(), outbox, dialer)
-            });
+        let cluster = outbox.map(|outbox| {
+            Cluster::new(config.clone(), store.clone(), ready.clone(), outbox, dialer)
+        });
         Arc::new(Node {
             ready,
             cluster,
@@ -179,6 +178,12 @@ impl Node {
                 _ = tick.tick() => {}
             }
             let now = tokio::time::Instant::now();
+            if !self.is_ready() {
+                // Still loading: this node's copy and its view are partial, and records it
+                // merges get a fresh lease anyway. Expiring now could delete live instances.
+                last = now;
+                continue;
+            }
             if now.duration_since(last) > period * MISSED_PASSES_REGRANT as u32 {
                 let n = self.store.regrant_owned();
                 warn!(

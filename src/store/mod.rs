@@ -168,25 +168,6 @@ struct Shard {
     digests: HashMap<NodeId, Digest>,
 }
 
-impl Shard {
-    fn digest_add(&mut self, rec: &Record) {
-        if rec.alive {
-            self.digests
-                .entry(rec.owner)
-                .or_default()
-                .add(rec.key_hash, rec.digest_term());
-        }
-    }
-
-    fn digest_remove(&mut self, rec: &Record) {
-        if rec.alive
-            && let Some(d) = self.digests.get_mut(&rec.owner)
-        {
-            d.remove(rec.key_hash, rec.digest_term());
-        }
-    }
-}
-
 /// The registry of one node.
 pub struct Store {
     node: NodeId,
@@ -249,13 +230,7 @@ impl Store {
     }
 
     fn shard_of(&self, name: &ServiceName) -> &RwLock<Shard> {
-        let mut buf =
-            Vec::with_capacity(6 + name.namespace.len() + name.group.len() + name.service.len());
-        for s in [&name.namespace, &name.group, &name.service] {
-            buf.extend_from_slice(&(s.len() as u16).to_be_bytes());
-            buf.extend_from_slice(s.as_bytes());
-        }
-        &self.shards[(xxh3_64(&buf) as usize) & (SHARDS - 1)]
+        &self.shards[shard_index(name)]
     }
 
     fn next_version(&self) -> Version {
@@ -266,17 +241,41 @@ impl Store {
     }
 
     /// Installs `rec` under `name`/`id`: the single place every change goes through.
-    fn put(&self, shard: &mut Shard, name: &ServiceName, id: InstanceId, rec: Record, local: bool) {
-        let svc = match shard.services.get_mut(name) {
+    /// An existing record is replaced in place; only a new key allocates its id (and interns
+    /// its cluster name).
+    fn put(
+        &self,
+        shard: &mut Shard,
+        name: &ServiceName,
+        idref: InstanceIdRef,
+        rec: Record,
+        local: bool,
+    ) {
+        let Shard { services, digests } = shard;
+        let svc = match services.get_mut(name) {
             Some(s) => s,
-            None => shard
-                .services
+            None => services
                 .entry(compact_name(name))
                 .or_insert_with(Service::new),
         };
-        let old = svc.instances.insert(id.clone(), rec.clone());
+        let old = match svc.instances.get_mut(&idref) {
+            Some(slot) => Some(std::mem::replace(slot, rec)),
+            None => {
+                let id = InstanceId {
+                    cluster: svc.intern_cluster(idref.cluster),
+                    ip: idref.ip.into(),
+                    port: idref.port,
+                };
+                svc.instances.insert(id, rec);
+                None
+            }
+        };
         svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
         svc.cache = OnceLock::new();
+        let (id, rec) = svc
+            .instances
+            .get_key_value(&idref)
+            .expect("the record was just put");
         let was_alive = old.as_ref().is_some_and(|o| o.alive);
         match (was_alive, rec.alive) {
             (false, true) => {
@@ -288,13 +287,20 @@ impl Store {
             _ => {}
         }
         if local {
-            self.observer.local_write(name, &id, &rec);
+            self.observer.local_write(name, id, rec);
         }
         self.observer.service_changed(name);
-        if let Some(old) = &old {
-            shard.digest_remove(old);
+        if let Some(old) = old.filter(|o| o.alive)
+            && let Some(d) = digests.get_mut(&old.owner)
+        {
+            d.remove(old.key_hash, old.digest_term());
         }
-        shard.digest_add(&rec);
+        if rec.alive {
+            digests
+                .entry(rec.owner)
+                .or_default()
+                .add(rec.key_hash, rec.digest_term());
+        }
     }
 
     /// Registers (or re-registers) an instance as a write of this node. `session` is non-zero
@@ -344,26 +350,7 @@ impl Store {
             return;
         }
         rec.version = self.next_version();
-        let svc_id = self.instance_id(&mut shard, &k.service, idref);
-        self.put(&mut shard, &k.service, svc_id, rec, true);
-    }
-
-    fn instance_id(&self, shard: &mut Shard, name: &ServiceName, id: InstanceIdRef) -> InstanceId {
-        let cluster = match shard.services.get_mut(name) {
-            Some(svc) => svc.intern_cluster(id.cluster),
-            None => {
-                let svc = shard
-                    .services
-                    .entry(compact_name(name))
-                    .or_insert_with(Service::new);
-                svc.intern_cluster(id.cluster)
-            }
-        };
-        InstanceId {
-            cluster,
-            ip: id.ip.into(),
-            port: id.port,
-        }
+        self.put(&mut shard, &k.service, idref, rec, true);
     }
 
     /// Deletes an instance as a write of this node, leaving a tombstone. False if it was not
@@ -432,7 +419,7 @@ impl Store {
         let Some(svc) = shard.services.get_mut(&key.service) else {
             return false;
         };
-        let Some((id, rec)) = svc.instances.get_key_value_mut(&idref) else {
+        let Some(rec) = svc.instances.get_mut(&idref) else {
             return false;
         };
         if !rec.alive {
@@ -445,32 +432,60 @@ impl Store {
             return false;
         }
         new.version = self.next_version();
-        let id = id.clone();
-        self.put(&mut shard, &key.service, id, new, local);
+        self.put(&mut shard, &key.service, idref, new, local);
         true
     }
 
     /// Merges a record from a peer: applied only if its version is newer than what this node
     /// holds (last writer wins; tombstones included). True if applied.
     pub fn merge(&self, rec: &SyncRecord) -> bool {
-        let k = &rec.key;
+        self.merge_batch(std::slice::from_ref(rec)) == 1
+    }
+
+    /// Merges many records (a sync batch, a pull answer, a snapshot chunk): each by the rules
+    /// of [`Store::merge`], taking each shard's lock once for all of its records. Answers how
+    /// many were applied.
+    pub fn merge_batch(&self, recs: &[SyncRecord]) -> usize {
         let now = self.clock.now_ms();
-        if crate::clock::hlc_physical_ms(rec.version.hlc) > now + VERSION_FUTURE_MAX_MS {
-            // A version from far in the future would win every merge and drag this node's
-            // clock along: refuse it (a peer's clock is broken, or the record is hostile).
-            tracing::warn!(
-                key = %format_args!("{}/{}:{}", k.service, k.ip, k.port),
-                hlc = rec.version.hlc,
-                "refused a record stamped more than an hour in the future"
-            );
-            return false;
+        let mut order: Vec<(usize, usize)> = Vec::with_capacity(recs.len());
+        for (i, rec) in recs.iter().enumerate() {
+            if crate::clock::hlc_physical_ms(rec.version.hlc) > now + VERSION_FUTURE_MAX_MS {
+                // A version from far in the future would win every merge and drag this node's
+                // clock along: refuse it (a peer's clock is broken, or the record is hostile).
+                let k = &rec.key;
+                tracing::warn!(
+                    key = %format_args!("{}/{}:{}", k.service, k.ip, k.port),
+                    hlc = rec.version.hlc,
+                    "refused a record stamped more than an hour in the future"
+                );
+                continue;
+            }
+            self.hlc.observe(rec.version.hlc);
+            order.push((shard_index(&rec.key.service), i));
         }
-        self.hlc.observe(rec.version.hlc);
-        // Keep the view locked until the record is in, so that `set_ownership` cannot pass this
+        // Stable: records of one key keep their order within the batch.
+        order.sort_by_key(|&(shard, _)| shard);
+        // Keep the view locked until the records are in, so that `set_ownership` cannot pass a
         // shard between the owner lookup and the insert (which would leave a stale owner).
         let view = self.ownership.read().unwrap();
-        let owner = view.owner(&k.ip, k.port);
-        let mut shard = self.shard_of(&k.service).write().unwrap();
+        let mut applied = 0;
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let mut shard = self.shards[group[0].0].write().unwrap();
+            for &(_, i) in group {
+                applied += self.merge_locked(&view, &mut shard, &recs[i], now) as usize;
+            }
+        }
+        applied
+    }
+
+    fn merge_locked(
+        &self,
+        view: &Ownership,
+        shard: &mut Shard,
+        rec: &SyncRecord,
+        now: u64,
+    ) -> bool {
+        let k = &rec.key;
         let idref = InstanceIdRef {
             cluster: &k.cluster,
             ip: &k.ip,
@@ -497,15 +512,14 @@ impl Store {
             {
                 let mut keep = old.clone();
                 keep.version = self.next_version();
-                let id = self.instance_id(&mut shard, &k.service, idref);
-                self.put(&mut shard, &k.service, id, keep, true);
+                self.put(shard, &k.service, idref, keep, true);
                 return false;
             }
         }
         let new = Record {
             version: rec.version,
             key_hash: key_hash(&k.service, &k.cluster, &k.ip, k.port),
-            owner,
+            owner: view.owner(&k.ip, k.port),
             alive: rec.alive,
             healthy: rec.healthy,
             enabled: rec.enabled,
@@ -521,8 +535,7 @@ impl Store {
                 None
             },
         };
-        let id = self.instance_id(&mut shard, &k.service, idref);
-        self.put(&mut shard, &k.service, id, new, false);
+        self.put(shard, &k.service, idref, new, false);
         true
     }
 
@@ -667,7 +680,7 @@ impl Store {
                     continue;
                 }
                 rec.version = self.next_version();
-                self.put(&mut shard, &name, id, rec, true);
+                self.put(&mut shard, &name, id.as_ref(), rec, true);
             }
             for (name, id) in drop {
                 let Some(svc) = shard.services.get_mut(&name) else {
@@ -714,6 +727,14 @@ impl Store {
     /// records it loses are returned, encoded, to be handed off to their new owners — those it
     /// was renewing on its client's beats with a new version (see [`Record::renewed`]).
     pub fn set_ownership(&self, o: Ownership) -> OwnershipChange {
+        self.set_ownership_handing_off(o, 0)
+    }
+
+    /// [`Store::set_ownership`], handing off only the lost records written at or after
+    /// `since_ms` (and those re-stamped): older ones every live node has had time to learn
+    /// through sync and digests, and a node that joins loads them with its snapshot, so sending
+    /// them again would only slow a join down.
+    pub fn set_ownership_handing_off(&self, o: Ownership, since_ms: u64) -> OwnershipChange {
         let o = Arc::new(o);
         let mut change = OwnershipChange::default();
         // Holding the ownership lock across the pass keeps concurrent writes from computing
@@ -738,16 +759,18 @@ impl Store {
                             // An instance this node kept alive on its client's beats is handed
                             // off as a fresh write: it must win over a tombstone the new owner
                             // may have made while it could not see the client (a partition).
-                            if r.alive
+                            let restamp = r.alive
                                 && r.renewed
-                                && now.saturating_sub(r.touched_ms) < r.lease.unhealthy_ms as u64
-                            {
+                                && now.saturating_sub(r.touched_ms) < r.lease.unhealthy_ms as u64;
+                            if restamp {
                                 r.version = self.next_version();
                                 self.observer.local_write(name, id, r);
                                 restamped = true;
                             }
                             r.renewed = false;
-                            change.lost.entry(new_owner).or_default().push(name, id, r);
+                            if restamp || crate::clock::hlc_physical_ms(r.version.hlc) >= since_ms {
+                                change.lost.entry(new_owner).or_default().push(name, id, r);
+                            }
                         }
                         r.owner = new_owner;
                     }
@@ -876,6 +899,19 @@ impl Store {
         }
         counts
     }
+}
+
+/// The shard of a service: xxh3 of its name's wire encoding (three `u16`-length strings).
+fn shard_index(name: &ServiceName) -> usize {
+    let mut buf = [0u8; 3 * (2 + crate::wire::NAME_LEN_MAX)];
+    let mut at = 0;
+    for s in [&name.namespace, &name.group, &name.service] {
+        let b = &s.as_bytes()[..s.len().min(crate::wire::NAME_LEN_MAX)];
+        buf[at..at + 2].copy_from_slice(&(b.len() as u16).to_be_bytes());
+        buf[at + 2..at + 2 + b.len()].copy_from_slice(b);
+        at += 2 + b.len();
+    }
+    (xxh3_64(&buf[..at]) as usize) & (SHARDS - 1)
 }
 
 /// A copy of the name that owns its bytes (a decoded name borrows the whole frame).

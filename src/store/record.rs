@@ -20,6 +20,16 @@ pub struct InstanceId {
     pub port: u16,
 }
 
+impl InstanceId {
+    pub fn as_ref(&self) -> InstanceIdRef<'_> {
+        InstanceIdRef {
+            cluster: &self.cluster,
+            ip: &self.ip,
+            port: self.port,
+        }
+    }
+}
+
 /// A borrowed [`InstanceId`] for lookups; hashes and compares like the owned one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InstanceIdRef<'a> {
