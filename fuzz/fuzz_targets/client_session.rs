@@ -14,7 +14,6 @@
 
 #![no_main]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,23 +22,16 @@ use distro::clock::Clock;
 use distro::config::Config;
 use distro::net::BoxStream;
 use distro::server::{Node, session};
-use distro::wire::{FrameCodec, Message, PROTOCOL_VERSION, Query, ServiceName, Text, encode_frame};
+use distro::wire::{Message, Query, ServiceName, Text, encode_frame};
+use distro_fuzz::harness::{self, peer_addr, within_deadline};
 use distro_fuzz::session_input::{self, Item};
 use libfuzzer_sys::fuzz_target;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf};
-use tokio_util::codec::Decoder;
+use tokio::io::AsyncWriteExt;
 
 /// Pauses of one input add up to at most this much tokio time (a few idle timeouts).
 const PAUSE_BUDGET_MS: u64 = 120_000;
-/// Tokio time one input may take in all. Time only moves while every task waits, so a session
-/// that hangs reaches this at once, and one that works never comes near it.
-const DEADLINE: Duration = Duration::from_secs(600);
 /// Bytes the in-memory pipe buffers each way (small, so that back-pressure happens).
 const PIPE_BYTES: usize = 16 << 10;
-
-fn peer() -> SocketAddr {
-    "127.0.0.1:40000".parse().unwrap()
-}
 
 fuzz_target!(|data: &[u8]| {
     let items = session_input::parse(data);
@@ -47,57 +39,28 @@ fuzz_target!(|data: &[u8]| {
         let after = within_deadline(run(items.clone())).await;
         // A frame that does not decode must change nothing: the same input without it (and
         // without what follows, which the closed session never reads) leaves the same store.
-        let raw = items.iter().any(|i| matches!(i, Item::Raw(_)));
-        let bad = items
-            .iter()
-            .position(|i| matches!(i, Item::Frame { decodes: false, .. }));
-        if let (false, Some(bad)) = (raw, bad) {
+        if let Some(bad) = session_input::first_bad_frame(&items) {
             let without = within_deadline(run(items[..bad].to_vec())).await;
-            assert!(
-                after == without,
-                "the frame that did not decode (item {bad}) changed the store:\n\
-                 with it:    {after:#?}\nwithout it: {without:#?}"
-            );
+            harness::assert_same_store(&after, &without, bad);
         }
     });
 });
-
-async fn within_deadline<T>(f: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(DEADLINE, f).await {
-        Ok(t) => t,
-        Err(_) => panic!("the session or the node did not finish within {DEADLINE:?}"),
-    }
-}
-
-/// Every record of the store (tombstones included) as text, sorted.
-fn store_contents(node: &Node) -> Vec<String> {
-    let mut v = Vec::new();
-    node.store.for_each_record(|name, id, r| {
-        v.push(format!(
-            "{name} {} {}:{} {:?} alive={} healthy={} lapsed={} session={:#x}",
-            id.cluster, id.ip, id.port, r.version, r.alive, r.healthy, r.lapsed, r.session
-        ))
-    });
-    v.sort();
-    v
-}
 
 /// Runs one session over `items`, checks it, and returns the store's contents after it.
 async fn run(items: Vec<Item>) -> Vec<String> {
     let mut config = Config::default();
     config.lease_floor_ms = 100;
     let idle_ms = config.client_idle_timeout_ms;
-    // A fixed wall-clock start, so that an input replays with the same versions.
-    let node = Node::new(config, Clock::starting_at(1_700_000_000_000));
+    let node = Node::new(config, Clock::starting_at(distro_fuzz::WALL_START_MS));
 
     let (client, server) = tokio::io::duplex(PIPE_BYTES);
     let serving = tokio::spawn(session::serve(
         node.clone(),
         Box::new(server) as BoxStream,
-        peer(),
+        peer_addr(),
     ));
     let (rd, mut wr) = tokio::io::split(client);
-    let reading = tokio::spawn(read_answers(rd));
+    let reading = tokio::spawn(harness::read_answers(rd, BytesMut::new()));
     // The request ids the session must answer, in order: every frame written, up to the first
     // one that does not decode (answered with an Error, then the session closes).
     let mut expected = Vec::new();
@@ -140,9 +103,9 @@ async fn run(items: Vec<Item>) -> Vec<String> {
     serving.await.expect("the session task failed");
     drop(wr);
     let answers = reading.await.expect("the answer reader failed");
-    check_store(&node, "after the session");
-    let contents = store_contents(&node);
-    if trace() {
+    harness::check_store(&node.store, "after the session");
+    let contents = harness::store_contents(&node.store);
+    if harness::trace() {
         eprintln!("after the session: {} live instances", node.store.len());
     }
     // With raw bytes in the stream the frames (and their ids) are not known here.
@@ -162,57 +125,8 @@ async fn run(items: Vec<Item>) -> Vec<String> {
 
     query_on_a_fresh_session(&node).await;
     node.store.lease_pass();
-    check_store(&node, "after a lease pass");
+    harness::check_store(&node.store, "after a lease pass");
     contents
-}
-
-/// Set when replaying one input, to see what the node answered.
-fn trace() -> bool {
-    std::env::var_os("DISTRO_FUZZ_TRACE").is_some()
-}
-
-fn check_store(node: &Node, when: &str) {
-    if let Err(e) = node.store.check_invariants() {
-        panic!("{when}: {e}");
-    }
-}
-
-/// Reads every answer until the node closes its side; each must be a whole frame that
-/// decodes. Returns the answers that are not pushes, with their request ids, in order.
-async fn read_answers(mut rd: ReadHalf<tokio::io::DuplexStream>) -> Vec<(u32, Message)> {
-    let mut codec = FrameCodec::default();
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut answers = Vec::new();
-    loop {
-        let n = rd
-            .read_buf(&mut buf)
-            .await
-            .expect("reading an in-memory pipe");
-        while let Some(frame) = codec
-            .decode(&mut buf)
-            .unwrap_or_else(|e| panic!("the node sent bytes that do not frame: {e}"))
-        {
-            assert_eq!(frame.version, PROTOCOL_VERSION, "the node sent {frame:?}");
-            let msg = frame.message().unwrap_or_else(|e| {
-                panic!("the node sent a frame that does not decode: {e}; {frame:?}")
-            });
-            if trace() {
-                eprintln!("answer to {}: {msg:?}", frame.request_id);
-            }
-            match msg {
-                Message::Push(_) => assert_eq!(frame.request_id, 0, "a push carries request id 0"),
-                _ => answers.push((frame.request_id, msg)),
-            }
-        }
-        if n == 0 {
-            assert!(
-                buf.is_empty(),
-                "the node closed the connection in the middle of a frame ({} bytes left)",
-                buf.len()
-            );
-            return answers;
-        }
-    }
 }
 
 /// The node still serves: a new connection's Query is answered with the service's list.
@@ -223,10 +137,10 @@ async fn query_on_a_fresh_session(node: &Arc<Node>) {
     let serving = tokio::spawn(session::serve(
         node.clone(),
         Box::new(server) as BoxStream,
-        peer(),
+        peer_addr(),
     ));
     let (rd, mut wr) = tokio::io::split(client);
-    let reading = tokio::spawn(read_answers(rd));
+    let reading = tokio::spawn(harness::read_answers(rd, BytesMut::new()));
     let query = Message::Query(Query {
         name: name.clone(),
         cluster: Text::default(),

@@ -273,3 +273,58 @@ fn not_a_request(inp: &mut Input) -> Message {
         _ => Message::SnapshotRequest,
     }
 }
+
+/// View hashes a Digest may carry: the standalone view of node 1 (what the `peer_session`
+/// target's node holds, so that the digest is compared), or any value (a view mismatch).
+pub fn view_hash(inp: &mut Input) -> u64 {
+    if inp.bool() {
+        distro::ownership::Ownership::standalone(1).view_hash()
+    } else {
+        inp.u64()
+    }
+}
+
+/// A message a peer might send on the peer port: a kind byte, then its fields. Mostly the
+/// cluster's requests; one kind in eight is a client message, which the peer port refuses.
+pub fn peer_message(inp: &mut Input) -> Message {
+    match inp.u8() % 16 {
+        0 => Message::Ping(inp.u64()),
+        1 | 2 => Message::FwdRegister {
+            session: inp.pick(SESSIONS),
+            instances: list(inp, 4, instance),
+        },
+        3 => Message::FwdDeregister(list(inp, 4, key)),
+        4 => Message::FwdBeat(list(inp, 4, key)),
+        5 => Message::FwdLapse {
+            session: inp.pick(SESSIONS),
+            keys: list(inp, 4, key),
+        },
+        6..=8 => Message::SyncBatch(list(inp, 8, |i| sync_record(i, crate::WALL_START_MS))),
+        9 | 10 => {
+            // A full digest (1024 buckets) of zeros, with a few buckets set from the input.
+            let owner = inp.pick(&[0, 1, 2, 3]);
+            let view_hash = view_hash(inp);
+            let mut buckets = vec![(0u32, 0u64); distro::store::DIGEST_BUCKETS];
+            let n = inp.u8() % 4;
+            for _ in 0..n {
+                let b = inp.u16() as usize % buckets.len();
+                buckets[b] = (inp.u8() as u32, inp.u64());
+            }
+            if inp.u8() == 0xFF {
+                buckets.truncate(inp.u16() as usize % buckets.len());
+            }
+            Message::Digest(DigestMsg {
+                owner,
+                view_hash,
+                buckets,
+            })
+        }
+        11 => Message::Pull(PullMsg {
+            owner: inp.pick(&[1, 0, 2]),
+            buckets: list(inp, 8, |i| i.u16() % 1024),
+        }),
+        12 => Message::SnapshotRequest,
+        13 => Message::Records(list(inp, 2, |i| sync_record(i, crate::WALL_START_MS))),
+        _ => client_message(inp),
+    }
+}

@@ -9,11 +9,14 @@
 //! - [`session_input`] and [`store_input`]: the input layouts of the `client_session` and
 //!   `store_batches` targets, with encoders, so that the seed corpus (`gen_corpus`) is written
 //!   in the very layout the targets read.
+//! - [`harness`]: reading and checking a node's answers, comparing stores, an in-memory
+//!   listener — what the two session targets share.
 //! - [`runtime`]: the one paused current-thread tokio runtime per fuzzing process.
 
 use distro::wire::Opcode;
 
 pub mod generate;
+pub mod harness;
 pub mod session_input;
 pub mod store_input;
 
@@ -69,6 +72,10 @@ impl<'a> Input<'a> {
         items[self.u8() as usize % items.len()]
     }
 }
+
+/// The wall-clock reading (ms) the nodes of the session targets start at: fixed, so that an
+/// input replays with the same versions.
+pub const WALL_START_MS: u64 = 1_700_000_000_000;
 
 /// Every opcode the node knows, client and cluster ones, in byte order.
 pub fn all_opcodes() -> Vec<Opcode> {

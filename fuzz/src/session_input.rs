@@ -1,4 +1,4 @@
-//! The input of the `client_session` target: a list of items, each
+//! The input of the `client_session` target (and, after one mode byte, of `peer_session`): a list of items, each
 //! `kind: u8, len: u16 (big-endian), payload: len bytes`, written to the session in order.
 //!
 //! | kind % 4 | payload | written to the session as |
@@ -36,8 +36,15 @@ pub const KIND_GENERATED: u8 = 1;
 pub const KIND_RAW: u8 = 2;
 pub const KIND_PAUSE: u8 = 3;
 
-/// Reads the items of an input. Frames carry request ids from 1 up (0 is what pushes carry).
+/// Reads the items of an input, generating messages with
+/// [`crate::generate::client_message`]. Frames carry request ids from 1 up (0 is what pushes
+/// carry).
 pub fn parse(data: &[u8]) -> Vec<Item> {
+    parse_with(data, generate::client_message)
+}
+
+/// [`parse`] with another message generator (the peer port's target uses its own).
+pub fn parse_with(data: &[u8], generate: fn(&mut Input) -> Message) -> Vec<Item> {
     let mut inp = Input::new(data);
     let mut items = Vec::new();
     while !inp.is_empty() {
@@ -62,7 +69,7 @@ pub fn parse(data: &[u8]) -> Vec<Item> {
                 }
             }
             KIND_GENERATED => {
-                let msg = generate::client_message(&mut Input::new(payload));
+                let msg = generate(&mut Input::new(payload));
                 let bytes = encode_frame(request_id, 0, &msg);
                 let body = bytes.slice(LEN_PREFIX + HEADER_LEN..);
                 Item::Frame {
@@ -76,6 +83,17 @@ pub fn parse(data: &[u8]) -> Vec<Item> {
         });
     }
     items
+}
+
+/// The position of the first frame that does not decode, if the input has one and no raw
+/// bytes (with raw bytes, where the frames begin and end is not known here).
+pub fn first_bad_frame(items: &[Item]) -> Option<usize> {
+    if items.iter().any(|i| matches!(i, Item::Raw(_))) {
+        return None;
+    }
+    items
+        .iter()
+        .position(|i| matches!(i, Item::Frame { decodes: false, .. }))
 }
 
 /// Builds inputs item by item (the seed corpus and regression inputs).

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 use distro::wire::*;
+use distro_fuzz::WALL_START_MS as WALL_MS;
 use distro_fuzz::generate::{RAW_NAME, key_bytes};
 use distro_fuzz::session_input::Writer;
 use distro_fuzz::store_input::op;
@@ -72,6 +73,7 @@ fn main() {
     write(&dir, "version-2", &seed);
 
     write_session_seeds(&root.join("client_session"));
+    write_peer_seeds(&root.join("peer_session"));
     write_store_seeds(&root.join("store_batches"));
 }
 
@@ -418,6 +420,94 @@ fn write_session_seeds(dir: &Path) {
         .generated(&[7, 0, 0, 0, 0, 0])
         .generated(&[9, 0, 0, 0]);
     write(dir, "generated", &w.bytes);
+}
+
+/// Peer-port seeds: a mode byte (bit 0: skip the handshake, bit 1: the node is ready), then
+/// items.
+fn write_peer_seeds(dir: &Path) {
+    let seed = |mode: u8, w: &Writer| {
+        let mut v = vec![mode];
+        v.extend_from_slice(&w.bytes);
+        v
+    };
+    let forwards = |w: &mut Writer| {
+        let mut reg = instance("10.0.0.1", (100, 200, 300));
+        reg.key.port = 8080;
+        w.message(&Message::Ping(3))
+            .message(&Message::FwdRegister {
+                session: (2 << 48) | 1,
+                instances: vec![reg, instance("10.0.0.2", (5_000, 15_000, 30_000))],
+            })
+            .message(&Message::FwdBeat(vec![
+                key("10.0.0.1", 8080),
+                key("10.0.0.9", 1),
+            ]))
+            .message(&Message::FwdLapse {
+                session: (2 << 48) | 1,
+                keys: vec![key("10.0.0.1", 8080)],
+            })
+            .message(&Message::FwdDeregister(vec![key("10.0.0.2", 8080)]));
+    };
+
+    // A peer's forwards, a sync batch, a digest of this node's view, a pull and a snapshot.
+    let mut w = Writer::default();
+    forwards(&mut w);
+    w.message(&Message::SyncBatch(vec![
+        record("10.0.0.3", WALL_MS << 16, 2, true),
+        record("10.0.0.4", (WALL_MS << 16) + 1, 3, false),
+    ]));
+    let mut buckets = vec![(0u32, 0u64); distro::store::DIGEST_BUCKETS];
+    buckets[5] = (1, 0x1234);
+    w.message(&Message::Digest(DigestMsg {
+        owner: 0,
+        view_hash: distro::ownership::Ownership::standalone(1).view_hash(),
+        buckets,
+    }))
+    .message(&Message::Pull(PullMsg {
+        owner: 1,
+        buckets: (0..1024).step_by(97).collect(),
+    }))
+    .message(&Message::SnapshotRequest)
+    .pause_ms(400);
+    write(dir, "ready-peer", &seed(0b10, &w));
+
+    // The same while the node is still loading (a snapshot request is refused).
+    write(dir, "loading-peer", &seed(0b00, &w));
+
+    // A client message on the peer port, and an undecodable frame.
+    let mut w = Writer::default();
+    forwards(&mut w);
+    w.message(&Message::Register(Register {
+        session_bound: false,
+        instances: vec![instance("10.0.0.5", (5_000, 15_000, 30_000))],
+    }));
+    write(dir, "client-message", &seed(0b10, &w));
+    let mut w = Writer::default();
+    forwards(&mut w);
+    w.body(Opcode::SyncBatch as u8, &[0, 0, 0, 1, 0]);
+    write(dir, "bad-sync-batch", &seed(0b10, &w));
+
+    // Generated peer messages.
+    let mut w = Writer::default();
+    w.generated(&[1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 3, 0, 1, 0])
+        .generated(&[6, 2, 0, 0, 0, 0, 1, 0, 4, 0, 2, 7, 0, 0, 0, 0])
+        .generated(&[9, 0, 1, 1, 0, 5, 1, 0, 0, 0, 0, 0, 0, 0, 9, 0])
+        .generated(&[11, 0, 2, 0, 5, 0, 7])
+        .generated(&[12]);
+    write(dir, "generated", &seed(0b10, &w));
+
+    // A stranger: no handshake, frames straight away (the handshake refuses them).
+    let mut w = Writer::default();
+    forwards(&mut w);
+    write(dir, "stranger", &seed(0b11, &w));
+    let mut w = Writer::default();
+    w.message(&Message::PeerHello(PeerHello {
+        node_id: 2,
+        max_version: 1,
+        members_hash: 0,
+        nonce: [1; NONCE_LEN],
+    }));
+    write(dir, "stranger-hello", &seed(0b11, &w));
 }
 
 fn write_store_seeds(dir: &Path) {
