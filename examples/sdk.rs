@@ -33,16 +33,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     client.register(instance).await?;
 
     let snapshot = client.query(&name, true).await?;
-    println!("{} healthy instance(s) of {}", snapshot.instances.len(), name);
+    println!(
+        "{} healthy instance(s) of {}",
+        snapshot.instances.len(),
+        name
+    );
 
     let mut sub = client.subscribe(&name).await?;
     if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
-        println!("pushed: revision {} with {} instance(s)", s.revision, s.instances.len());
+        println!(
+            "pushed: revision {} with {} instance(s)",
+            s.revision,
+            s.instances.len()
+        );
     }
 
     client.deregister(&key).await?;
     if let Ok(Some(s)) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await {
-        println!("pushed: revision {} with {} instance(s)", s.revision, s.instances.len());
+        println!(
+            "pushed: revision {} with {} instance(s)",
+            s.revision,
+            s.instances.len()
+        );
     }
     client.close();
     Ok(())

@@ -1142,3 +1142,81 @@ async fn measure_join_load_1m() {
     assert_eq!(node.store.len(), 1_000_000);
     tc.shutdown().await;
 }
+
+// ---- pipelining ---------------------------------------------------------------------------
+
+/// A clustered node runs a connection's forwarded writes concurrently, but writes to the same
+/// key still apply in the order the client sent them: a pipelined register → deregister →
+/// register → deregister of one key, sent to a node that does not own it, ends deregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_to_one_key_apply_in_the_order_sent() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    let _serial = serial().await;
+    let tc = TestCluster::start(3).await;
+    let svc = name("pipelined");
+    let view = tc.store(1).ownership();
+    // Keys owned by node 2, written through node 1: every write is forwarded.
+    let keys = keys_owned_by(&view, 2, &svc, 9, 20);
+    let mut stream = tokio::net::TcpStream::connect(tc.addr(1)).await.unwrap();
+    let mut out = bytes::BytesMut::new();
+    let mut id = 1u32;
+    let rounds = 4; // register, deregister, register, deregister
+    for round in 0..rounds {
+        for k in &keys {
+            let msg = if round % 2 == 0 {
+                Message::Register(Register {
+                    session_bound: false,
+                    instances: vec![inst(k, long_lease())],
+                })
+            } else {
+                Message::Deregister(vec![k.clone()])
+            };
+            distro::wire::encode_frame_into(&mut out, id, 0, &msg);
+            id += 1;
+        }
+    }
+    // Plus one last register of the first key only: it must end alive.
+    let survivor = keys[0].clone();
+    distro::wire::encode_frame_into(
+        &mut out,
+        id,
+        0,
+        &Message::Register(Register {
+            session_bound: false,
+            instances: vec![inst(&survivor, long_lease())],
+        }),
+    );
+    stream.write_all(&out).await.unwrap();
+    let (rd, _wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, distro::wire::FrameCodec::default());
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < id as usize {
+        let f = tokio::time::timeout(Duration::from_secs(20), frames.next())
+            .await
+            .expect("every pipelined write is answered")
+            .expect("the connection stays open")
+            .expect("a good frame");
+        match f.message().unwrap() {
+            Message::Ack(_) => {}
+            other => panic!("write {} answered {other:?}", f.request_id),
+        }
+        assert!(answered.insert(f.request_id), "answered twice");
+    }
+    for (i, k) in keys.iter().enumerate() {
+        let want_live = i == 0;
+        eventually("every node holds the last write of each key", || {
+            tc.ids()
+                .iter()
+                .all(|&n| is_live(tc.store(n), k) == want_live)
+        })
+        .await;
+    }
+    assert!(
+        tc.cluster(1).stats.snapshot().forwards >= (rounds as u64) * keys.len() as u64 / 2,
+        "the writes were forwarded"
+    );
+    tc.shutdown().await;
+}

@@ -126,6 +126,10 @@ struct Inner {
     /// Woken on every registration, so that a beat interval shorter than the one the heartbeat
     /// loop is sleeping on takes effect at once, not after the old interval.
     beat_wake: tokio::sync::Notify,
+    /// The shortest beat interval any instance registered through this client asked for (ms).
+    /// Only lowered: after a deregistration the client may beat more often than it must, never
+    /// less.
+    min_beat_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A client of a Distro cluster. Cheap to clone; all clones share one connection.
@@ -149,6 +153,7 @@ impl Client {
             subs: Arc::new(Mutex::new(HashMap::default())),
             closed: CancellationToken::new(),
             beat_wake: tokio::sync::Notify::new(),
+            min_beat_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         let first = inner.dial_from(0).await;
         let (conn, start_at) = match first {
@@ -217,7 +222,19 @@ impl Client {
                 );
             }
         }
-        self.inner.beat_wake.notify_one();
+        let shortest = instances
+            .iter()
+            .map(|i| i.lease.beat_ms as u64)
+            .min()
+            .unwrap_or(u64::MAX);
+        let before = self
+            .inner
+            .min_beat_ms
+            .fetch_min(shortest, std::sync::atomic::Ordering::Relaxed);
+        if shortest < before {
+            // The heartbeat loop may be sleeping longer than this instance's interval.
+            self.inner.beat_wake.notify_one();
+        }
         Ok(())
     }
 
@@ -555,13 +572,8 @@ impl Inner {
 
     /// Beats every held instance, batched; re-registers the keys the node does not know.
     async fn beat_once(&self, conn: &Conn) -> Result<usize, ClientError> {
-        let held: Vec<(InstanceKey, Held)> = self
-            .held
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, h)| (k.clone(), h.clone()))
-            .collect();
+        // Keys only: the instances themselves are needed just for the few the node forgot.
+        let held: Vec<InstanceKey> = self.held.lock().unwrap().keys().cloned().collect();
         if held.is_empty() {
             let _ = conn
                 .call(&Message::Ping(0), self.config.request_timeout)
@@ -570,14 +582,14 @@ impl Inner {
         }
         let mut unknown = Vec::new();
         for chunk in held.chunks(BEAT_KEYS_MAX) {
-            let keys: Vec<InstanceKey> = chunk.iter().map(|(k, _)| k.clone()).collect();
             match conn
-                .call(&Message::Beat(keys), self.config.request_timeout)
+                .call(&Message::Beat(chunk.to_vec()), self.config.request_timeout)
                 .await?
             {
                 Message::BeatAck(idx) => {
+                    let map = self.held.lock().unwrap();
                     for i in idx {
-                        if let Some((_, h)) = chunk.get(i as usize) {
+                        if let Some(h) = chunk.get(i as usize).and_then(|k| map.get(k)) {
                             unknown.push(h.clone());
                         }
                     }
@@ -614,15 +626,8 @@ impl Inner {
     async fn heartbeats(self: Arc<Self>) {
         let mut last = tokio::time::Instant::now();
         loop {
-            let interval = self
-                .held
-                .lock()
-                .unwrap()
-                .values()
-                .map(|h| Duration::from_millis(h.instance.lease.beat_ms as u64))
-                .min()
-                .unwrap_or(self.config.beat_interval)
-                .min(self.config.beat_interval);
+            let shortest = self.min_beat_ms.load(std::sync::atomic::Ordering::Relaxed);
+            let interval = Duration::from_millis(shortest).min(self.config.beat_interval);
             tokio::select! {
                 _ = self.closed.cancelled() => return,
                 // Registered: the interval may be shorter now; recompute it.

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth;
-use crate::net::{BoxStream, Listener, StreamReader, StreamWriter};
 use super::{Cluster, RECORDS_FRAME_BYTES};
+use crate::net::{BoxStream, Listener, StreamReader, StreamWriter};
 use crate::store::digest::BucketSet;
 use crate::wire::{
     ErrorBody, ErrorCode, FRAME_LEN_MAX, FrameCodec, Message, PROTOCOL_VERSION, PeerChallenge,

@@ -4,8 +4,10 @@
 //!   readiness, shutdown), and the write operations a request turns into.
 //! - [`session`]: one client connection — decode, handle, answer, push.
 //! - [`push`]: subscriptions and coalesced, bounded pushes.
+//! - [`inflight`]: concurrent writes of one connection, in order per key.
 //! - [`validate`]: the checks a write passes before it touches the store.
 
+pub mod inflight;
 pub mod push;
 pub mod session;
 pub mod validate;

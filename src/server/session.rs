@@ -20,6 +20,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info};
 
 use super::Node;
+use super::inflight::InFlight;
 use super::push::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
 use crate::net::{BoxStream, StreamWriter};
 use crate::wire::{
@@ -52,6 +53,9 @@ struct Session {
     /// Session-bound instances registered over this connection and not deregistered.
     bound: HashSet<InstanceKey>,
     subscribed: HashSet<ServiceName>,
+    /// Writes running concurrently (clustered nodes only; a standalone node applies each write
+    /// at once).
+    inflight: Arc<InFlight>,
 }
 
 /// Serves one client connection until it closes, fails, idles out or the node shuts down.
@@ -69,6 +73,7 @@ pub async fn serve(node: Arc<Node>, stream: BoxStream, peer: SocketAddr) {
         push,
         bound: HashSet::default(),
         subscribed: HashSet::default(),
+        inflight: Arc::default(),
     };
     debug!(%peer, session = s.id, "client connected");
     let idle = Duration::from_millis(node.config.client_idle_timeout_ms);
@@ -197,33 +202,40 @@ impl Session {
                         )
                         .await;
                 }
-                match self.node.register(&reg, self.id).await {
-                    Ok(n) => {
-                        for i in &reg.instances {
-                            if reg.session_bound {
-                                self.bound.insert(i.key.to_owned_compact());
-                            } else {
-                                self.bound.remove(&i.key);
-                            }
-                        }
-                        self.send(rid, &Message::Ack(n)).await
+                // Tracked before the outcome is known: a key that failed to register stays in
+                // the set, which is harmless (a lapse only touches records bound to this
+                // session).
+                for i in &reg.instances {
+                    if reg.session_bound {
+                        self.bound.insert(i.key.to_owned_compact());
+                    } else {
+                        self.bound.remove(&i.key);
                     }
-                    Err(e) => self.send_error(rid, e).await,
                 }
+                let keys = self.claim_hashes(reg.instances.iter().map(|i| &i.key));
+                let session = self.id;
+                self.write(rid, keys, move |node| async move {
+                    node.register(&reg, session).await.map(Message::Ack)
+                })
+                .await
             }
-            Message::Deregister(keys) => match self.node.deregister(&keys).await {
-                Ok(n) => {
-                    for k in &keys {
-                        self.bound.remove(k);
-                    }
-                    self.send(rid, &Message::Ack(n)).await
+            Message::Deregister(keys) => {
+                for k in &keys {
+                    self.bound.remove(k);
                 }
-                Err(e) => self.send_error(rid, e).await,
-            },
-            Message::Beat(keys) => match self.node.beat(&keys).await {
-                Ok(unknown) => self.send(rid, &Message::BeatAck(unknown)).await,
-                Err(e) => self.send_error(rid, e).await,
-            },
+                let hashes = self.claim_hashes(keys.iter());
+                self.write(rid, hashes, move |node| async move {
+                    node.deregister(&keys).await.map(Message::Ack)
+                })
+                .await
+            }
+            Message::Beat(keys) => {
+                let hashes = self.claim_hashes(keys.iter());
+                self.write(rid, hashes, move |node| async move {
+                    node.beat(&keys).await.map(Message::BeatAck)
+                })
+                .await
+            }
             Message::Query(q) => {
                 let body = self.node.store.query(&q);
                 self.send_body(rid, Opcode::QueryResult, &body).await
@@ -297,6 +309,48 @@ impl Session {
         }
     }
 
+    /// What a write claims in [`InFlight`]: nothing on a standalone node, which applies writes
+    /// one at a time anyway.
+    fn claim_hashes<'a>(&self, keys: impl Iterator<Item = &'a InstanceKey>) -> Vec<u64> {
+        if self.node.cluster.is_some() {
+            InFlight::hashes(keys)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Runs a write: at once on a standalone node; on a clustered node in its own task (it may
+    /// wait on forwards to other nodes), after earlier in-flight writes to the same keys, so that
+    /// the connection keeps reading while it runs.
+    async fn write<F, Fut>(&self, rid: u32, keys: Vec<u64>, op: F) -> Flow
+    where
+        F: FnOnce(Arc<Node>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Message, ErrorBody>> + Send + 'static,
+    {
+        if self.node.cluster.is_none() {
+            return match op(self.node.clone()).await {
+                Ok(m) => self.send(rid, &m).await,
+                Err(e) => self.send_error(rid, e).await,
+            };
+        }
+        let claim = self.inflight.claim(keys).await;
+        let node = self.node.clone();
+        let answers = self.answers.clone();
+        tokio::spawn(async move {
+            let answer = match op(node).await {
+                Ok(m) => m,
+                Err(e) => Message::Error(e),
+            };
+            let _ = answers.send(encode_frame(rid, 0, &answer)).await;
+            drop(claim);
+        });
+        if self.answers.is_closed() {
+            Flow::Close
+        } else {
+            Flow::Continue
+        }
+    }
+
     /// Sends a frame whose body the store already encoded (query answers share the service's
     /// cached snapshot body).
     async fn send_body(&self, request_id: u32, opcode: Opcode, body: &Bytes) -> Flow {
@@ -316,6 +370,10 @@ impl Session {
         for name in self.subscribed.drain() {
             self.node.subs.unsubscribe(&name, &self.push);
         }
+        // Let the writes still in flight land first (each has a forward deadline), so that a
+        // register that completes after the drop is lapsed too.
+        let _ =
+            tokio::time::timeout(crate::cluster::FORWARD_TIMEOUT * 2, self.inflight.drain()).await;
         if !node_closing && !self.bound.is_empty() {
             let keys: Vec<InstanceKey> = self.bound.drain().collect();
             info!(peer = %self.peer, instances = keys.len(), "session dropped; instances marked unhealthy");

@@ -180,6 +180,10 @@ pub struct Store {
     /// across a service that was emptied, dropped and created again.
     revisions: AtomicU64,
     live: AtomicUsize,
+    /// Per shard: no record of it needs the lease duty before this time (ms). Lets a lease
+    /// pass skip the shards where nothing is due instead of scanning every record each time.
+    /// Lowered by every write, recomputed by each scan; a stale low value only costs a scan.
+    next_due_ms: Box<[AtomicU64]>,
 }
 
 impl Store {
@@ -201,6 +205,7 @@ impl Store {
             observer,
             revisions: AtomicU64::new(0),
             live: AtomicUsize::new(0),
+            next_due_ms: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -276,6 +281,7 @@ impl Store {
             .instances
             .get_key_value(&idref)
             .expect("the record was just put");
+        self.next_due_ms[shard_index(name)].fetch_min(self.due_ms(rec), Ordering::Relaxed);
         let was_alive = old.as_ref().is_some_and(|o| o.alive);
         match (was_alive, rec.alive) {
             (false, true) => {
@@ -631,6 +637,11 @@ impl Store {
     pub fn lease_pass_shard(&self, index: usize) -> LeaseStats {
         let mut stats = LeaseStats::default();
         let shard = &self.shards[index];
+        if self.clock.now_ms() < self.next_due_ms[index].load(Ordering::Relaxed) {
+            return stats;
+        }
+        // Recomputed by this scan; writes meanwhile lower it again (fetch_min).
+        self.next_due_ms[index].store(u64::MAX, Ordering::Relaxed);
         {
             // (name, id, new record, the touched_ms the decision was based on)
             let mut changes: Vec<(ServiceName, InstanceId, Record, u64)> = Vec::new();
@@ -641,6 +652,7 @@ impl Store {
                 for (name, svc) in &shard.services {
                     for (id, r) in &svc.instances {
                         let idle = now.saturating_sub(r.touched_ms);
+                        self.next_due_ms[index].fetch_min(self.due_ms(r), Ordering::Relaxed);
                         if !r.alive {
                             if idle > r.lease.expire_ms as u64 + TOMBSTONE_GRACE_MS {
                                 drop.push((name.clone(), id.clone()));
@@ -703,6 +715,22 @@ impl Store {
         stats
     }
 
+    /// When the lease duty next has something to do with `r` on this node (ms): drop a
+    /// tombstone, expire or lapse a record it owns; never for a live record of another owner
+    /// (a view change rescans everything).
+    fn due_ms(&self, r: &Record) -> u64 {
+        let expire = r.lease.expire_ms as u64;
+        if !r.alive {
+            r.touched_ms + expire + TOMBSTONE_GRACE_MS + 1
+        } else if r.owner != self.node {
+            u64::MAX
+        } else if r.lapsed {
+            r.touched_ms + expire + 1
+        } else {
+            r.touched_ms + r.lease.unhealthy_ms as u64 + 1
+        }
+    }
+
     /// Grants every live record this node owns a fresh lease (after this node was paused and
     /// missed its lease passes, so that it does not expire everything at once on waking).
     pub fn regrant_owned(&self) -> usize {
@@ -742,6 +770,10 @@ impl Store {
         let mut current = self.ownership.write().unwrap();
         *current = o.clone();
         let now = self.clock.now_ms();
+        // Owners change: every shard may have lease duty now.
+        for due in self.next_due_ms.iter() {
+            due.store(0, Ordering::Relaxed);
+        }
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap();
             let shard = &mut *shard;
