@@ -64,9 +64,18 @@ pub struct Link {
     pending: Pending,
     next_id: AtomicU32,
     pub closed: CancellationToken,
+    /// When the link was opened, and how long after that it last received a frame (ms).
+    opened: tokio::time::Instant,
+    last_rx_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Link {
+    /// How long since this link last received a frame (or was opened).
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
     /// Connects, authenticates, and starts the link's reader and writer.
     pub async fn dial(
         dialer: &dyn Dialer,
@@ -179,6 +188,9 @@ impl Link {
             wclosed.cancel();
             let _ = wr.shutdown().await;
         });
+        let opened = tokio::time::Instant::now();
+        let last_rx_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (ropened, rlast) = (opened, last_rx_ms.clone());
         let rpending = pending.clone();
         let rclosed = closed.clone();
         tokio::spawn(async move {
@@ -188,6 +200,7 @@ impl Link {
                     n = frames.next() => n,
                 };
                 let Some(Ok(frame)) = next else { break };
+                rlast.store(ropened.elapsed().as_millis() as u64, Ordering::Relaxed);
                 let Ok(msg) = frame.message() else { break };
                 let more = frame.flags & FLAG_MORE != 0;
                 let waiter = rpending.lock().unwrap().remove(&frame.request_id);
@@ -217,6 +230,8 @@ impl Link {
             pending,
             next_id: AtomicU32::new(1),
             closed,
+            opened,
+            last_rx_ms,
         })
     }
 

@@ -52,6 +52,9 @@ pub const RECORDS_FRAME_BYTES: usize = 1 << 20;
 /// A live record the owner lacks is sent back to it (not dropped) while its version is younger
 /// than a tombstone's retention by at least this margin, which absorbs clock skew between nodes.
 pub const UNKNOWN_RECORD_MARGIN_MS: u64 = 10_000;
+/// A digest that differs in at most this many buckets is repaired at once; beyond it, only the
+/// buckets that differed in the previous round too (see `Cluster::on_digest`).
+pub const PULL_AT_ONCE_BUCKETS_MAX: usize = 64;
 /// Deadline for each frame of a streamed answer (snapshot, pull).
 pub const STREAM_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,6 +69,8 @@ pub struct Member {
     data: Mutex<Option<Arc<Link>>>,
     /// A pull from this member is in flight (one at a time).
     pulling: AtomicBool,
+    /// The buckets that differed from this member's last digest.
+    last_diff: Mutex<Option<BucketSet>>,
 }
 
 impl Member {
@@ -142,6 +147,7 @@ impl Cluster {
                     control: Mutex::new(None),
                     data: Mutex::new(None),
                     pulling: AtomicBool::new(false),
+                    last_diff: Mutex::new(None),
                 })
             })
             .collect();
@@ -273,8 +279,16 @@ impl Cluster {
             // The path to the peer lost a ping: frames on the data link may have been lost with
             // it, and a connection that lost a frame can stay wedged (a half-open connection;
             // simulated TCP never retransmits), silently swallowing every sync and digest
-            // after it. Redial both links.
-            m.drop_links();
+            // after it. Redial the data link too — unless it is visibly alive (it received
+            // within the member timeout): a node that is merely slow under load must not lose
+            // its in-flight forwards to one late ping.
+            control.close();
+            let alive = Duration::from_millis(self.config.member_timeout_ms);
+            if let Some(data) = m.data_link()
+                && data.idle_for() >= alive
+            {
+                data.close();
+            }
             return false;
         }
         if m.data_link().is_none() {
@@ -457,12 +471,29 @@ impl Cluster {
                 .collect(),
         };
         let diff = self.store.digest(d.owner).diff(&theirs);
+        let Some(m) = self.member_by_id(d.owner).cloned() else {
+            return;
+        };
+        let previous = m.last_diff.lock().unwrap().replace(diff.clone());
         if diff.is_empty() {
             Stats::add(&self.stats.digests_matched, 1);
             return;
         }
-        let Some(m) = self.member_by_id(d.owner).cloned() else {
-            return;
+        // Under a burst of writes many buckets differ only because sync batches are still on
+        // their way; pulling them would copy much of the store for nothing. A few differing
+        // buckets are pulled at once (a real divergence, repaired within one round); many are
+        // pulled only where they differed in the previous round too.
+        let diff = if diff.len() <= PULL_AT_ONCE_BUCKETS_MAX {
+            diff
+        } else {
+            let persistent: BucketSet = match previous {
+                Some(prev) => diff.iter().filter(|b| prev.contains(*b)).collect(),
+                None => BucketSet::default(),
+            };
+            if persistent.is_empty() {
+                return;
+            }
+            persistent
         };
         if m.pulling.swap(true, Ordering::AcqRel) {
             return;

@@ -270,10 +270,17 @@ async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sende
             return true;
         }
         Message::Pull(p) => {
-            let set: BucketSet = p.buckets.iter().map(|&b| b as usize).collect();
-            let batch = store.records_in_buckets(p.owner, &set);
-            let frames = Cluster::records_frames(rid, batch.pieces(RECORDS_FRAME_BYTES));
-            return send_all(tx, frames).await;
+            // Answered from its own task: finding a bucket's records scans the store, and the
+            // forwards and sync batches behind it on this link should not wait for that.
+            let c = cluster.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let set: BucketSet = p.buckets.iter().map(|&b| b as usize).collect();
+                let batch = c.store().records_in_buckets(p.owner, &set);
+                let frames = Cluster::records_frames(rid, batch.pieces(RECORDS_FRAME_BYTES));
+                send_all(&tx, frames).await;
+            });
+            return true;
         }
         Message::SnapshotRequest => {
             if !cluster.ready.load(std::sync::atomic::Ordering::Acquire) {

@@ -857,8 +857,26 @@ impl Store {
         present: &hashbrown::HashSet<u64, impl std::hash::BuildHasher>,
         touched_before_ms: u64,
     ) -> usize {
+        let is_stale = |r: &Record| {
+            r.alive
+                && r.owner == owner
+                && buckets.contains(digest::bucket_of(r.key_hash))
+                && !present.contains(&r.key_hash)
+                && r.touched_ms < touched_before_ms
+        };
         let mut removed = 0;
         for shard in self.shards.iter() {
+            // Look under the read lock first: most shards hold nothing stale, and writers
+            // should not wait for a scan that finds nothing.
+            let any = shard
+                .read()
+                .unwrap()
+                .services
+                .values()
+                .any(|svc| svc.instances.values().any(is_stale));
+            if !any {
+                continue;
+            }
             let mut shard = shard.write().unwrap();
             let shard = &mut *shard;
             let mut emptied = Vec::new();
@@ -866,11 +884,7 @@ impl Store {
                 let before = svc.instances.len();
                 let digests = &mut shard.digests;
                 svc.instances.retain(|_, r| {
-                    let stale = r.alive
-                        && r.owner == owner
-                        && buckets.contains(digest::bucket_of(r.key_hash))
-                        && !present.contains(&r.key_hash)
-                        && r.touched_ms < touched_before_ms;
+                    let stale = is_stale(r);
                     if stale {
                         if let Some(d) = digests.get_mut(&r.owner) {
                             d.remove(r.key_hash, r.digest_term());
