@@ -48,8 +48,10 @@ fuzz_target!(|data: &[u8]| {
 
 /// Runs one session over `items`, checks it, and returns the store's contents after it.
 async fn run(items: Vec<Item>) -> Vec<String> {
-    let mut config = Config::default();
-    config.lease_floor_ms = 100;
+    let config = Config {
+        lease_floor_ms: 100,
+        ..Config::default()
+    };
     let idle_ms = config.client_idle_timeout_ms;
     let node = Node::new(config, Clock::starting_at(distro_fuzz::WALL_START_MS));
 

@@ -82,12 +82,14 @@ impl Dialer for NoDial {
 /// Serves one peer connection over `items`; answers whether it authenticated, and the store's
 /// contents after it.
 async fn run(mode: u8, items: Vec<Item>) -> (bool, Vec<String>) {
-    let mut config = Config::default();
-    config.lease_floor_ms = 100;
-    config.node_id = 1;
-    config.members = vec![member(1), member(2), member(3)];
-    config.peer_listen = member(1);
-    config.cluster_token = Some(TOKEN.into());
+    let config = Config {
+        lease_floor_ms: 100,
+        node_id: 1,
+        members: vec![member(1), member(2), member(3)],
+        peer_listen: member(1),
+        cluster_token: Some(TOKEN.into()),
+        ..Config::default()
+    };
     let node = Node::with_dialer(
         config,
         Clock::starting_at(distro_fuzz::WALL_START_MS),
