@@ -42,6 +42,7 @@ async fn run(data: &[u8]) {
     let store = new_store();
     let mut inp = Input::new(data);
     let mut step = 0;
+    let mut from_peers = Vec::new();
     // Set when replaying one input, to see the operations it stands for.
     let trace = std::env::var_os("DISTRO_FUZZ_TRACE").is_some();
     while !inp.is_empty() {
@@ -53,7 +54,67 @@ async fn run(data: &[u8]) {
         if let Err(e) = store.check_invariants() {
             panic!("after step {step} ({op:?}): {e}");
         }
+        from_peers.extend(peer_records(&op));
         step += 1;
+    }
+    merge_order_check(&from_peers);
+}
+
+/// The records an operation merges as if from peers.
+fn peer_records(op: &Op) -> Vec<SyncRecord> {
+    match op {
+        Op::Merge(r) => vec![r.clone()],
+        Op::Batch(records) => records.clone(),
+        Op::RawRecords(bytes) => {
+            match Message::decode(Opcode::Records, Bytes::copy_from_slice(bytes)) {
+                Ok(Message::Records(records)) => records,
+                _ => Vec::new(),
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Last-writer-wins does not depend on the order records arrive in: two fresh stores that merge
+/// the input's peer records, one in input order and one reversed, hold the same version of
+/// every key, the largest one received (records from beyond the future bound aside).
+fn merge_order_check(records: &[SyncRecord]) {
+    if records.is_empty() {
+        return;
+    }
+    let forward = new_store();
+    let backward = new_store();
+    records.iter().for_each(|r| {
+        forward.merge(r);
+    });
+    records.iter().rev().for_each(|r| {
+        backward.merge(r);
+    });
+    let now = forward.clock().now_ms();
+    let mut newest: std::collections::BTreeMap<String, distro::wire::Version> = Default::default();
+    for r in records {
+        if hlc_physical_ms(r.version.hlc) > now + VERSION_FUTURE_MAX_MS {
+            continue;
+        }
+        let v = newest.entry(format!("{:?}", r.key)).or_default();
+        *v = (*v).max(r.version);
+    }
+    for (name, store) in [("in order", &forward), ("reversed", &backward)] {
+        if let Err(e) = store.check_invariants() {
+            panic!("a store that merged the peer records {name}: {e}");
+        }
+        for r in records {
+            let Some(want) = newest.get(&format!("{:?}", r.key)) else {
+                continue;
+            };
+            let got = store.get(&r.key).map(|x| x.version);
+            assert_eq!(
+                got,
+                Some(*want),
+                "merging the peer records {name} left {:?} at {got:?}, not the newest {want:?}",
+                r.key
+            );
+        }
     }
 }
 
