@@ -334,7 +334,9 @@ impl Cluster {
         // joining node loads them): hand off only the younger ones.
         let window = 2 * self.config.verify_interval_ms + self.config.member_timeout_ms;
         let since = self.now_ms().saturating_sub(window);
-        let change = self.store.set_ownership_handing_off(view, since);
+        // O(records): on a multi-threaded runtime let the other tasks of this worker move on
+        // meanwhile, so that pings and forwards keep being answered during a large re-own.
+        let change = blocking(|| self.store.set_ownership_handing_off(view, since));
         self.ownership_changed_ms
             .store(self.now_ms(), Ordering::Relaxed);
         Stats::add(&self.stats.view_changes, 1);
@@ -532,14 +534,7 @@ impl Cluster {
         let mut theirs: HashMap<u64, crate::wire::Version> = HashMap::default();
         let mut repaired = 0;
         loop {
-            let msg = tokio::time::timeout(STREAM_FRAME_TIMEOUT, rx.recv())
-                .await
-                .map_err(|_| {
-                    // As for any request (`Link::call`): a peer that does not answer in time
-                    // sits behind a wedged link; drop it so that it is redialed.
-                    link.close();
-                    PeerError::Timeout { what: "pull" }
-                })?;
+            let msg = self.next_streamed(&link, &mut rx, "pull").await?;
             match msg {
                 Some(Message::Records(recs)) => {
                     for r in &recs {
@@ -621,12 +616,17 @@ impl Cluster {
     /// node that reaches no peer within twice the member timeout is alone and serves at once.
     async fn load_on_start(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         let alone_after = Duration::from_millis(self.config.member_timeout_ms * 2);
-        let started = tokio::time::Instant::now();
+        // Serving alone is right only when no peer that may hold the data has been reachable
+        // for a while: one that was up a moment ago (and failed mid-load, or went down, or is
+        // merely slow) may still hold what this node would otherwise serve without. Peers that
+        // answer "loading" hold nothing yet.
+        let mut last_data_peer_seen = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
             let up: Vec<Arc<Member>> = self.members.iter().filter(|m| m.is_up()).cloned().collect();
+
             // Peers that refused because they are loading themselves (their store is no copy
             // of the cluster's data).
             let mut loading = 0;
@@ -640,18 +640,49 @@ impl Cluster {
                     Err(PeerError::Remote(e)) if e.kind() == Some(ErrorCode::NotReady) => {
                         loading += 1;
                     }
-                    Err(e) => warn!(peer = %m.addr, error = %e, "snapshot load failed"),
+                    Err(e) => {
+                        last_data_peer_seen = tokio::time::Instant::now();
+                        warn!(peer = %m.addr, error = %e, "snapshot load failed");
+                    }
                 }
             }
             // Every member up and loading: the whole cluster is starting and nobody holds data
             // yet. Otherwise serve alone only once no peer with data answered for a while.
             let cold_start = !up.is_empty() && up.len() == self.members.len();
-            if loading == up.len() && (cold_start || started.elapsed() >= alone_after) {
+            if loading == up.len() && (cold_start || last_data_peer_seen.elapsed() >= alone_after) {
                 self.ready.store(true, Ordering::Release);
                 info!(loading, "no peer with data reachable; serving alone");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The next frame of a streamed answer (pull, snapshot); None after the last one. A link
+    /// that receives nothing at all for a member timeout while a frame is awaited has lost one
+    /// (a frame dropped in a partition wedges it: simulated TCP never retransmits, a half-open
+    /// connection hangs) and is closed, so that it is redialed, also while this node is still
+    /// loading (nothing else checks its data links then); a link that keeps receiving is waited
+    /// on up to [`STREAM_FRAME_TIMEOUT`] for the frame.
+    async fn next_streamed(
+        &self,
+        link: &Link,
+        rx: &mut tokio::sync::mpsc::Receiver<Message>,
+        what: &'static str,
+    ) -> Result<Option<Message>, PeerError> {
+        let silent_max = Duration::from_millis(self.config.member_timeout_ms);
+        let deadline = tokio::time::Instant::now() + STREAM_FRAME_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(silent_max.min(left), rx.recv()).await {
+                Ok(msg) => return Ok(msg),
+                Err(_)
+                    if tokio::time::Instant::now() < deadline && link.idle_for() < silent_max => {}
+                Err(_) => {
+                    link.close();
+                    return Err(PeerError::Timeout { what });
+                }
+            }
         }
     }
 
@@ -662,14 +693,7 @@ impl Cluster {
             .await?;
         let mut total = 0;
         loop {
-            let msg = tokio::time::timeout(STREAM_FRAME_TIMEOUT, rx.recv())
-                .await
-                .map_err(|_| {
-                    // As for any request (`Link::call`): a peer that does not answer in time
-                    // sits behind a wedged link; drop it so that it is redialed.
-                    link.close();
-                    PeerError::Timeout { what: "snapshot" }
-                })?;
+            let msg = self.next_streamed(&link, &mut rx, "snapshot").await?;
             match msg {
                 Some(Message::Records(recs)) => {
                     total += recs.len();
@@ -802,11 +826,16 @@ impl Cluster {
         }
         for (idx, r) in join_all(remote).await {
             match r? {
-                Message::BeatAck(sub) => unknown.extend(
-                    sub.iter()
-                        .filter_map(|&j| idx.get(j as usize))
-                        .map(|&i| i as u16),
-                ),
+                Message::BeatAck(sub) => {
+                    let gone: HashSet<usize> = sub.iter().map(|&j| j as usize).collect();
+                    for (j, &i) in idx.iter().enumerate() {
+                        if gone.contains(&j) {
+                            unknown.push(i as u16);
+                        } else {
+                            self.store.note_beat_forwarded(&keys[i]);
+                        }
+                    }
+                }
                 other => return Err(unexpected(other)),
             }
         }
@@ -888,6 +917,16 @@ impl Cluster {
                 records_frame(Opcode::Records, request_id, flags, count, &bytes)
             })
             .collect()
+    }
+}
+
+/// Runs CPU-heavy synchronous work: through `block_in_place` on a multi-threaded runtime (the
+/// worker's other tasks move to other workers), directly on a single-threaded one (tests, the
+/// simulation), where that is not possible.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -389,6 +389,28 @@ impl Store {
         outcome
     }
 
+    /// A beat of this instance was forwarded from here and its owner knew it: the client is
+    /// alive and beating through this node. Recorded in place (no new version) as the same
+    /// first-hand evidence a beat gives an owner (see [`Record::renewed`]).
+    pub fn note_beat_forwarded(&self, key: &InstanceKey) {
+        let now = self.clock.now_ms();
+        let mut shard = self.shard_of(&key.service).write().unwrap();
+        let idref = InstanceIdRef {
+            cluster: &key.cluster,
+            ip: &key.ip,
+            port: key.port,
+        };
+        if let Some(r) = shard
+            .services
+            .get_mut(&key.service)
+            .and_then(|s| s.instances.get_mut(&idref))
+            && r.alive
+        {
+            r.renewed = true;
+            r.touched_ms = now;
+        }
+    }
+
     /// Marks the instance unhealthy at once if it is still bound to `session` (its connection
     /// dropped without deregistering). True if it changed.
     pub fn lapse_session(&self, key: &InstanceKey, session: u64) -> bool {
@@ -509,16 +531,22 @@ impl Store {
             // the client, in a partition) against an instance this node owns and whose client
             // is beating here: the client is alive. Keep the instance, with a version newer
             // than the tombstone so that every node converges to it.
+            //
+            // A node that is not the owner but forwards the client's beats (the client is
+            // connected here) refuses such an expiry too: the owner it forwards to was beaten
+            // and re-stamps the instance, and until that arrives the instance must not vanish
+            // from reads here.
             let expiry = !rec.alive && rec.lapsed;
             if expiry
                 && old.alive
-                && old.owner == self.node
                 && old.renewed
                 && now.saturating_sub(old.touched_ms) < old.lease.unhealthy_ms as u64
             {
-                let mut keep = old.clone();
-                keep.version = self.next_version();
-                self.put(shard, &k.service, idref, keep, true);
+                if old.owner == self.node {
+                    let mut keep = old.clone();
+                    keep.version = self.next_version();
+                    self.put(shard, &k.service, idref, keep, true);
+                }
                 return false;
             }
         }

@@ -1842,21 +1842,25 @@ fn apply(s: &Store, op: &Op) -> Result<(), TestCaseError> {
             let newer = before.as_ref().is_none_or(|b| b.version < r.version);
             // The owner keeps an instance its client is beating against an expiry made
             // elsewhere, re-stamping it newer than the tombstone (Store::merge).
+            // A node forwarding the client's beats refuses it too, without re-stamping.
             let veto = newer
                 && !*alive
                 && *lapsed
                 && before.as_ref().is_some_and(|b| {
                     b.alive
-                        && b.owner == s.node()
                         && b.renewed
                         && now.saturating_sub(b.touched_ms) < b.lease.unhealthy_ms as u64
                 });
+            let owned = before.as_ref().is_some_and(|b| b.owner == s.node());
             prop_assert_eq!(s.merge(&r), newer && !veto);
             let got = s.get(&k).unwrap();
-            if veto {
+            if veto && owned {
                 prop_assert!(got.alive);
                 prop_assert!(got.version > r.version);
                 prop_assert_eq!(got.version.origin, s.node());
+            } else if veto {
+                prop_assert!(got.alive);
+                prop_assert_eq!(got.version, before.as_ref().unwrap().version);
             } else if newer {
                 prop_assert_eq!(got.version, r.version);
                 prop_assert_eq!(got.alive, *alive);
@@ -2173,5 +2177,41 @@ async fn a_record_from_far_in_the_future_is_refused_and_does_not_drag_the_clock(
     changed.weight = 2.0;
     s.register(&changed, 0);
     assert!(s.get(&a).unwrap().version.hlc > ahead);
+    check(&s);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_forwarding_the_clients_beats_refuses_an_expiry_made_elsewhere() {
+    let s = new_store(1);
+    s.set_ownership(Ownership::new(vec![1, 2]));
+    let view = s.ownership();
+    let a = (0..100)
+        .map(|i| k(&format!("10.9.0.{i}")))
+        .find(|key| view.owner(&key.ip, key.port) == 2)
+        .expect("some key is node 2's");
+    let expiry = |hlc| {
+        let mut t = sync(&a, hlc, 3, false);
+        t.lapsed = true;
+        t
+    };
+    // No evidence that the client lives: an expiry from elsewhere applies.
+    assert!(s.merge(&sync(&a, hlc_at(T0), 2, true)));
+    assert!(s.merge(&expiry(hlc_at(T0 + 1))));
+    assert!(!s.get(&a).unwrap().alive);
+    // The client beats through this node (forwarded to its owner): the same expiry is refused
+    // and the instance stays readable here until the owner's re-stamp arrives.
+    assert!(s.merge(&sync(&a, hlc_at(T0 + 2), 2, true)));
+    s.note_beat_forwarded(&a);
+    assert!(!s.merge(&expiry(hlc_at(T0 + 3))));
+    let r = s.get(&a).unwrap();
+    assert!(r.alive);
+    assert_eq!(
+        r.version.hlc,
+        hlc_at(T0 + 2),
+        "a non-owner does not re-stamp"
+    );
+    // A deregistration (a tombstone without the lapsed bit) is never refused.
+    assert!(s.merge(&sync(&a, hlc_at(T0 + 4), 3, false)));
+    assert!(!s.get(&a).unwrap().alive);
     check(&s);
 }
