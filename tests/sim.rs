@@ -62,7 +62,13 @@ const FIXED_SEEDS: std::ops::Range<u64> = 0..64;
 ///   (38). Fixed in src/cluster/mod.rs: a lost ping drops both links to the peer, every digest
 ///   is followed by a ping on the data link that must be answered within the member timeout,
 ///   and a pull or snapshot load that times out closes its link.
-const REGRESSION_SEEDS: &[u64] = &[29, 38];
+/// - 118: the same wedge on the link a restarted node was loading its snapshot over, cut 30 ms
+///   after it sent the request: the node waited the full 10 s frame deadline (pings do not
+///   check a loading node's data links, and a link that had just received is not dropped on a
+///   lost ping) and was not ready 8 s after the faults ended. Fixed in src/cluster/mod.rs
+///   (`Cluster::next_streamed`): a streamed answer whose link receives nothing for a member
+///   timeout closes the link.
+const REGRESSION_SEEDS: &[u64] = &[29, 38, 118];
 /// Seeds whose only violations are flaps, the open weak spot of expiry tombstones: a node that
 /// could not see a client's beats (the other side of a partition, a view that named another
 /// owner, a heal in steps) expires the instance; its tombstone is newer than the live record
