@@ -13,6 +13,7 @@
 
 #![no_main]
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use distro::hash::HashSet;
 use distro::ownership::Ownership;
 use distro::store::digest::{BucketSet, DIGEST_BUCKETS, bucket_of};
 use distro::store::{BeatOutcome, NoObserver, RecordBatch, SHARDS, Store, VERSION_FUTURE_MAX_MS};
-use distro::wire::{InstanceKey, Message, Opcode, Query, SyncRecord, Text};
+use distro::wire::{InstanceKey, Message, Opcode, Query, ServiceName, SyncRecord, Text, Version};
 use distro_fuzz::Input;
 use distro_fuzz::store_input::{OTHERS, Op, SELF, next_op};
 use libfuzzer_sys::fuzz_target;
@@ -119,6 +120,22 @@ fn merge_order_check(records: &[SyncRecord]) {
 }
 
 async fn apply(store: &Store, op: &Op) {
+    // Reads, clock steps, re-grants and snapshots write no version and delete nothing.
+    let read_only = matches!(
+        op,
+        Op::Advance(_) | Op::Query { .. } | Op::RegrantOwned | Op::SnapshotCheck
+    );
+    let before = read_only.then(|| versions(store));
+    apply_op(store, op).await;
+    if let Some(before) = before {
+        assert!(
+            before == versions(store),
+            "{op:?} changed versions or records"
+        );
+    }
+}
+
+async fn apply_op(store: &Store, op: &Op) {
     match op {
         Op::Merge(r) => merge_checked(store, r),
         Op::Batch(records) => records.iter().for_each(|r| merge_checked(store, r)),
@@ -193,7 +210,15 @@ async fn apply(store: &Store, op: &Op) {
                     .map(|(_, id)| *id),
             );
             let view = Ownership::new(live);
-            let change = store.set_ownership(view.clone());
+            // Bit 7: hand off only what was written in the last second (a join's handoff).
+            let since_ms = if mask & 0x80 != 0 {
+                store.clock().now_ms().saturating_sub(1_000)
+            } else {
+                0
+            };
+            let before = versions(store);
+            let change = store.set_ownership_handing_off(view.clone(), since_ms);
+            let mut handed_off = BTreeSet::new();
             for (owner, batch) in &change.lost {
                 assert_ne!(*owner, SELF, "handed records off to itself");
                 for r in decode_batch(batch) {
@@ -203,8 +228,38 @@ async fn apply(store: &Store, op: &Op) {
                         "{:?} handed off to the wrong owner",
                         r.key
                     );
+                    handed_off.insert(key_text(
+                        &r.key.service,
+                        &r.key.cluster,
+                        &r.key.ip,
+                        r.key.port,
+                    ));
                 }
                 check_pieces(batch);
+            }
+            // No flapping: a view change never makes an instance vanish (or come back); a
+            // version it moves on (an instance re-stamped to win over a tombstone made during a
+            // partition) is handed off to the new owner.
+            let after = versions(store);
+            assert_eq!(
+                before.keys().collect::<Vec<_>>(),
+                after.keys().collect::<Vec<_>>(),
+                "a view change added or removed records"
+            );
+            for (k, (v0, alive0)) in &before {
+                let (v1, alive1) = after[k];
+                assert_eq!(
+                    *alive0, alive1,
+                    "a view change flipped {k} (alive {alive0})"
+                );
+                assert!(
+                    v1 >= *v0,
+                    "a view change moved {k} back from {v0:?} to {v1:?}"
+                );
+                assert!(
+                    v1 == *v0 || handed_off.contains(k),
+                    "a view change re-stamped {k} but did not hand it off"
+                );
             }
         }
         Op::Advance(ms) => tokio::time::advance(Duration::from_millis(*ms)).await,
@@ -329,6 +384,22 @@ fn check_pieces(batch: &RecordBatch) {
         total += n;
     }
     assert_eq!(total, batch.count, "the pieces lost or repeated records");
+}
+
+fn key_text(name: &ServiceName, cluster: &str, ip: &str, port: u16) -> String {
+    format!("{name} {cluster:?} {ip:?}:{port}")
+}
+
+/// The version and aliveness of every record, by key.
+fn versions(store: &Store) -> BTreeMap<String, (Version, bool)> {
+    let mut m = BTreeMap::new();
+    store.for_each_record(|name, id, r| {
+        m.insert(
+            key_text(name, &id.cluster, &id.ip, id.port),
+            (r.version, r.alive),
+        );
+    });
+    m
 }
 
 /// (key hash, owner, alive, touched_ms) of every record, in key-hash order.
