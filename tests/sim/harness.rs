@@ -10,8 +10,8 @@
 //! - *reads always answer*: every probe read of a node that was running and ready when the read
 //!   was sent, and is still the same incarnation when it fails, is a violation;
 //! - *no flapping*: an instance the probe saw on node N, whose client stayed alive, beating and
-//!   connected to N (the same connection) since before that sighting, must still be in N's next
-//!   read;
+//!   connected to N (the same connection, to the incarnation of N that answered) since before
+//!   that sighting, must still be in N's next read;
 //! - every second, and at the end: `Store::check_invariants` on every running node;
 //! - at the end, [`SETTLE_MS`] after the faults stopped: every running node is ready and all
 //!   hold the same live instances with the same versions (convergence); every instance whose
@@ -143,6 +143,8 @@ pub struct NodeSlot {
     pub node: Option<Arc<Node>>,
     pub inc: u32,
     pub running: bool,
+    /// When the running incarnation started.
+    pub started_ms: u64,
 }
 
 #[derive(Default)]
@@ -259,6 +261,7 @@ impl State {
         slot.inc += 1;
         slot.node = Some(node);
         slot.running = true;
+        slot.started_ms = t;
         let inc = slot.inc;
         self.trace
             .push(t, format!("n{} started (incarnation {inc})", i + 1));
@@ -446,6 +449,7 @@ impl State {
             );
         }
         let node_id = i as u16 + 1;
+        let node_started = self.nodes[i].started_ms;
         let mut vanished = Vec::new();
         for (id, inst) in self.insts.iter().filter(|(id, _)| id.service == s) {
             let key = (i, inc0, id.clone());
@@ -460,9 +464,12 @@ impl State {
                 continue;
             };
             let cl = &self.clients[inst.client];
+            // Connected to this incarnation of the node: a connection to one that crashed
+            // (hard: no close reached the client) still names the node until it times out.
             let steady = cl.up
                 && cl.inc == inst.inc
                 && cl.conn == Some(node_id)
+                && cl.conn_since >= node_started
                 && cl.conn_since <= prev
                 && at <= prev
                 && !cl.isolated
