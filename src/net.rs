@@ -71,3 +71,37 @@ impl std::fmt::Debug for dyn Dialer {
         f.write_str("Dialer")
     }
 }
+
+/// Writes the frames queued on `rx` to `wr`, gathering whatever is already queued (up to about
+/// `batch_bytes`) into one socket write, until `rx` is closed and drained, a write fails, or
+/// `stop` is cancelled; then shuts the writer down. Cancels `stop` on the way out, so the
+/// connection's other half learns that writing has ended.
+pub async fn write_frames(
+    mut wr: StreamWriter,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    batch_bytes: usize,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = bytes::BytesMut::with_capacity(64 << 10);
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => break,
+            f = rx.recv() => f,
+        };
+        let Some(first) = first else { break };
+        buf.extend_from_slice(&first);
+        while buf.len() < batch_bytes {
+            match rx.try_recv() {
+                Ok(b) => buf.extend_from_slice(&b),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            break;
+        }
+        buf.clear();
+    }
+    stop.cancel();
+    let _ = wr.shutdown().await;
+}

@@ -8,7 +8,6 @@ use std::time::Duration;
 use crate::hash::HashMap;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -55,36 +54,13 @@ impl Conn {
                 tried: 1,
                 last: format!("{addr}: {e}"),
             })?;
-        let (rd, mut wr) = crate::net::split(stream);
-        let (tx, mut rx) = mpsc::channel::<Bytes>(OUTBOX_MAX);
+        let (rd, wr) = crate::net::split(stream);
+        let (tx, rx) = mpsc::channel::<Bytes>(OUTBOX_MAX);
         let pending: Pending = Default::default();
         let closed = CancellationToken::new();
 
         // Writer: gathers queued frames into one write.
-        let wclosed = closed.clone();
-        tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            loop {
-                let first = tokio::select! {
-                    _ = wclosed.cancelled() => break,
-                    f = rx.recv() => f,
-                };
-                let Some(first) = first else { break };
-                buf.extend_from_slice(&first);
-                while buf.len() < 256 << 10 {
-                    match rx.try_recv() {
-                        Ok(b) => buf.extend_from_slice(&b),
-                        Err(_) => break,
-                    }
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    break;
-                }
-                buf.clear();
-            }
-            wclosed.cancel();
-            let _ = wr.shutdown().await;
-        });
+        tokio::spawn(crate::net::write_frames(wr, rx, 256 << 10, closed.clone()));
 
         // Reader: answers by request id; pushes (request id 0) to the subscriptions.
         let rpending = pending.clone();

@@ -159,35 +159,12 @@ impl Link {
         addr: SocketAddr,
         peer_id: u16,
         mut frames: FramedRead<StreamReader, FrameCodec>,
-        mut wr: StreamWriter,
+        wr: StreamWriter,
     ) -> Arc<Link> {
-        let (tx, mut rx) = mpsc::channel::<Bytes>(LINK_OUTBOX_FRAMES);
+        let (tx, rx) = mpsc::channel::<Bytes>(LINK_OUTBOX_FRAMES);
         let pending: Pending = Default::default();
         let closed = CancellationToken::new();
-        let wclosed = closed.clone();
-        tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            loop {
-                let first = tokio::select! {
-                    _ = wclosed.cancelled() => break,
-                    f = rx.recv() => f,
-                };
-                let Some(first) = first else { break };
-                buf.extend_from_slice(&first);
-                while buf.len() < 1 << 20 {
-                    match rx.try_recv() {
-                        Ok(b) => buf.extend_from_slice(&b),
-                        Err(_) => break,
-                    }
-                }
-                if wr.write_all(&buf).await.is_err() {
-                    break;
-                }
-                buf.clear();
-            }
-            wclosed.cancel();
-            let _ = wr.shutdown().await;
-        });
+        tokio::spawn(crate::net::write_frames(wr, rx, 1 << 20, closed.clone()));
         let opened = tokio::time::Instant::now();
         let last_rx_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let (ropened, rlast) = (opened, last_rx_ms.clone());

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
@@ -91,24 +91,14 @@ async fn serve(
             }
         };
     debug!(%peer, peer_id, "peer connected");
-    let (tx, mut rx) = mpsc::channel::<Bytes>(ANSWER_QUEUE_MAX);
-    let writer = tokio::spawn(async move {
-        let mut buf = BytesMut::with_capacity(64 << 10);
-        while let Some(first) = rx.recv().await {
-            buf.extend_from_slice(&first);
-            while buf.len() < 1 << 20 {
-                match rx.try_recv() {
-                    Ok(b) => buf.extend_from_slice(&b),
-                    Err(_) => break,
-                }
-            }
-            if wr.write_all(&buf).await.is_err() {
-                return;
-            }
-            buf.clear();
-        }
-        let _ = wr.shutdown().await;
-    });
+    let (tx, rx) = mpsc::channel::<Bytes>(ANSWER_QUEUE_MAX);
+    // Never cancelled from outside: it ends when the answers channel closes and is drained.
+    let writer = tokio::spawn(crate::net::write_frames(
+        wr,
+        rx,
+        1 << 20,
+        CancellationToken::new(),
+    ));
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
