@@ -320,11 +320,7 @@ impl Store {
         let view = self.ownership.read().unwrap();
         let owner = view.owner(&k.ip, k.port);
         let mut shard = self.shard_of(&k.service).write().unwrap();
-        let idref = InstanceIdRef {
-            cluster: &k.cluster,
-            ip: &k.ip,
-            port: k.port,
-        };
+        let idref = InstanceIdRef::of(k);
         let existing = shard
             .services
             .get_mut(&k.service)
@@ -395,11 +391,7 @@ impl Store {
     pub fn note_beat_forwarded(&self, key: &InstanceKey) {
         let now = self.clock.now_ms();
         let mut shard = self.shard_of(&key.service).write().unwrap();
-        let idref = InstanceIdRef {
-            cluster: &key.cluster,
-            ip: &key.ip,
-            port: key.port,
-        };
+        let idref = InstanceIdRef::of(key);
         if let Some(r) = shard
             .services
             .get_mut(&key.service)
@@ -439,11 +431,7 @@ impl Store {
     ) -> bool {
         let now = self.clock.now_ms();
         let mut shard = self.shard_of(&key.service).write().unwrap();
-        let idref = InstanceIdRef {
-            cluster: &key.cluster,
-            ip: &key.ip,
-            port: key.port,
-        };
+        let idref = InstanceIdRef::of(key);
         let Some(svc) = shard.services.get_mut(&key.service) else {
             return false;
         };
@@ -514,11 +502,7 @@ impl Store {
         now: u64,
     ) -> bool {
         let k = &rec.key;
-        let idref = InstanceIdRef {
-            cluster: &k.cluster,
-            ip: &k.ip,
-            port: k.port,
-        };
+        let idref = InstanceIdRef::of(k);
         if let Some(old) = shard
             .services
             .get(&k.service)
@@ -576,15 +560,10 @@ impl Store {
     /// The record under `key`, alive or tombstone.
     pub fn get(&self, key: &InstanceKey) -> Option<Record> {
         let shard = self.shard_of(&key.service).read().unwrap();
-        shard.services.get(&key.service).and_then(|s| {
-            s.instances
-                .get(&InstanceIdRef {
-                    cluster: &key.cluster,
-                    ip: &key.ip,
-                    port: key.port,
-                })
-                .cloned()
-        })
+        shard
+            .services
+            .get(&key.service)
+            .and_then(|s| s.instances.get(&InstanceIdRef::of(key)).cloned())
     }
 
     /// The encoded snapshot body (a ServiceSnapshot) answering `q`. An unknown service is an

@@ -38,6 +38,17 @@ pub struct InstanceIdRef<'a> {
     pub port: u16,
 }
 
+impl<'a> InstanceIdRef<'a> {
+    /// The part of `key` below its service.
+    pub fn of(key: &'a crate::wire::InstanceKey) -> InstanceIdRef<'a> {
+        InstanceIdRef {
+            cluster: &key.cluster,
+            ip: &key.ip,
+            port: key.port,
+        }
+    }
+}
+
 impl hashbrown::Equivalent<InstanceId> for InstanceIdRef<'_> {
     fn equivalent(&self, key: &InstanceId) -> bool {
         self.port == key.port && *self.ip == *key.ip && *self.cluster == *key.cluster
