@@ -191,23 +191,25 @@ fn usage_error(e: clap::Error) -> ! {
 }
 
 async fn connect(cli: &Cli, session_bound: bool) -> anyhow::Result<Client> {
-    let mut cfg = ClientConfig::new(cli.server.iter().cloned());
-    cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
-    cfg.connect_timeout = Duration::from_millis(cli.timeout_ms.min(2000));
-    cfg.session_bound = session_bound;
-    cfg.client_name = "distroctl".into();
-    Client::connect(cfg)
-        .await
-        .with_context(|| format!("cannot reach {}", cli.server.join(",")))
+    connect_with(cli, session_bound, true).await
 }
 
 /// A connection for status commands: those are answered also by a node that is not ready, so
 /// this one connects to the first server that answers at all.
 async fn connect_any(cli: &Cli) -> anyhow::Result<Client> {
+    connect_with(cli, false, false).await
+}
+
+async fn connect_with(
+    cli: &Cli,
+    session_bound: bool,
+    require_ready: bool,
+) -> anyhow::Result<Client> {
     let mut cfg = ClientConfig::new(cli.server.iter().cloned());
     cfg.request_timeout = Duration::from_millis(cli.timeout_ms);
     cfg.connect_timeout = Duration::from_millis(cli.timeout_ms.min(2000));
-    cfg.require_ready = false;
+    cfg.session_bound = session_bound;
+    cfg.require_ready = require_ready;
     cfg.client_name = "distroctl".into();
     Client::connect(cfg)
         .await
