@@ -107,6 +107,13 @@ impl Subscription {
     }
 }
 
+/// Heartbeat rounds that may await their answers at once (see `Inner::heartbeats`). A round
+/// ends within a few request timeouts anyway (its Beat frames, then the re-registers of what
+/// the node did not know); this only caps a client whose beat interval is far below its
+/// request timeout. Skipping a tick because earlier ones are slow would leave the instances
+/// the node owns itself unrenewed, so the cap is generous.
+const BEAT_ROUNDS_IN_FLIGHT_MAX: usize = 32;
+
 /// An instance the client keeps alive, and how it was registered.
 #[derive(Clone)]
 struct Held {
@@ -623,7 +630,14 @@ impl Inner {
 
     /// The heartbeat loop: one batched Beat per interval (the shortest beat interval any held
     /// instance asked for), or a Ping when nothing is held.
+    ///
+    /// A round does not wait for the one before it to be answered: a node answers a beat only
+    /// once the owners it forwards to have, and one owner that crashed without closing its
+    /// connections holds that answer for the node's forward timeout — longer than a short lease
+    /// allows the instances the node owns itself to go unrenewed. At most
+    /// [`BEAT_ROUNDS_IN_FLIGHT_MAX`] rounds are outstanding; a tick beyond that is skipped.
     async fn heartbeats(self: Arc<Self>) {
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(BEAT_ROUNDS_IN_FLIGHT_MAX));
         let mut last = tokio::time::Instant::now();
         loop {
             let shortest = self.min_beat_ms.load(std::sync::atomic::Ordering::Relaxed);
@@ -637,12 +651,20 @@ impl Inner {
             last = tokio::time::Instant::now();
             let conn = self.conn.borrow().clone();
             let Some(conn) = conn else { continue };
-            if let Err(e) = self.beat_once(&conn).await {
-                debug!(error = %e, "heartbeat failed");
-                if matches!(e, ClientError::Timeout { .. }) {
-                    conn.close();
+            let Ok(round) = in_flight.clone().try_acquire_owned() else {
+                debug!("heartbeat skipped: earlier rounds are still unanswered");
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = this.beat_once(&conn).await {
+                    debug!(error = %e, "heartbeat failed");
+                    if matches!(e, ClientError::Timeout { .. }) {
+                        conn.close();
+                    }
                 }
-            }
+                drop(round);
+            });
         }
     }
 }

@@ -768,6 +768,11 @@ impl Cluster {
                     self.store.register(inst, session);
                 }
             } else {
+                // A register (a client's redo after a reconnect, say) is as good a sign of life
+                // as a beat (see `Cluster::beat`).
+                for (_, inst) in &items {
+                    self.store.note_client_beat(&inst.key);
+                }
                 let batch: Vec<Instance> = items.into_iter().map(|(_, i)| i.clone()).collect();
                 remote.push(self.forward(
                     owner,
@@ -818,6 +823,11 @@ impl Cluster {
                     }
                 }
             } else {
+                // The client beats here: evidence that it is alive even if the owner cannot be
+                // reached (see `Store::merge`).
+                for (_, k) in &items {
+                    self.store.note_client_beat(k);
+                }
                 let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
                 let batch = items.into_iter().map(|(_, k)| k.clone()).collect();
                 remote
@@ -828,13 +838,12 @@ impl Cluster {
             match r? {
                 Message::BeatAck(sub) => {
                     let gone: HashSet<usize> = sub.iter().map(|&j| j as usize).collect();
-                    for (j, &i) in idx.iter().enumerate() {
-                        if gone.contains(&j) {
-                            unknown.push(i as u16);
-                        } else {
-                            self.store.note_beat_forwarded(&keys[i]);
-                        }
-                    }
+                    unknown.extend(
+                        idx.iter()
+                            .enumerate()
+                            .filter(|(j, _)| gone.contains(j))
+                            .map(|(_, &i)| i as u16),
+                    );
                 }
                 other => return Err(unexpected(other)),
             }
@@ -854,6 +863,10 @@ impl Cluster {
                     self.store.lapse_session(k, session);
                 }
             } else {
+                // Beats of these keys no longer come through here.
+                for (_, k) in &items {
+                    self.store.note_session_gone(k, session);
+                }
                 let batch: Vec<InstanceKey> = items.into_iter().map(|(_, k)| k).collect();
                 for chunk in batch.chunks(crate::wire::BATCH_INSTANCES_MAX) {
                     remote.push(self.forward(

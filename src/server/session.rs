@@ -230,8 +230,10 @@ impl Session {
                 .await
             }
             Message::Beat(keys) => {
-                let hashes = self.claim_hashes(keys.iter());
-                self.write(rid, hashes, move |node| async move {
+                // Beats claim no keys: they only renew, in any order, and one waiting on a
+                // forward to an owner that stopped answering must not hold up the next beat of
+                // the same keys (which renews those this node owns at once).
+                self.write(rid, Vec::new(), move |node| async move {
                     node.beat(&keys).await.map(Message::BeatAck)
                 })
                 .await

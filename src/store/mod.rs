@@ -385,10 +385,12 @@ impl Store {
         outcome
     }
 
-    /// A beat of this instance was forwarded from here and its owner knew it: the client is
-    /// alive and beating through this node. Recorded in place (no new version) as the same
-    /// first-hand evidence a beat gives an owner (see [`Record::renewed`]).
-    pub fn note_beat_forwarded(&self, key: &InstanceKey) {
+    /// A client connected here beat or registered this instance, which another node owns (the
+    /// request is forwarded there): the client is alive, whether or not the forward gets
+    /// through.
+    /// Recorded in place (no new version) as the same first-hand evidence a beat gives an owner
+    /// (see [`Record::renewed`]).
+    pub fn note_client_beat(&self, key: &InstanceKey) {
         let now = self.clock.now_ms();
         let mut shard = self.shard_of(&key.service).write().unwrap();
         let idref = InstanceIdRef::of(key);
@@ -403,6 +405,20 @@ impl Store {
         }
     }
 
+    /// The client session `session`, connected here, ended: this node no longer has first-hand
+    /// evidence that the client of `key` is alive (its owner, elsewhere, lapses the instance).
+    pub fn note_session_gone(&self, key: &InstanceKey, session: u64) {
+        let mut shard = self.shard_of(&key.service).write().unwrap();
+        if let Some(r) = shard
+            .services
+            .get_mut(&key.service)
+            .and_then(|s| s.instances.get_mut(&InstanceIdRef::of(key)))
+            && r.session == session
+        {
+            r.renewed = false;
+        }
+    }
+
     /// Marks the instance unhealthy at once if it is still bound to `session` (its connection
     /// dropped without deregistering). True if it changed.
     pub fn lapse_session(&self, key: &InstanceKey, session: u64) -> bool {
@@ -413,6 +429,7 @@ impl Store {
         self.modify_live(key, true, |rec, _| {
             if rec.session == session && !rec.lapsed {
                 rec.lapsed = true;
+                rec.renewed = false;
                 true
             } else {
                 false
@@ -503,6 +520,7 @@ impl Store {
     ) -> bool {
         let k = &rec.key;
         let idref = InstanceIdRef::of(k);
+        let mut renewed = false;
         if let Some(old) = shard
             .services
             .get(&k.service)
@@ -511,21 +529,18 @@ impl Store {
             if old.version >= rec.version {
                 return false;
             }
-            // An expiry made elsewhere (a node that took the key over while it could not see
-            // the client, in a partition) against an instance this node owns and whose client
-            // is beating here: the client is alive. Keep the instance, with a version newer
-            // than the tombstone so that every node converges to it.
+            // An expiry — or the lapse (unhealthy mark) before it — made elsewhere (by a node
+            // that took the key over while it could not see the client, in a partition)
+            // against an instance whose client is beating here: the client is alive. The owner
+            // keeps the instance, with a version newer than the lapse so that every node
+            // converges to it.
             //
             // A node that is not the owner but forwards the client's beats (the client is
-            // connected here) refuses such an expiry too: the owner it forwards to was beaten
-            // and re-stamps the instance, and until that arrives the instance must not vanish
-            // from reads here.
-            let expiry = !rec.alive && rec.lapsed;
-            if expiry
-                && old.alive
-                && old.renewed
-                && now.saturating_sub(old.touched_ms) < old.lease.unhealthy_ms as u64
-            {
+            // connected here) refuses such a lapse too, whether or not its forwards got
+            // through: the instance must not vanish from the reads of the client's own node.
+            // The owner re-stamps it if it was beaten; if it was not (and took the expiry), it
+            // answers the next forwarded beat "unknown" and the client registers again.
+            if rec.lapsed && old.beaten_recently(now) {
                 if old.owner == self.node {
                     let mut keep = old.clone();
                     keep.version = self.next_version();
@@ -533,6 +548,9 @@ impl Store {
                 }
                 return false;
             }
+            // The evidence that the client beats here outlives the version it was noted on: a
+            // re-stamp or an update from the owner does not make the client any less alive.
+            renewed = rec.alive && old.beaten_recently(now);
         }
         let new = Record {
             version: rec.version,
@@ -546,7 +564,7 @@ impl Store {
             lease: rec.lease,
             session: rec.session,
             touched_ms: now,
-            renewed: false,
+            renewed,
             metadata: if rec.alive {
                 record::store_metadata(&rec.metadata)
             } else {
@@ -806,7 +824,6 @@ impl Store {
                                 self.observer.local_write(name, id, r);
                                 restamped = true;
                             }
-                            r.renewed = false;
                             if restamp || crate::clock::hlc_physical_ms(r.version.hlc) >= since_ms {
                                 change.lost.entry(new_owner).or_default().push(name, id, r);
                             }

@@ -75,10 +75,13 @@ pub struct Record {
     pub session: u64,
     /// Local time (ms) of the last beat, takeover or receipt; for a tombstone, of the delete.
     pub touched_ms: u64,
-    /// This node applied a register or beat to this version: it has first-hand evidence that
-    /// the client is alive. Local only (not synced). Used after a partition heals, so that a
-    /// tombstone made by a side that could not see the client does not delete an instance
-    /// whose client kept beating on the other side (see `Store::merge`, `set_ownership`).
+    /// The client registered or beat this instance through this node (as its owner, or as the
+    /// node the client is connected to, forwarding the beat) as of `touched_ms`: first-hand
+    /// evidence that the client is alive. Local only (not synced), and kept across versions
+    /// merged from peers (it is about the client, not the version) until the client's session
+    /// here ends. Used after a partition heals, so that a tombstone made by a side that could
+    /// not see the client does not delete an instance whose client kept beating on the other
+    /// side (see `Store::merge`, `set_ownership`, [`Record::beaten_recently`]).
     pub renewed: bool,
     pub metadata: Option<StoredMetadata>,
 }
@@ -87,6 +90,14 @@ impl Record {
     /// Healthy as readers see it.
     pub fn reported_healthy(&self) -> bool {
         self.healthy && !self.lapsed
+    }
+
+    /// The client beat this instance through this node within its unhealthy-after: an expiry
+    /// made elsewhere is wrong about it.
+    pub fn beaten_recently(&self, now_ms: u64) -> bool {
+        self.alive
+            && self.renewed
+            && now_ms.saturating_sub(self.touched_ms) < self.lease.unhealthy_ms as u64
     }
 
     /// True when the two records say the same thing to readers and peers (version aside).

@@ -1840,11 +1840,10 @@ fn apply(s: &Store, op: &Op) -> Result<(), TestCaseError> {
             }
             let before = s.get(&k);
             let newer = before.as_ref().is_none_or(|b| b.version < r.version);
-            // The owner keeps an instance its client is beating against an expiry made
-            // elsewhere, re-stamping it newer than the tombstone (Store::merge).
+            // The owner keeps an instance its client is beating against a lapse or expiry
+            // made elsewhere, re-stamping it newer than the lapse (Store::merge).
             // A node forwarding the client's beats refuses it too, without re-stamping.
             let veto = newer
-                && !*alive
                 && *lapsed
                 && before.as_ref().is_some_and(|b| {
                     b.alive
@@ -2201,7 +2200,7 @@ async fn a_node_forwarding_the_clients_beats_refuses_an_expiry_made_elsewhere() 
     // The client beats through this node (forwarded to its owner): the same expiry is refused
     // and the instance stays readable here until the owner's re-stamp arrives.
     assert!(s.merge(&sync(&a, hlc_at(T0 + 2), 2, true)));
-    s.note_beat_forwarded(&a);
+    s.note_client_beat(&a);
     assert!(!s.merge(&expiry(hlc_at(T0 + 3))));
     let r = s.get(&a).unwrap();
     assert!(r.alive);
@@ -2212,6 +2211,76 @@ async fn a_node_forwarding_the_clients_beats_refuses_an_expiry_made_elsewhere() 
     );
     // A deregistration (a tombstone without the lapsed bit) is never refused.
     assert!(s.merge(&sync(&a, hlc_at(T0 + 4), 3, false)));
+    assert!(!s.get(&a).unwrap().alive);
+    check(&s);
+}
+
+/// The evidence a client's beats through this node give is about the client, not about one
+/// version: a re-stamp from the owner, or losing the ownership, does not make the client any
+/// less alive, so an expiry made elsewhere is still refused afterwards (sim seeds 47, 88: the
+/// owner's re-stamp arrived first and reset it, and a clock-ahead expiry then won here).
+#[tokio::test(start_paused = true)]
+async fn client_beat_evidence_outlives_versions_and_handoff_but_not_the_session() {
+    let s = new_store(1);
+    s.set_ownership(Ownership::new(vec![1, 2]));
+    let view = s.ownership();
+    let a = (0..100)
+        .map(|i| k(&format!("10.9.1.{i}")))
+        .find(|key| view.owner(&key.ip, key.port) == 2)
+        .expect("some key is node 2's");
+    let expiry = |hlc| {
+        let mut t = sync(&a, hlc, 3, false);
+        t.lapsed = true;
+        t
+    };
+    let session = (1 << 48) | 7;
+    let mut live = sync(&a, hlc_at(T0), 2, true);
+    live.session = session;
+    assert!(s.merge(&live));
+    s.note_client_beat(&a);
+    // The owner re-stamps (a newer version of the same instance): the evidence stays.
+    live.version.hlc = hlc_at(T0 + 1);
+    assert!(s.merge(&live));
+    assert!(
+        !s.merge(&expiry(hlc_at(T0 + 2))),
+        "refused after a re-stamp"
+    );
+    // The lapse (unhealthy mark) a node that cannot see the client makes before its expiry is
+    // refused alike (sim seed 110: it was applied, ended the evidence, and the expiry that
+    // followed won).
+    let mut lapse = live.clone();
+    lapse.version = Version {
+        hlc: hlc_at(T0 + 2) + 1,
+        origin: 3,
+    };
+    lapse.lapsed = true;
+    assert!(!s.merge(&lapse), "a lapse made elsewhere is refused");
+    assert!(s.get(&a).unwrap().reported_healthy());
+    // This node comes to own the key and hands it back: still refused (and, while it owned
+    // and was beaten, it would have re-stamped).
+    s.set_ownership(Ownership::new(vec![1]));
+    s.note_client_beat(&a);
+    s.set_ownership(Ownership::new(vec![1, 2]));
+    assert!(!s.merge(&expiry(hlc_at(T0 + 3))), "refused after a handoff");
+    assert!(s.get(&a).unwrap().alive);
+    // The evidence lasts one unhealthy-after past the last beat, no longer.
+    advance(Lease::default().unhealthy_ms as u64).await;
+    assert!(
+        s.merge(&expiry(hlc_at(T0 + 4))),
+        "stale evidence refuses nothing"
+    );
+    assert!(!s.get(&a).unwrap().alive);
+
+    // A client that beat here a moment ago and whose session then ended is no evidence.
+    let mut again = sync(&a, hlc_at(T0 + 5), 2, true);
+    again.session = session;
+    assert!(s.merge(&again));
+    s.note_client_beat(&a);
+    s.note_session_gone(&a, session);
+    assert!(
+        s.merge(&expiry(hlc_at(T0 + 6))),
+        "the session ended: the expiry applies"
+    );
     assert!(!s.get(&a).unwrap().alive);
     check(&s);
 }

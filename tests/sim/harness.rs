@@ -11,7 +11,8 @@
 //!   was sent, and is still the same incarnation when it fails, is a violation;
 //! - *no flapping*: an instance the probe saw on node N, whose client stayed alive, beating and
 //!   connected to N (the same connection, to the incarnation of N that answered) since before
-//!   that sighting, must still be in N's next read;
+//!   that sighting, must still be in N's next read — and, for a subscriber of every service on
+//!   every node, in N's next push;
 //! - every second, and at the end: `Store::check_invariants` on every running node;
 //! - at the end, [`SETTLE_MS`] after the faults stopped: every running node is ready and all
 //!   hold the same live instances with the same versions (convergence); every instance whose
@@ -169,6 +170,7 @@ pub struct Stats {
     pub deregisters_acked: u64,
     pub deregisters_failed: u64,
     pub reads_ok: u64,
+    pub pushes: u64,
     pub reads_not_ready: u64,
     pub reads_excused: u64,
     pub node_crashes: u64,
@@ -218,10 +220,11 @@ pub struct State {
     pub nodes: Vec<NodeSlot>,
     pub clients: Vec<ClientSlot>,
     pub insts: BTreeMap<InstId, Inst>,
-    /// (node, node incarnation, instance) -> when the probe last saw it there.
-    seen: BTreeMap<(usize, u32, InstId), u64>,
-    /// (node, service) -> hash of the last read, so the trace records only changes.
-    last_read: BTreeMap<(usize, usize), u64>,
+    /// (node, node incarnation, reads or pushes, instance) -> when the probe last saw it there.
+    seen: BTreeMap<(usize, u32, Via, InstId), u64>,
+    /// (node, reads or pushes, service) -> hash of the last one, so the trace records only
+    /// changes.
+    last_read: BTreeMap<(usize, Via, usize), u64>,
     pub violations: Vec<String>,
     /// Flaps, when they are only reported ([`Checks::flaps_fail`] off).
     pub flaps: Vec<String>,
@@ -419,10 +422,24 @@ impl State {
         }
     }
 
-    /// A probe read of service `s` on node `i` answered: record it and check that nothing
-    /// vanished that must not (see the module doc, "no flapping").
-    fn read_ok(&mut self, i: usize, inc0: u32, s: usize, snap: &ServiceSnapshot, t0: u64, t1: u64) {
-        self.stats.reads_ok += 1;
+    /// A probe read of service `s` on node `i` answered, or node `i` pushed it to the probe's
+    /// subscriber: record it and check that nothing vanished that must not (see the module doc,
+    /// "no flapping").
+    #[allow(clippy::too_many_arguments)]
+    fn observed(
+        &mut self,
+        i: usize,
+        inc0: u32,
+        via: Via,
+        s: usize,
+        snap: &ServiceSnapshot,
+        t0: u64,
+        t1: u64,
+    ) {
+        match via {
+            Via::Read => self.stats.reads_ok += 1,
+            Via::Push => self.stats.pushes += 1,
+        }
         let present: BTreeSet<(String, u16)> = snap
             .instances
             .iter()
@@ -434,14 +451,15 @@ impl State {
                 h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
             }
         }
-        if self.last_read.insert((i, s), h) != Some(h) {
+        if self.last_read.insert((i, via, s), h) != Some(h) {
             let mut names: Vec<String> =
                 present.iter().map(|(ip, p)| format!("{ip}:{p}")).collect();
             names.truncate(12);
             self.trace.push(
                 t1,
                 format!(
-                    "read n{} svc{s}: {} instances [{}]",
+                    "{} n{} svc{s}: {} instances [{}]",
+                    via.one(),
                     i + 1,
                     present.len(),
                     names.join(" ")
@@ -452,7 +470,7 @@ impl State {
         let node_started = self.nodes[i].started_ms;
         let mut vanished = Vec::new();
         for (id, inst) in self.insts.iter().filter(|(id, _)| id.service == s) {
-            let key = (i, inc0, id.clone());
+            let key = (i, inc0, via, id.clone());
             if present.contains(&(id.ip.clone(), id.port)) {
                 self.seen.insert(key, t1);
                 continue;
@@ -466,6 +484,10 @@ impl State {
             let cl = &self.clients[inst.client];
             // Connected to this incarnation of the node: a connection to one that crashed
             // (hard: no close reached the client) still names the node until it times out.
+            // And connected since the client's last isolation: simulated TCP never retransmits,
+            // so a connection that lost frames in one stays wedged, and the client's beats do
+            // not reach the node until its request timeout replaces the connection (over real
+            // TCP the frames are retransmitted and the beats resume).
             let steady = cl.up
                 && cl.inc == inst.inc
                 && cl.conn == Some(node_id)
@@ -473,7 +495,7 @@ impl State {
                 && cl.conn_since <= prev
                 && at <= prev
                 && !cl.isolated
-                && cl.last_isolation_end <= prev;
+                && cl.last_isolation_end <= cl.conn_since;
             if steady {
                 vanished.push((id.clone(), prev, inst.client, cl.conn_since));
             }
@@ -512,10 +534,12 @@ impl State {
             self.flap(
                 t1,
                 format!(
-                    "flap: {id} of c{} vanished from n{node_id}'s reads (seen at {prev} ms, gone \
-                     in the read sent at {t0} ms) while c{} was alive, beating and connected to \
+                    "flap: {id} of c{} vanished from n{node_id}'s {} (seen at {prev} ms, gone \
+                     in the {} sent at {t0} ms) while c{} was alive, beating and connected to \
                      n{node_id} since {since} ms; {detail}",
                     c + 1,
+                    via.many(),
+                    via.one(),
                     c + 1
                 ),
             );
@@ -589,6 +613,18 @@ impl ProbeConn {
         }
     }
 
+    /// A connection subscribed to every service (the acks and pushes follow on it).
+    async fn subscribed(addr: &str) -> Result<ProbeConn, String> {
+        let mut c = ProbeConn::open(addr).await?;
+        for s in 0..SERVICES {
+            c.next_id += 1;
+            c.wr.write_all(&encode_frame(c.next_id, 0, &Message::Subscribe(service(s))))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(c)
+    }
+
     async fn call(&mut self, msg: &Message) -> Result<Message, String> {
         self.next_id += 1;
         let id = self.next_id;
@@ -603,6 +639,78 @@ impl ProbeConn {
                 Some(Err(e)) => return Err(e.to_string()),
                 None => return Err("connection closed".into()),
             }
+        }
+    }
+}
+
+/// How the probe saw a service's instances on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Via {
+    Read,
+    Push,
+}
+
+impl Via {
+    fn one(self) -> &'static str {
+        match self {
+            Via::Read => "read",
+            Via::Push => "push",
+        }
+    }
+
+    fn many(self) -> &'static str {
+        match self {
+            Via::Read => "reads",
+            Via::Push => "pushes",
+        }
+    }
+}
+
+/// The probe's subscriber on one node: subscribes to every service on each incarnation of the
+/// node (once it takes subscriptions) and checks every push like a read.
+async fn watch_pushes(shared: Shared, i: usize, addr: String) {
+    let mut conn: Option<(u32, ProbeConn)> = None;
+    loop {
+        let status = shared.lock().unwrap().node_status(i);
+        let Some((inc, true)) = status else {
+            conn = None;
+            tokio::time::sleep(PROBE_EVERY).await;
+            continue;
+        };
+        if conn.as_ref().is_none_or(|(ci, _)| *ci != inc) {
+            conn = match tokio::time::timeout(PROBE_TIMEOUT, ProbeConn::subscribed(&addr)).await {
+                Ok(Ok(c)) => Some((inc, c)),
+                _ => {
+                    tokio::time::sleep(PROBE_EVERY).await;
+                    continue;
+                }
+            };
+        }
+        let Some((_, c)) = conn.as_mut() else {
+            continue;
+        };
+        // Wake up now and then to notice a restart (a hard crash closes nothing).
+        let frame = match tokio::time::timeout(PROBE_EVERY, c.rd.next()).await {
+            Err(_) => continue,
+            Ok(Some(Ok(f))) => f,
+            Ok(_) => {
+                conn = None;
+                continue;
+            }
+        };
+        match frame.message() {
+            Ok(Message::Push(snap)) => {
+                let t = now_ms();
+                if let Some(s) = (0..SERVICES).find(|&s| service(s) == snap.name) {
+                    shared
+                        .lock()
+                        .unwrap()
+                        .observed(i, inc, Via::Push, s, &snap, t, t);
+                }
+            }
+            // Subscribed (Ack) — or refused (not ready yet): subscribe again later.
+            Ok(Message::Ack(_)) => {}
+            _ => conn = None,
         }
     }
 }
@@ -652,7 +760,9 @@ async fn probe_node(shared: Shared, i: usize, addr: String) {
             let t1 = now_ms();
             let mut st = shared.lock().unwrap();
             match r {
-                Ok(Ok(Message::QueryResult(snap))) => st.read_ok(i, inc0, s, &snap, t0, t1),
+                Ok(Ok(Message::QueryResult(snap))) => {
+                    st.observed(i, inc0, Via::Read, s, &snap, t0, t1)
+                }
                 Ok(Ok(Message::Error(e))) if e.kind() == Some(ErrorCode::NotReady) => {
                     st.read_not_ready(i, inc0, ready0, t0, t1)
                 }
@@ -1320,7 +1430,8 @@ pub fn run(plan: &Plan, verbose: bool, checks: Checks) -> Outcome {
         d.sim.client("probe", async move {
             for i in 0..nodes {
                 let addr = format!("n{}:{CLIENT_PORT}", i + 1);
-                tokio::task::spawn_local(probe_node(shared.clone(), i, addr));
+                tokio::task::spawn_local(probe_node(shared.clone(), i, addr.clone()));
+                tokio::task::spawn_local(watch_pushes(shared.clone(), i, addr));
             }
             std::future::pending::<()>().await;
             Ok(())
