@@ -8,8 +8,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use distro::cluster::sync::SyncOutbox;
 use distro::ownership::Ownership;
-use distro::store::{InstanceId, Record};
-use distro::wire::{Message, Opcode, ServiceName, SyncRecord};
+use distro::store::{InstanceIdRef, Record};
+use distro::wire::{InstanceKey, Message, Opcode, ServiceName, SyncRecord};
 use std::hint::black_box;
 
 fn ownership(c: &mut Criterion) {
@@ -39,15 +39,23 @@ const BATCH: u64 = 1000;
 fn sync_batches(c: &mut Criterion) {
     // Records as the store holds them, to push through the outbox.
     let store = common::filled_store(BATCH);
-    let mut held: Vec<(ServiceName, InstanceId, Record)> = Vec::new();
-    store.for_each_record(|n, id, r| held.push((n.clone(), id.clone(), r.clone())));
+    let mut held: Vec<(ServiceName, InstanceKey, Record)> = Vec::new();
+    store.for_each_record(|n, id, r| {
+        let key = InstanceKey {
+            service: n.clone(),
+            cluster: id.cluster.into(),
+            ip: id.ip.into(),
+            port: id.port,
+        };
+        held.push((n.clone(), key, r.clone()))
+    });
     let mut g = c.benchmark_group("sync");
     g.throughput(Throughput::Elements(BATCH));
     let outbox = SyncOutbox::default();
     g.bench_function("encode_1000", |b| {
         b.iter(|| {
             for (n, id, r) in &held {
-                outbox.push(n, id, r);
+                outbox.push(n, InstanceIdRef::of(id), r);
             }
             black_box(outbox.take_frame().expect("records were pushed"))
         })
@@ -62,7 +70,7 @@ fn sync_batches(c: &mut Criterion) {
     let (_, frame) = {
         let o = SyncOutbox::default();
         for (n, id, r) in &held {
-            o.push(n, id, r);
+            o.push(n, InstanceIdRef::of(id), r);
         }
         o.take_frame().unwrap()
     };

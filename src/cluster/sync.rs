@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use crate::store::{InstanceId, Record, RecordBatch};
+use crate::store::{InstanceIdRef, Record, RecordBatch};
 use crate::wire::{Opcode, ServiceName, encode_raw_frame_into};
 
 /// A batch is flushed early once its records take this many bytes. Keeps frames far below the
@@ -23,7 +23,7 @@ pub struct SyncOutbox {
 
 impl SyncOutbox {
     /// Adds a record to the open batch (called with the store's shard lock held: quick).
-    pub fn push(&self, name: &ServiceName, id: &InstanceId, rec: &Record) {
+    pub fn push(&self, name: &ServiceName, id: InstanceIdRef, rec: &Record) {
         let mut open = self.open.lock().unwrap();
         let was_empty = open.is_empty();
         open.push(name, id, rec);

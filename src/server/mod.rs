@@ -27,7 +27,7 @@ use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
 use crate::net::{Dialer, Listener};
-use crate::store::{InstanceId, Record, Store, StoreObserver};
+use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
 use crate::wire::{ErrorBody, ErrorCode, InstanceKey, Register, ServiceName};
 use push::Subscriptions;
 
@@ -63,7 +63,7 @@ impl StoreObserver for Observer {
         self.subs.notify(name);
     }
 
-    fn local_write(&self, name: &ServiceName, id: &InstanceId, rec: &Record) {
+    fn local_write(&self, name: &ServiceName, id: InstanceIdRef, rec: &Record) {
         if let Some(o) = &self.outbox {
             o.push(name, id, rec);
         }

@@ -18,14 +18,14 @@
 //!   snapshot order, at the service's revision.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::hash::HashMap;
 use bytes::Bytes;
 
 use super::digest::{DIGEST_BUCKETS, bucket_of};
-use super::{Digest, InstanceId, Record, Service, Store, key_hash};
+use super::record::{IpKey, IpRef};
+use super::{Digest, InstanceId, InstanceIdRef, Record, Service, Store, id_text, key_hash};
 use crate::ownership::NodeId;
 use crate::wire::{InstanceView, Message, Opcode, ServiceName, ServiceSnapshot, Text};
 
@@ -33,7 +33,7 @@ use crate::wire::{InstanceView, Message, Opcode, ServiceName, ServiceSnapshot, T
 const PROBLEMS_MAX: usize = 32;
 
 /// `namespace/group/service cluster ip:port`, the way every message here names a key.
-fn key_name(name: &ServiceName, id: &InstanceId) -> String {
+fn key_name(name: &ServiceName, id: InstanceIdRef) -> String {
     format!("{name} {} {}:{}", id.cluster, id.ip, id.port)
 }
 
@@ -106,8 +106,22 @@ impl Store {
                         svc.revision
                     ));
                 }
+                for (c, cluster) in svc.clusters.iter().enumerate() {
+                    if svc.clusters[..c].contains(cluster) {
+                        p.push(format!("{here}: cluster {cluster:?} is interned twice"));
+                    }
+                }
                 for (id, r) in &svc.instances {
-                    let key = key_name(name, id);
+                    if id.cluster as usize >= svc.clusters.len() {
+                        p.push(format!(
+                            "{here}: a record's cluster index {} is beyond its {} clusters",
+                            id.cluster,
+                            svc.clusters.len()
+                        ));
+                        continue;
+                    }
+                    let text = id_text(&svc.clusters, id);
+                    let key = key_name(name, text.view());
                     check_record(&mut p, &ownership, svc, name, id, r, &key);
                     if r.alive {
                         live += 1;
@@ -158,14 +172,16 @@ fn check_record(
     r: &Record,
     key: &str,
 ) {
-    let kh = key_hash(name, &id.cluster, &id.ip, id.port);
+    let text = id_text(&svc.clusters, id);
+    let view = text.view();
+    let kh = key_hash(name, view.cluster, view.ip, view.port);
     if r.key_hash != kh {
         p.push(format!(
             "{key}: cached key_hash {:#018x}, recomputed {kh:#018x}",
             r.key_hash
         ));
     }
-    let owner = ownership.owner(&id.ip, id.port);
+    let owner = ownership.owner(view.ip, view.port);
     if r.owner != owner {
         p.push(format!(
             "{key}: cached owner {}, but node {owner} owns it under the view {:?}",
@@ -173,10 +189,17 @@ fn check_record(
             ownership.live()
         ));
     }
-    if !svc.clusters.iter().any(|c| Arc::ptr_eq(c, &id.cluster)) {
+    if let IpKey::Text(t) = &id.ip
+        && IpRef::parse(t) != IpRef::Text(t)
+    {
         p.push(format!(
-            "{key}: cluster {:?} is not one of the service's interned clusters",
-            id.cluster
+            "{key}: a canonical IPv4 address is stored as text (it would be a second key)"
+        ));
+    }
+    let found = svc.instances.get(&id.as_ref());
+    if !found.is_some_and(|f| std::ptr::eq(f, r)) {
+        p.push(format!(
+            "{key}: a lookup of its own key does not find this record"
         ));
     }
 }
@@ -237,17 +260,16 @@ fn check_snapshot(p: &mut Problems, svc: &Service, name: &ServiceName, cached: &
         .instances
         .iter()
         .filter(|(_, r)| r.alive)
-        .map(|(id, r)| InstanceView {
-            cluster: Text::from(&*id.cluster),
-            ip: Text::from(&*id.ip),
-            port: id.port,
+        .map(|(id, r)| (id_text(&svc.clusters, id), r))
+        .map(|(t, r)| InstanceView {
+            cluster: Text::from(t.view().cluster),
+            ip: Text::from(t.view().ip),
+            port: t.port,
             weight: r.weight,
             healthy: r.reported_healthy(),
             enabled: r.enabled,
             metadata: r
-                .metadata
-                .as_deref()
-                .unwrap_or(&[])
+                .meta()
                 .iter()
                 .map(|(k, v)| (Text::from(&**k), Text::from(&**v)))
                 .collect(),

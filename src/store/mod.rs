@@ -5,17 +5,21 @@
 //! *service* part of the key (namespace, group, service), so that all instances of a service
 //! live in one shard and a Query takes exactly one read lock and costs O(instances of that
 //! service). Writers to different services rarely contend. Inside a shard, services map to
-//! their instances; each service caches its encoded snapshot body, built on the first read
-//! after a change and shared by every Query and Push until the next change.
+//! their instances (a dense vector per service, see [`instances`]); each service caches its
+//! encoded snapshot body, built on the first read after a change and shared by every Query and
+//! Push until the next change.
 //!
 //! Every change goes through one place (`Shard::put`), which keeps the digests, the service
 //! revision and the snapshot cache right and tells the [`StoreObserver`].
 //!
-//! - [`record`]: the stored record, compact instance ids, the canonical key hash.
+//! - [`record`]: the stored record, compact instance ids (cluster index, IPv4 inline), the
+//!   canonical key hash.
+//! - [`instances`]: one service's records, with no hash-table slack for small services.
 //! - [`digest`]: order-independent bucket digests.
 //! - [`invariants`]: `Store::check_invariants`, a from-scratch recheck for tests and fuzzing.
 
 pub mod digest;
+mod instances;
 pub mod invariants;
 pub mod record;
 
@@ -24,6 +28,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::hash::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
+use instances::Instances;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::{Clock, Hlc};
@@ -34,6 +39,7 @@ use crate::wire::{
     record_status_bits,
 };
 pub use digest::{Bucket, DIGEST_BUCKETS, Digest};
+use record::{IdRef, IpRef, IpText};
 pub use record::{InstanceId, InstanceIdRef, Record, StoredMetadata, key_hash};
 
 /// Number of lock stripes (a power of two). 64 keeps contention negligible on machines with
@@ -55,7 +61,7 @@ pub trait StoreObserver: Send + Sync {
     /// The instance list of `name` changed (push to its subscribers).
     fn service_changed(&self, name: &ServiceName);
     /// This node wrote a new version of a record (sync it to the peers).
-    fn local_write(&self, name: &ServiceName, id: &InstanceId, rec: &Record);
+    fn local_write(&self, name: &ServiceName, id: InstanceIdRef, rec: &Record);
 }
 
 /// An observer that ignores everything (tools and tests that need only the store).
@@ -63,7 +69,7 @@ pub struct NoObserver;
 
 impl StoreObserver for NoObserver {
     fn service_changed(&self, _: &ServiceName) {}
-    fn local_write(&self, _: &ServiceName, _: &InstanceId, _: &Record) {}
+    fn local_write(&self, _: &ServiceName, _: InstanceIdRef, _: &Record) {}
 }
 
 /// What a beat found.
@@ -103,59 +109,114 @@ pub struct OwnershipChange {
 }
 
 struct Service {
-    instances: HashMap<InstanceId, Record>,
-    /// Cluster names, interned: a service has few clusters and many instances.
-    clusters: Vec<Arc<str>>,
+    instances: Instances,
+    /// Cluster names, interned: an [`InstanceId`]'s `cluster` indexes this. A service has few
+    /// clusters and many instances; a name stays until the service is dropped.
+    clusters: Vec<Box<str>>,
     revision: u64,
     /// The encoded snapshot body of all instances at `revision`, built on first read.
     cache: OnceLock<Bytes>,
 }
 
+/// A stored [`InstanceId`] with its text, for encodings and for the hashes that go by text.
+struct IdText<'a> {
+    cluster: &'a str,
+    ip: IpText<'a>,
+    port: u16,
+}
+
+impl IdText<'_> {
+    fn view(&self) -> InstanceIdRef<'_> {
+        InstanceIdRef {
+            cluster: self.cluster,
+            ip: self.ip.as_str(),
+            port: self.port,
+        }
+    }
+}
+
+/// The text of `id`, whose cluster indexes `clusters` (its service's).
+fn id_text<'a>(clusters: &'a [Box<str>], id: &'a InstanceId) -> IdText<'a> {
+    IdText {
+        cluster: &clusters[id.cluster as usize],
+        ip: id.as_ref().ip.text(),
+        port: id.port,
+    }
+}
+
 impl Service {
     fn new() -> Service {
         Service {
-            instances: HashMap::default(),
+            instances: Instances::default(),
             clusters: Vec::new(),
             revision: 0,
             cache: OnceLock::new(),
         }
     }
 
-    fn intern_cluster(&mut self, cluster: &str) -> Arc<str> {
-        if let Some(c) = self.clusters.iter().find(|c| ***c == *cluster) {
-            return c.clone();
+    /// The lookup key of `id` in this service; None when no instance of its cluster was ever
+    /// stored here (so it is not here).
+    fn find<'k>(&self, id: InstanceIdRef<'k>) -> Option<IdRef<'k>> {
+        let cluster = self.clusters.iter().position(|c| **c == *id.cluster)?;
+        Some(IdRef {
+            ip: IpRef::parse(id.ip),
+            cluster: cluster as u32,
+            port: id.port,
+        })
+    }
+
+    fn get(&self, key: &InstanceKey) -> Option<&Record> {
+        self.instances.get(&self.find(InstanceIdRef::of(key))?)
+    }
+
+    fn get_mut(&mut self, key: &InstanceKey) -> Option<&mut Record> {
+        let id = self.find(InstanceIdRef::of(key))?;
+        self.instances.get_mut(&id)
+    }
+
+    /// The lookup key of `id`, interning its cluster name if it is new here.
+    fn intern<'k>(&mut self, id: InstanceIdRef<'k>) -> IdRef<'k> {
+        if let Some(found) = self.find(id) {
+            return found;
         }
-        let c: Arc<str> = cluster.into();
-        self.clusters.push(c.clone());
-        c
+        self.clusters.push(id.cluster.into());
+        IdRef {
+            ip: IpRef::parse(id.ip),
+            cluster: (self.clusters.len() - 1) as u32,
+            port: id.port,
+        }
     }
 
     fn encode_snapshot(
         &self,
         name: &ServiceName,
-        filter: impl Fn(&InstanceId, &Record) -> bool,
+        filter: impl Fn(InstanceIdRef, &Record) -> bool,
     ) -> Bytes {
         let mut out = BytesMut::with_capacity(64 + self.instances.len() * 48);
-        let mut matched: Vec<(&InstanceId, &Record)> = self
+        let mut matched: Vec<(IdText, &Record)> = self
             .instances
             .iter()
-            .filter(|(id, r)| r.alive && filter(id, r))
+            .filter(|(_, r)| r.alive)
+            .map(|(id, r)| (id_text(&self.clusters, id), r))
+            .filter(|(t, r)| filter(t.view(), r))
             .collect();
-        // A stable order makes snapshots comparable and diffs readable.
+        // Sorted by (cluster, ip, port), strings bytewise (wire-spec.md, ServiceSnapshot).
         matched.sort_unstable_by(|a, b| {
-            (&*a.0.cluster, &*a.0.ip, a.0.port).cmp(&(&*b.0.cluster, &*b.0.ip, b.0.port))
+            let (a, b) = (a.0.view(), b.0.view());
+            (a.cluster, a.ip, a.port).cmp(&(b.cluster, b.ip, b.port))
         });
         ServiceSnapshot::encode_head(&mut out, name, self.revision, matched.len() as u32);
-        for (id, r) in matched {
+        for (t, r) in matched {
+            let id = t.view();
             encode_instance_view(
                 &mut out,
-                &id.cluster,
-                &id.ip,
+                id.cluster,
+                id.ip,
                 id.port,
                 r.weight,
                 r.reported_healthy(),
                 r.enabled,
-                r.metadata.as_deref().unwrap_or(&[]),
+                r.meta(),
             );
         }
         out.freeze()
@@ -263,24 +324,22 @@ impl Store {
                 .entry(compact_name(name))
                 .or_insert_with(Service::new),
         };
-        let old = match svc.instances.get_mut(&idref) {
+        let key = svc.intern(idref);
+        let old = match svc.instances.get_mut(&key) {
             Some(slot) => Some(std::mem::replace(slot, rec)),
             None => {
                 let id = InstanceId {
-                    cluster: svc.intern_cluster(idref.cluster),
-                    ip: idref.ip.into(),
-                    port: idref.port,
+                    ip: key.ip.to_owned(),
+                    cluster: key.cluster,
+                    port: key.port,
                 };
-                svc.instances.insert(id, rec);
+                svc.instances.insert_new(id, rec);
                 None
             }
         };
         svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
         svc.cache = OnceLock::new();
-        let (id, rec) = svc
-            .instances
-            .get_key_value(&idref)
-            .expect("the record was just put");
+        let rec = svc.instances.get(&key).expect("the record was just put");
         self.next_due_ms[shard_index(name)].fetch_min(self.due_ms(rec), Ordering::Relaxed);
         let was_alive = old.as_ref().is_some_and(|o| o.alive);
         match (was_alive, rec.alive) {
@@ -293,7 +352,7 @@ impl Store {
             _ => {}
         }
         if local {
-            self.observer.local_write(name, id, rec);
+            self.observer.local_write(name, idref, rec);
         }
         self.observer.service_changed(name);
         if let Some(old) = old.filter(|o| o.alive)
@@ -324,7 +383,7 @@ impl Store {
         let existing = shard
             .services
             .get_mut(&k.service)
-            .and_then(|s| s.instances.get_mut(&idref));
+            .and_then(|s| s.get_mut(k));
         let metadata = record::store_metadata(&inst.metadata);
         let mut rec = Record {
             version: Version::default(),
@@ -393,11 +452,10 @@ impl Store {
     pub fn note_client_beat(&self, key: &InstanceKey) {
         let now = self.clock.now_ms();
         let mut shard = self.shard_of(&key.service).write().unwrap();
-        let idref = InstanceIdRef::of(key);
         if let Some(r) = shard
             .services
             .get_mut(&key.service)
-            .and_then(|s| s.instances.get_mut(&idref))
+            .and_then(|s| s.get_mut(key))
             && r.alive
         {
             r.renewed = true;
@@ -412,7 +470,7 @@ impl Store {
         if let Some(r) = shard
             .services
             .get_mut(&key.service)
-            .and_then(|s| s.instances.get_mut(&InstanceIdRef::of(key)))
+            .and_then(|s| s.get_mut(key))
             && r.session == session
         {
             r.renewed = false;
@@ -452,7 +510,7 @@ impl Store {
         let Some(svc) = shard.services.get_mut(&key.service) else {
             return false;
         };
-        let Some(rec) = svc.instances.get_mut(&idref) else {
+        let Some(rec) = svc.get_mut(key) else {
             return false;
         };
         if !rec.alive {
@@ -488,7 +546,7 @@ impl Store {
                 let k = &rec.key;
                 tracing::warn!(
                     key = %format_args!("{}/{}:{}", k.service, k.ip, k.port),
-                    hlc = rec.version.hlc,
+                    hlc = { rec.version.hlc },
                     "refused a record stamped more than an hour in the future"
                 );
                 continue;
@@ -521,11 +579,7 @@ impl Store {
         let k = &rec.key;
         let idref = InstanceIdRef::of(k);
         let mut renewed = false;
-        if let Some(old) = shard
-            .services
-            .get(&k.service)
-            .and_then(|s| s.instances.get(&idref))
-        {
+        if let Some(old) = shard.services.get(&k.service).and_then(|s| s.get(k)) {
             if old.version >= rec.version {
                 return false;
             }
@@ -581,7 +635,7 @@ impl Store {
         shard
             .services
             .get(&key.service)
-            .and_then(|s| s.instances.get(&InstanceIdRef::of(key)).cloned())
+            .and_then(|s| s.get(key).cloned())
     }
 
     /// The encoded snapshot body (a ServiceSnapshot) answering `q`. An unknown service is an
@@ -668,19 +722,21 @@ impl Store {
         // Recomputed by this scan; writes meanwhile lower it again (fetch_min).
         self.next_due_ms[index].store(u64::MAX, Ordering::Relaxed);
         {
-            // (name, id, new record, the touched_ms the decision was based on)
-            let mut changes: Vec<(ServiceName, InstanceId, Record, u64)> = Vec::new();
-            let mut drop: Vec<(ServiceName, InstanceId)> = Vec::new();
+            // (key, new record, the touched_ms the decision was based on). Keys as text: the
+            // write lock is taken afresh, and a service may be dropped and made again meanwhile.
+            let mut changes: Vec<(InstanceKey, Record, u64)> = Vec::new();
+            let mut drop: Vec<InstanceKey> = Vec::new();
             let now = self.clock.now_ms();
             {
                 let shard = shard.read().unwrap();
                 for (name, svc) in &shard.services {
+                    let key = |id| instance_key(name, id_text(&svc.clusters, id).view());
                     for (id, r) in &svc.instances {
                         let idle = now.saturating_sub(r.touched_ms);
                         self.next_due_ms[index].fetch_min(self.due_ms(r), Ordering::Relaxed);
                         if !r.alive {
                             if idle > r.lease.expire_ms as u64 + TOMBSTONE_GRACE_MS {
-                                drop.push((name.clone(), id.clone()));
+                                drop.push(key(id));
                             }
                             continue;
                         }
@@ -692,12 +748,12 @@ impl Store {
                             n.alive = false;
                             n.lapsed = true;
                             n.touched_ms = now;
-                            changes.push((name.clone(), id.clone(), n, r.touched_ms));
+                            changes.push((key(id), n, r.touched_ms));
                             stats.expired += 1;
                         } else if idle > r.lease.unhealthy_ms as u64 && !r.lapsed {
                             let mut n = r.clone();
                             n.lapsed = true;
-                            changes.push((name.clone(), id.clone(), n, r.touched_ms));
+                            changes.push((key(id), n, r.touched_ms));
                             stats.lapsed += 1;
                         }
                     }
@@ -707,20 +763,23 @@ impl Store {
                 return stats;
             }
             let mut shard = shard.write().unwrap();
-            for (name, id, mut rec, seen_touched_ms) in changes {
+            for (key, mut rec, seen_touched_ms) in changes {
                 // Re-check under the write lock: a beat, a write or a view change (which moves
                 // the record to another owner) may have come in between.
-                let current = shard.services.get(&name).and_then(|s| s.instances.get(&id));
+                let current = shard.services.get(&key.service).and_then(|s| s.get(&key));
                 if current.map(|c| (c.version, c.touched_ms, c.owner))
                     != Some((rec.version, seen_touched_ms, self.node))
                 {
                     continue;
                 }
                 rec.version = self.next_version();
-                self.put(&mut shard, &name, id.as_ref(), rec, true);
+                self.put(&mut shard, &key.service, InstanceIdRef::of(&key), rec, true);
             }
-            for (name, id) in drop {
-                let Some(svc) = shard.services.get_mut(&name) else {
+            for key in drop {
+                let Some(svc) = shard.services.get_mut(&key.service) else {
+                    continue;
+                };
+                let Some(id) = svc.find(InstanceIdRef::of(&key)) else {
                     continue;
                 };
                 // Re-check: a newer tombstone may have replaced the one seen under the read lock.
@@ -732,7 +791,7 @@ impl Store {
                     svc.instances.remove(&id);
                     stats.tombstones_dropped += 1;
                     if svc.instances.is_empty() {
-                        shard.services.remove(&name);
+                        shard.services.remove(&key.service);
                     }
                 }
             }
@@ -805,8 +864,15 @@ impl Store {
             shard.digests.clear();
             for (name, svc) in shard.services.iter_mut() {
                 let mut restamped = false;
-                for (id, r) in svc.instances.iter_mut() {
-                    let new_owner = o.owner(&id.ip, id.port);
+                let Service {
+                    instances,
+                    clusters,
+                    ..
+                } = svc;
+                for (id, r) in instances.iter_mut() {
+                    let text = id_text(clusters, id);
+                    let id = text.view();
+                    let new_owner = o.owner(id.ip, id.port);
                     if new_owner != r.owner {
                         if r.alive && new_owner == self.node {
                             r.touched_ms = now;
@@ -816,9 +882,7 @@ impl Store {
                             // An instance this node kept alive on its client's beats is handed
                             // off as a fresh write: it must win over a tombstone the new owner
                             // may have made while it could not see the client (a partition).
-                            let restamp = r.alive
-                                && r.renewed
-                                && now.saturating_sub(r.touched_ms) < r.lease.unhealthy_ms as u64;
+                            let restamp = r.beaten_recently(now);
                             if restamp {
                                 r.version = self.next_version();
                                 self.observer.local_write(name, id, r);
@@ -941,19 +1005,19 @@ impl Store {
         let shard = self.shards[shard].read().unwrap();
         for (name, svc) in &shard.services {
             for (id, r) in &svc.instances {
-                batch.push(name, id, r);
+                batch.push(name, id_text(&svc.clusters, id).view(), r);
             }
         }
         batch
     }
 
     /// Visits every record under read locks, one shard at a time.
-    pub fn for_each_record(&self, mut f: impl FnMut(&ServiceName, &InstanceId, &Record)) {
+    pub fn for_each_record(&self, mut f: impl FnMut(&ServiceName, InstanceIdRef, &Record)) {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap();
             for (name, svc) in &shard.services {
                 for (id, r) in &svc.instances {
-                    f(name, id, r);
+                    f(name, id_text(&svc.clusters, id).view(), r);
                 }
             }
         }
@@ -984,6 +1048,16 @@ fn shard_index(name: &ServiceName) -> usize {
     (xxh3_64(&buf[..at]) as usize) & (SHARDS - 1)
 }
 
+/// The key of the instance `id` of service `name`.
+fn instance_key(name: &ServiceName, id: InstanceIdRef) -> InstanceKey {
+    InstanceKey {
+        service: name.clone(),
+        cluster: Text::from(id.cluster),
+        ip: Text::from(id.ip),
+        port: id.port,
+    }
+}
+
 /// A copy of the name that owns its bytes (a decoded name borrows the whole frame).
 fn compact_name(name: &ServiceName) -> ServiceName {
     ServiceName {
@@ -994,8 +1068,8 @@ fn compact_name(name: &ServiceName) -> ServiceName {
 }
 
 /// Appends `rec` as a SyncRecord.
-pub fn encode_record(out: &mut BytesMut, name: &ServiceName, id: &InstanceId, rec: &Record) {
-    encode_key_parts(out, name, &id.cluster, &id.ip, id.port);
+pub fn encode_record(out: &mut BytesMut, name: &ServiceName, id: InstanceIdRef, rec: &Record) {
+    encode_key_parts(out, name, id.cluster, id.ip, id.port);
     let empty: &[(Box<str>, Box<str>)] = &[];
     encode_record_tail(
         out,
@@ -1004,11 +1078,7 @@ pub fn encode_record(out: &mut BytesMut, name: &ServiceName, id: &InstanceId, re
         if rec.alive { rec.weight } else { 0.0 },
         rec.lease,
         rec.session,
-        if rec.alive {
-            rec.metadata.as_deref().unwrap_or(empty)
-        } else {
-            empty
-        },
+        if rec.alive { rec.meta() } else { empty },
     );
 }
 
@@ -1018,7 +1088,7 @@ impl RecordBatch {
     }
 
     /// Appends one record.
-    pub fn push(&mut self, name: &ServiceName, id: &InstanceId, rec: &Record) {
+    pub fn push(&mut self, name: &ServiceName, id: InstanceIdRef, rec: &Record) {
         encode_record(&mut self.bytes, name, id, rec);
         self.count += 1;
         self.ends.push(self.bytes.len() as u32);

@@ -9,28 +9,181 @@ use crate::ownership::NodeId;
 use crate::wire::{Lease, ServiceName, Version};
 
 /// Metadata as stored: sorted by key, shared between the record and every encoding of it.
-pub type StoredMetadata = Arc<[(Box<str>, Box<str>)]>;
+/// A thin pointer (the slice's length lives behind it): most records carry none, and the
+/// field is paid for by every record.
+pub type StoredMetadata = Arc<Box<[(Box<str>, Box<str>)]>>;
 
-/// The part of an instance's identity below its service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// The part of an instance's identity below its service, as stored: the cluster as an index
+/// into its service's cluster names (a service has few clusters and many instances), and an
+/// address in canonical IPv4 text as its four bytes (no allocation for the common case).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceId {
-    /// Interned per service: a service has few clusters and many instances.
-    pub cluster: Arc<str>,
-    pub ip: Box<str>,
+    pub ip: IpKey,
+    pub cluster: u32,
     pub port: u16,
 }
 
+/// An instance's address as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IpKey {
+    /// Text that is exactly the canonical dotted quad of these bytes.
+    V4([u8; 4]),
+    /// Any other text (IPv6, a host name, a non-canonical IPv4 spelling), as sent.
+    Text(Box<str>),
+}
+
+/// A borrowed [`InstanceId`] for lookups; hashes and compares like the owned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRef<'a> {
+    pub ip: IpRef<'a>,
+    pub cluster: u32,
+    pub port: u16,
+}
+
+/// A borrowed [`IpKey`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpRef<'a> {
+    V4([u8; 4]),
+    Text(&'a str),
+}
+
 impl InstanceId {
-    pub fn as_ref(&self) -> InstanceIdRef<'_> {
-        InstanceIdRef {
-            cluster: &self.cluster,
-            ip: &self.ip,
+    pub fn as_ref(&self) -> IdRef<'_> {
+        IdRef {
+            ip: match &self.ip {
+                IpKey::V4(b) => IpRef::V4(*b),
+                IpKey::Text(t) => IpRef::Text(t),
+            },
+            cluster: self.cluster,
             port: self.port,
         }
     }
 }
 
-/// A borrowed [`InstanceId`] for lookups; hashes and compares like the owned one.
+impl std::hash::Hash for InstanceId {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_ref().hash(h)
+    }
+}
+
+impl std::hash::Hash for IdRef<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        match self.ip {
+            IpRef::V4(b) => {
+                h.write_u8(4);
+                h.write(&b);
+            }
+            IpRef::Text(t) => {
+                h.write_u8(0);
+                h.write(t.as_bytes());
+            }
+        }
+        h.write_u32(self.cluster);
+        h.write_u16(self.port);
+    }
+}
+
+impl hashbrown::Equivalent<InstanceId> for IdRef<'_> {
+    fn equivalent(&self, key: &InstanceId) -> bool {
+        *self == key.as_ref()
+    }
+}
+
+impl<'a> IpRef<'a> {
+    /// The stored form of address text: the four bytes when the text is their canonical
+    /// dotted quad (so that formatting them gives the same text back), the text otherwise.
+    pub fn parse(text: &'a str) -> IpRef<'a> {
+        match canonical_v4(text) {
+            Some(b) => IpRef::V4(b),
+            None => IpRef::Text(text),
+        }
+    }
+
+    pub fn to_owned(self) -> IpKey {
+        match self {
+            IpRef::V4(b) => IpKey::V4(b),
+            IpRef::Text(t) => IpKey::Text(t.into()),
+        }
+    }
+
+    /// The address as text (formatted on the stack for IPv4).
+    pub fn text(self) -> IpText<'a> {
+        match self {
+            IpRef::Text(t) => IpText {
+                buf: [0; 15],
+                len: 0,
+                text: Some(t),
+            },
+            IpRef::V4(b) => {
+                let mut buf = [0u8; 15];
+                let mut len = 0;
+                for (i, octet) in b.iter().enumerate() {
+                    if i > 0 {
+                        buf[len] = b'.';
+                        len += 1;
+                    }
+                    let (h, t, o) = (octet / 100, octet / 10 % 10, octet % 10);
+                    if h > 0 {
+                        buf[len] = b'0' + h;
+                        len += 1;
+                    }
+                    if h > 0 || t > 0 {
+                        buf[len] = b'0' + t;
+                        len += 1;
+                    }
+                    buf[len] = b'0' + o;
+                    len += 1;
+                }
+                IpText {
+                    buf,
+                    len: len as u8,
+                    text: None,
+                }
+            }
+        }
+    }
+}
+
+/// An address as text: borrowed, or an IPv4 address formatted into a small buffer.
+pub struct IpText<'a> {
+    buf: [u8; 15],
+    len: u8,
+    text: Option<&'a str>,
+}
+
+impl IpText<'_> {
+    pub fn as_str(&self) -> &str {
+        match self.text {
+            Some(t) => t,
+            None => std::str::from_utf8(&self.buf[..self.len as usize])
+                .expect("a formatted IPv4 address is ASCII"),
+        }
+    }
+}
+
+/// The four bytes of `text` if it is an IPv4 address in canonical dotted-quad form (decimal
+/// octets without leading zeros), else None.
+fn canonical_v4(text: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = text.split('.');
+    for slot in out.iter_mut() {
+        let p = parts.next()?.as_bytes();
+        if p.is_empty() || p.len() > 3 || (p.len() > 1 && p[0] == b'0') {
+            return None;
+        }
+        let mut v: u32 = 0;
+        for &c in p {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            v = v * 10 + (c - b'0') as u32;
+        }
+        *slot = u8::try_from(v).ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// An instance's identity below its service, as text (what the wire and the key hash use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InstanceIdRef<'a> {
     pub cluster: &'a str,
@@ -46,12 +199,6 @@ impl<'a> InstanceIdRef<'a> {
             ip: &key.ip,
             port: key.port,
         }
-    }
-}
-
-impl hashbrown::Equivalent<InstanceId> for InstanceIdRef<'_> {
-    fn equivalent(&self, key: &InstanceId) -> bool {
-        self.port == key.port && *self.ip == *key.ip && *self.cluster == *key.cluster
     }
 }
 
@@ -100,6 +247,11 @@ impl Record {
             && now_ms.saturating_sub(self.touched_ms) < self.lease.unhealthy_ms as u64
     }
 
+    /// The metadata, sorted by key (empty when there is none).
+    pub fn meta(&self) -> &[(Box<str>, Box<str>)] {
+        self.metadata.as_deref().map_or(&[], |m| &m[..])
+    }
+
     /// True when the two records say the same thing to readers and peers (version aside).
     pub fn same_content(&self, other: &Record) -> bool {
         self.alive == other.alive
@@ -108,7 +260,7 @@ impl Record {
             && self.lapsed == other.lapsed
             && self.weight.to_bits() == other.weight.to_bits()
             && self.lease == other.lease
-            && self.metadata.as_deref().unwrap_or(&[]) == other.metadata.as_deref().unwrap_or(&[])
+            && self.meta() == other.meta()
     }
 
     /// The digest term of this record: xxh3 of key hash, hlc and origin (wire-spec.md, "Digests").
@@ -160,13 +312,51 @@ pub fn store_metadata<K: AsRef<str>, V: AsRef<str>>(meta: &[(K, V)]) -> Option<S
     v.reverse();
     v.sort_by(|a, b| a.0.cmp(&b.0));
     v.dedup_by(|later, earlier| later.0 == earlier.0);
-    Some(v.into())
+    Some(Arc::new(v.into_boxed_slice()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::BytesMut;
+
+    #[test]
+    fn only_canonical_ipv4_text_is_kept_as_bytes_and_it_formats_back_identically() {
+        for t in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "255.255.255.255",
+            "192.168.100.9",
+            "1.20.100.0",
+        ] {
+            let ip = IpRef::parse(t);
+            assert!(matches!(ip, IpRef::V4(_)), "{t}");
+            assert_eq!(ip.text().as_str(), t);
+        }
+        // Same address, other spellings: distinct keys, kept as sent.
+        for t in [
+            "010.1.2.3",
+            "10.1.2.03",
+            "256.1.2.3",
+            "1.2.3",
+            "1.2.3.4.5",
+            "1.2.3.",
+            ".1.2.3",
+            "a.b.c.d",
+            "::1",
+            "fe80::1",
+            "host.example",
+            "",
+            " 1.2.3.4",
+            "1.2.3.4 ",
+            "+1.2.3.4",
+            "1..2.3",
+            "1234.1.1.1",
+        ] {
+            assert_eq!(IpRef::parse(t), IpRef::Text(t), "{t:?}");
+            assert_eq!(IpRef::parse(t).text().as_str(), t);
+        }
+    }
 
     #[test]
     fn key_hash_is_xxh3_of_the_wire_encoded_key() {

@@ -128,7 +128,7 @@ fn kh(key: &InstanceKey) -> u64 {
 
 type KeyTuple = (String, String, String, String, String, u16);
 
-fn key_tuple(name: &ServiceName, id: &InstanceId) -> KeyTuple {
+fn key_tuple(name: &ServiceName, id: InstanceIdRef) -> KeyTuple {
     (
         name.namespace.to_string(),
         name.group.to_string(),
@@ -201,7 +201,7 @@ impl StoreObserver for Recorder {
         self.events.lock().unwrap().push(ev);
     }
 
-    fn local_write(&self, _: &ServiceName, id: &InstanceId, rec: &Record) {
+    fn local_write(&self, _: &ServiceName, id: InstanceIdRef, rec: &Record) {
         let ev = Event::Local(id.ip.to_string(), rec.version, rec.alive, rec.lapsed);
         self.events.lock().unwrap().push(ev);
     }
@@ -458,13 +458,7 @@ fn merge_copies_every_field_and_stamps_the_receipt_time() {
     assert_eq!(got.session, r.session);
     assert_eq!(got.touched_ms, T0);
     assert_eq!(got.owner, 1);
-    let meta: Vec<(&str, &str)> = got
-        .metadata
-        .as_deref()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (&**k, &**v))
-        .collect();
+    let meta: Vec<(&str, &str)> = got.meta().iter().map(|(k, v)| (&**k, &**v)).collect();
     assert_eq!(meta, [("k", "v")]);
     // It re-encodes to what came in.
     let batch = s.records_in_buckets(1, &[bucket_of(kh(&a))].into_iter().collect());
@@ -578,7 +572,7 @@ fn lapse_session_only_touches_records_bound_to_that_session() {
     assert!(s.lapse_session(&a, 7));
     let ra = s.get(&a).unwrap();
     assert!(ra.lapsed);
-    assert!(ra.version > before[&key_tuple(&orders(), &id_of(&a))].0);
+    assert!(ra.version > before[&key_tuple(&orders(), InstanceIdRef::of(&a))].0);
     assert!(!s.get(&b).unwrap().lapsed);
     assert!(!s.get(&c).unwrap().lapsed);
     assert!(!s.lapse_session(&a, 7), "already lapsed: nothing to write");
@@ -594,14 +588,6 @@ fn lapse_session_only_touches_records_bound_to_that_session() {
     s.register(&inst(&a), 9);
     assert!(!s.get(&a).unwrap().lapsed, "registering again recovers");
     check(&s);
-}
-
-fn id_of(key: &InstanceKey) -> InstanceId {
-    InstanceId {
-        cluster: (&*key.cluster).into(),
-        ip: (&*key.ip).into(),
-        port: key.port,
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -850,7 +836,10 @@ async fn set_ownership_moves_digests_hands_off_lost_records_and_leases_gained_on
             .filter(|key| view.owner(&key.ip, key.port) == node)
             .map(|key| {
                 let r = s.get(key).unwrap();
-                (key_tuple(&key.service, &id_of(key)), (r.version, r.alive))
+                (
+                    key_tuple(&key.service, InstanceIdRef::of(key)),
+                    (r.version, r.alive),
+                )
             })
             .collect();
         assert!(!want.is_empty());
@@ -925,7 +914,7 @@ fn set_ownership_hands_off_merged_records_to_their_new_owner() {
     let lost_keys: BTreeSet<KeyTuple> = lost.iter().map(sync_key_tuple).collect();
     let want: BTreeSet<KeyTuple> = ones
         .iter()
-        .map(|key| key_tuple(&key.service, &id_of(key)))
+        .map(|key| key_tuple(&key.service, InstanceIdRef::of(key)))
         .collect();
     assert_eq!(lost_keys, want);
     assert_eq!(ch.lost.len(), 1);
@@ -1516,7 +1505,7 @@ fn check_invariants_reports_corruption_by_key() {
     {
         let mut shard = s.shards[home].write().unwrap();
         let svc = shard.services.get_mut(&orders()).unwrap();
-        let r = svc.instances.get_mut(&id_of(&a)).unwrap();
+        let r = svc.get_mut(&a).unwrap();
         r.owner = 9;
         r.key_hash ^= 1;
     }
@@ -1538,7 +1527,7 @@ fn check_invariants_reports_corruption_by_key() {
     {
         let mut shard = s.shards[home].write().unwrap();
         let svc = shard.services.get_mut(&orders()).unwrap();
-        svc.instances.get_mut(&id_of(&a)).unwrap().weight = 5.0; // behind the cache's back
+        svc.get_mut(&a).unwrap().weight = 5.0; // behind the cache's back
     }
     let e = s.check_invariants().unwrap_err();
     assert!(e.contains("cached snapshot is stale"), "{e}");
@@ -1925,7 +1914,7 @@ fn apply(s: &Store, op: &Op) -> Result<(), TestCaseError> {
             let mut gained = 0;
             let mut lost: BTreeMap<NodeId, BTreeSet<KeyTuple>> = BTreeMap::new();
             s.for_each_record(|n, id, r| {
-                let new = view.owner(&id.ip, id.port);
+                let new = view.owner(id.ip, id.port);
                 if new != r.owner && new == 1 && r.alive {
                     gained += 1;
                 }
@@ -2076,9 +2065,7 @@ fn content(r: &Record) -> Content {
         r.weight.to_bits(),
         r.lease,
         r.session,
-        r.metadata
-            .as_deref()
-            .unwrap_or(&[])
+        r.meta()
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
@@ -2205,7 +2192,7 @@ async fn a_node_forwarding_the_clients_beats_refuses_an_expiry_made_elsewhere() 
     let r = s.get(&a).unwrap();
     assert!(r.alive);
     assert_eq!(
-        r.version.hlc,
+        { r.version.hlc },
         hlc_at(T0 + 2),
         "a non-owner does not re-stamp"
     );

@@ -748,7 +748,12 @@ impl Message {
 
 /// A record's version: the owner's hybrid-logical-clock stamp, then the id of the node that made
 /// the write. Ordered lexicographically; a record replaces another only with a larger version.
+///
+/// Packed to 10 bytes (alignment 2): every stored record carries one, and the 6 bytes of
+/// padding a plain layout adds would cost 6 MB per million instances. Fields are read by
+/// value (a reference to `hlc` would be unaligned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[repr(C, packed(2))]
 pub struct Version {
     pub hlc: u64,
     pub origin: u16,

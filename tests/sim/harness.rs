@@ -519,7 +519,7 @@ impl State {
                                     r.version.origin
                                 ),
                             },
-                            r.version.hlc,
+                            { r.version.hlc },
                             r.version.origin,
                             r.owner,
                             r.touched_ms
@@ -1157,7 +1157,7 @@ impl Driver<'_> {
                                 "alive={} lapsed={} v={}/{} owner=n{} touched={}",
                                 r.alive,
                                 r.lapsed,
-                                r.version.hlc,
+                                { r.version.hlc },
                                 r.version.origin,
                                 r.owner,
                                 r.touched_ms
