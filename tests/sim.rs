@@ -85,8 +85,16 @@ const FIXED_SEEDS: std::ops::Range<u64> = 0..64;
 ///   through an isolation of the client; that connection is wedged in the simulation (simulated
 ///   TCP never retransmits), so its beats did not reach the node. The harness now counts only
 ///   connections made after the client's last isolation as steady.
+/// - 110: the lapse (unhealthy mark) made before an expiry on the far side of a partition was
+///   applied by the owner the client was beating, which ended its evidence; the expiry that
+///   followed then won. Lapses made elsewhere are now refused like expiries.
+/// - 1542, 2026: a client reconnected and registered again through a node that did not yet
+///   hold the live record (the owner's sync was on its way); the evidence had nowhere to go,
+///   and an expiry made elsewhere that arrived next won. Such evidence is now kept aside for
+///   the record (`Store::note_client_beat`).
 const REGRESSION_SEEDS: &[u64] = &[
-    29, 38, 40, 42, 47, 53, 88, 95, 117, 118, 133, 146, 184, 187, 198, 277, 322, 427, 690, 874,
+    29, 38, 40, 42, 47, 53, 88, 95, 110, 117, 118, 133, 146, 184, 187, 198, 277, 322, 427, 690,
+    874, 1542, 2026,
 ];
 
 /// `fail` (default): a flap fails its seed. `report`: flaps are printed and the seed goes on to

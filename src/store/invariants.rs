@@ -140,6 +140,12 @@ impl Store {
                 }
             }
             compare_digests(&mut p, index, &shard.digests, &expected, &bucket_keys);
+            if shard.early_evidence.len() > super::EARLY_EVIDENCE_MAX {
+                p.push(format!(
+                    "shard {index} keeps {} early evidence entries, beyond its bound",
+                    shard.early_evidence.len()
+                ));
+            }
         }
 
         let counted = self.live.load(Ordering::Relaxed);

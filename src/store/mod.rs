@@ -227,7 +227,19 @@ struct Shard {
     services: HashMap<ServiceName, Service>,
     /// Per owner: digests of the live records it owns (under this node's view).
     digests: HashMap<NodeId, Digest>,
+    /// Key hash -> when (ms) a client connected here registered or beat a key this node held
+    /// no live record of (a redo after a reconnect, racing the owner's sync): the evidence
+    /// `Record::renewed` would hold, kept until the live record arrives (see
+    /// `Store::note_client_beat`). At most [`EARLY_EVIDENCE_MAX`] entries.
+    early_evidence: HashMap<u64, u64>,
 }
+
+/// Bounds a shard's `early_evidence`. Past it, entries older than [`EARLY_EVIDENCE_KEEP_MS`]
+/// go, and if that frees nothing new evidence is not kept (an instance may then flicker in the
+/// reads of the client's node after a partition heal, as if the client had not beaten here).
+const EARLY_EVIDENCE_MAX: usize = 4096;
+/// Longer than any unhealthy-after the evidence could be checked against in practice.
+const EARLY_EVIDENCE_KEEP_MS: u64 = 5 * 60_000;
 
 /// The registry of one node.
 pub struct Store {
@@ -254,6 +266,7 @@ impl Store {
                 RwLock::new(Shard {
                     services: HashMap::default(),
                     digests: HashMap::default(),
+                    early_evidence: HashMap::default(),
                 })
             })
             .collect();
@@ -317,7 +330,9 @@ impl Store {
         rec: Record,
         local: bool,
     ) {
-        let Shard { services, digests } = shard;
+        let Shard {
+            services, digests, ..
+        } = shard;
         let svc = match services.get_mut(name) {
             Some(s) => s,
             None => services
@@ -449,6 +464,10 @@ impl Store {
     /// through.
     /// Recorded in place (no new version) as the same first-hand evidence a beat gives an owner
     /// (see [`Record::renewed`]).
+    ///
+    /// A key this node holds no live record of (the client registered again after a
+    /// reconnect, and the owner's sync of it is still on its way) is noted aside and the
+    /// evidence given to the live record when it arrives.
     pub fn note_client_beat(&self, key: &InstanceKey) {
         let now = self.clock.now_ms();
         let mut shard = self.shard_of(&key.service).write().unwrap();
@@ -460,6 +479,14 @@ impl Store {
         {
             r.renewed = true;
             r.touched_ms = now;
+            return;
+        }
+        let early = &mut shard.early_evidence;
+        if early.len() >= EARLY_EVIDENCE_MAX {
+            early.retain(|_, at| now.saturating_sub(*at) < EARLY_EVIDENCE_KEEP_MS);
+        }
+        if early.len() < EARLY_EVIDENCE_MAX {
+            early.insert(key_hash(&key.service, &key.cluster, &key.ip, key.port), now);
         }
     }
 
@@ -467,6 +494,9 @@ impl Store {
     /// evidence that the client of `key` is alive (its owner, elsewhere, lapses the instance).
     pub fn note_session_gone(&self, key: &InstanceKey, session: u64) {
         let mut shard = self.shard_of(&key.service).write().unwrap();
+        shard
+            .early_evidence
+            .remove(&key_hash(&key.service, &key.cluster, &key.ip, key.port));
         if let Some(r) = shard
             .services
             .get_mut(&key.service)
@@ -606,9 +636,16 @@ impl Store {
             // re-stamp or an update from the owner does not make the client any less alive.
             renewed = rec.alive && old.beaten_recently(now);
         }
+        let key_hash = key_hash(&k.service, &k.cluster, &k.ip, k.port);
+        if rec.alive
+            && !shard.early_evidence.is_empty()
+            && let Some(at) = shard.early_evidence.remove(&key_hash)
+        {
+            renewed |= now.saturating_sub(at) < rec.lease.unhealthy_ms as u64;
+        }
         let new = Record {
             version: rec.version,
-            key_hash: key_hash(&k.service, &k.cluster, &k.ip, k.port),
+            key_hash,
             owner: view.owner(&k.ip, k.port),
             alive: rec.alive,
             healthy: rec.healthy,

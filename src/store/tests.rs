@@ -2271,3 +2271,44 @@ async fn client_beat_evidence_outlives_versions_and_handoff_but_not_the_session(
     assert!(!s.get(&a).unwrap().alive);
     check(&s);
 }
+
+/// A client that registers again through this node (a redo after reconnecting) before the
+/// owner's live record has reached it: the evidence is kept aside and given to that record
+/// when it arrives, so an expiry made elsewhere that follows is refused (sim seed 2026).
+#[tokio::test(start_paused = true)]
+async fn client_evidence_noted_before_the_record_arrives_is_kept_for_it() {
+    let s = new_store(1);
+    s.set_ownership(Ownership::new(vec![1, 2]));
+    let view = s.ownership();
+    let a = (0..100)
+        .map(|i| k(&format!("10.9.2.{i}")))
+        .find(|key| view.owner(&key.ip, key.port) == 2)
+        .expect("some key is node 2's");
+    let expiry = |hlc| {
+        let mut t = sync(&a, hlc, 3, false);
+        t.lapsed = true;
+        t
+    };
+    s.note_client_beat(&a);
+    assert!(s.get(&a).is_none(), "noting evidence writes no record");
+    assert!(s.merge(&sync(&a, hlc_at(T0), 2, true)));
+    assert!(
+        !s.merge(&expiry(hlc_at(T0 + 1))),
+        "refused: the client registered here"
+    );
+    assert!(s.get(&a).unwrap().alive);
+    check(&s);
+
+    // Evidence that is older than unhealthy-after when the record arrives is none.
+    let b = (0..100)
+        .map(|i| k(&format!("10.9.3.{i}")))
+        .find(|key| view.owner(&key.ip, key.port) == 2)
+        .expect("some key is node 2's");
+    s.note_client_beat(&b);
+    advance(Lease::default().unhealthy_ms as u64).await;
+    assert!(s.merge(&sync(&b, hlc_at(T0), 2, true)));
+    let mut t = sync(&b, hlc_at(T0 + 1), 3, false);
+    t.lapsed = true;
+    assert!(s.merge(&t), "stale early evidence refuses nothing");
+    check(&s);
+}
