@@ -770,9 +770,8 @@ impl Cluster {
             } else {
                 // A register (a client's redo after a reconnect, say) is as good a sign of life
                 // as a beat (see `Cluster::beat`).
-                for (_, inst) in &items {
-                    self.store.note_client_beat(&inst.key);
-                }
+                self.store
+                    .note_client_beats(items.iter().map(|(_, i)| &i.key));
                 let batch: Vec<Instance> = items.into_iter().map(|(_, i)| i.clone()).collect();
                 remote.push(self.forward(
                     owner,
@@ -816,20 +815,19 @@ impl Cluster {
         let mut unknown = Vec::new();
         let mut remote = Vec::new();
         for (owner, items) in self.by_owner(keys.iter().enumerate(), |k| (&k.ip, k.port)) {
+            let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
+            let batch: Vec<InstanceKey> = items.into_iter().map(|(_, k)| k.clone()).collect();
             if owner == me {
-                for (i, k) in &items {
-                    if self.store.beat(k) == crate::store::BeatOutcome::Unknown {
-                        unknown.push(*i as u16);
-                    }
-                }
+                unknown.extend(
+                    self.store
+                        .beat_batch(&batch)
+                        .into_iter()
+                        .map(|j| idx[j as usize] as u16),
+                );
             } else {
                 // The client beats here: evidence that it is alive even if the owner cannot be
                 // reached (see `Store::merge`).
-                for (_, k) in &items {
-                    self.store.note_client_beat(k);
-                }
-                let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
-                let batch = items.into_iter().map(|(_, k)| k.clone()).collect();
+                self.store.note_client_beats(batch.iter());
                 remote
                     .push(async move { (idx, self.forward(owner, Message::FwdBeat(batch)).await) });
             }

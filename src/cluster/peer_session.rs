@@ -238,13 +238,7 @@ async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sende
         Message::FwdDeregister(keys) => {
             Message::Ack(keys.iter().filter(|k| store.deregister(k)).count() as u32)
         }
-        Message::FwdBeat(keys) => Message::BeatAck(
-            keys.iter()
-                .enumerate()
-                .filter(|(_, k)| store.beat(k) == crate::store::BeatOutcome::Unknown)
-                .map(|(i, _)| i as u16)
-                .collect(),
-        ),
+        Message::FwdBeat(keys) => Message::BeatAck(store.beat_batch(&keys)),
         Message::FwdLapse { session, keys } => Message::Ack(
             keys.iter()
                 .filter(|k| store.lapse_session(k, session))

@@ -148,13 +148,7 @@ impl Node {
         if let Some(c) = &self.cluster {
             return c.beat(keys).await;
         }
-        let mut unknown = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            if self.store.beat(k) == crate::store::BeatOutcome::Unknown {
-                unknown.push(i as u16);
-            }
-        }
-        Ok(unknown)
+        Ok(self.store.beat_batch(keys))
     }
 
     /// A connection dropped without deregistering: its session-bound instances are reported

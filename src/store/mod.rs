@@ -459,6 +459,58 @@ impl Store {
         outcome
     }
 
+    /// Renews many leases (one Beat frame), taking each shard's lock once and updating the
+    /// records in place; answers the indexes (into `keys`) of those this node holds no live
+    /// record of. A lapsed instance recovers, with a new version, as [`Store::beat`] does.
+    pub fn beat_batch(&self, keys: &[InstanceKey]) -> Vec<u16> {
+        let now = self.clock.now_ms();
+        let mut unknown = Vec::new();
+        let mut lapsed = Vec::new();
+        self.by_shard(keys.iter(), |shard, i, k| {
+            match shard
+                .services
+                .get_mut(&k.service)
+                .and_then(|s| s.get_mut(k))
+            {
+                Some(r) if r.alive => {
+                    r.touched_ms = now;
+                    r.renewed = true;
+                    if r.lapsed {
+                        lapsed.push(i);
+                    }
+                }
+                _ => unknown.push(i as u16),
+            }
+        });
+        for i in lapsed {
+            if self.beat(&keys[i]) == BeatOutcome::Unknown {
+                unknown.push(i as u16);
+            }
+        }
+        unknown.sort_unstable();
+        unknown
+    }
+
+    /// Runs `f` on every key with its shard write-locked, each shard locked once; `f` gets the
+    /// key's index in the iteration.
+    fn by_shard<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k InstanceKey>,
+        mut f: impl FnMut(&mut Shard, usize, &'k InstanceKey),
+    ) {
+        let mut order: Vec<(usize, usize, &InstanceKey)> = keys
+            .enumerate()
+            .map(|(i, k)| (shard_index(&k.service), i, k))
+            .collect();
+        order.sort_unstable_by_key(|&(s, i, _)| (s, i));
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let mut shard = self.shards[group[0].0].write().unwrap();
+            for &(_, i, k) in group {
+                f(&mut shard, i, k);
+            }
+        }
+    }
+
     /// A client connected here beat or registered this instance, which another node owns (the
     /// request is forwarded there): the client is alive, whether or not the forward gets
     /// through.
@@ -469,8 +521,16 @@ impl Store {
     /// reconnect, and the owner's sync of it is still on its way) is noted aside and the
     /// evidence given to the live record when it arrives.
     pub fn note_client_beat(&self, key: &InstanceKey) {
+        self.note_client_beats(std::iter::once(key));
+    }
+
+    /// [`Store::note_client_beat`] for many keys, each shard locked once.
+    pub fn note_client_beats<'k>(&self, keys: impl Iterator<Item = &'k InstanceKey>) {
         let now = self.clock.now_ms();
-        let mut shard = self.shard_of(&key.service).write().unwrap();
+        self.by_shard(keys, |shard, _, key| Self::note_locked(shard, key, now));
+    }
+
+    fn note_locked(shard: &mut Shard, key: &InstanceKey, now: u64) {
         if let Some(r) = shard
             .services
             .get_mut(&key.service)

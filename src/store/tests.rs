@@ -2312,3 +2312,41 @@ async fn client_evidence_noted_before_the_record_arrives_is_kept_for_it() {
     assert!(s.merge(&t), "stale early evidence refuses nothing");
     check(&s);
 }
+
+/// A Beat frame's keys renewed at once: the same outcome as beating them one by one, in any
+/// order of services and shards, with the unknown ones (never registered, deleted) answered
+/// by index and a lapsed one recovered with a new version.
+#[tokio::test(start_paused = true)]
+async fn beat_batch_renews_like_single_beats() {
+    let s = new_store(1);
+    let keys: Vec<InstanceKey> = (0..40)
+        .map(|i| {
+            let name = ServiceName::new("public", "DEFAULT_GROUP", &format!("svc{}", i % 7));
+            key_in(&name, "DEFAULT", &format!("10.1.0.{i}"), 80)
+        })
+        .collect();
+    for k in keys.iter().filter(|k| !k.ip.ends_with('3')) {
+        s.register(&inst(k), 0);
+    }
+    s.deregister(&keys[4]);
+    // Let one lapse: past unhealthy-after, before expire-after.
+    advance(Lease::default().unhealthy_ms as u64 + 1).await;
+    s.lease_pass();
+    for (i, k) in keys.iter().enumerate() {
+        if i != 5 && !k.ip.ends_with('3') && i != 4 {
+            s.beat(k);
+        }
+    }
+    let lapsed_before = s.get(&keys[5]).unwrap();
+    assert!(lapsed_before.lapsed, "set up: keys[5] lapsed");
+    let unknown = s.beat_batch(&keys);
+    let want: Vec<u16> = (0..40u16)
+        .filter(|&i| i == 4 || keys[i as usize].ip.ends_with('3'))
+        .collect();
+    assert_eq!(unknown, want);
+    let recovered = s.get(&keys[5]).unwrap();
+    assert!(!recovered.lapsed && recovered.version > lapsed_before.version);
+    advance(Lease::default().unhealthy_ms as u64 - 1).await;
+    assert_eq!(s.lease_pass().lapsed, 0, "every known key was renewed");
+    check(&s);
+}
