@@ -86,6 +86,11 @@ struct Cli {
     /// The `distrod` binary for --spawn [default: next to this executable].
     #[arg(long, global = true)]
     distrod: Option<PathBuf>,
+    /// With --spawn: after the scenario, leave the nodes idle this long and report their RSS
+    /// then (`node_rss_bytes_settled`): what a node holds once the burst's buffers and the
+    /// allocator's freed pages are given back.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    settle_s: f64,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -235,6 +240,27 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     };
     out.insert("nodes".into(), json!(servers.len()));
     if let Some(c) = &cluster {
+        if !(0.0..=3600.0).contains(&cli.settle_s) {
+            bail!("--settle-s must be 0..=3600 seconds");
+        }
+        if cli.settle_s > 0.0 {
+            eprintln!(
+                "distro-bench: leaving the nodes idle for {} s",
+                cli.settle_s
+            );
+            tokio::time::sleep(Duration::from_secs_f64(cli.settle_s)).await;
+            let settled = c
+                .pids()
+                .iter()
+                .map(|pid| {
+                    let status =
+                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    status_kib(&status, "VmRSS:") * 1024
+                })
+                .max()
+                .unwrap_or(0);
+            out.insert("node_rss_bytes_settled".into(), json!(settled));
+        }
         let rss = rss.expect("monitor runs with --spawn").stop();
         out.insert("node_rss_bytes_max".into(), json!(rss.peak_max));
         out.insert("node_rss_bytes_end".into(), json!(rss.last));

@@ -702,6 +702,11 @@ impl Store {
             && let Some(at) = shard.early_evidence.remove(&key_hash)
         {
             renewed |= now.saturating_sub(at) < rec.lease.unhealthy_ms as u64;
+            if shard.early_evidence.is_empty() {
+                // A burst of registers forwarded through this node filled it; give the
+                // table's memory back once the burst's records have all arrived.
+                shard.early_evidence.shrink_to_fit();
+            }
         }
         let new = Record {
             version: rec.version,
