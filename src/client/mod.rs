@@ -606,11 +606,16 @@ impl Inner {
         }
         let n = unknown.len();
         for bound in [true, false] {
-            let again: Vec<Instance> = unknown
-                .iter()
-                .filter(|h| h.session_bound == bound)
-                .map(|h| h.instance.clone())
-                .collect();
+            // Held right now: a key deregistered since this round's answer (rounds overlap,
+            // see `heartbeats`) must not be registered again.
+            let again: Vec<Instance> = {
+                let held = self.held.lock().unwrap();
+                unknown
+                    .iter()
+                    .filter(|h| h.session_bound == bound && held.contains_key(&h.instance.key))
+                    .map(|h| h.instance.clone())
+                    .collect()
+            };
             for chunk in again.chunks(BATCH_INSTANCES_MAX) {
                 let msg = Message::Register(Register {
                     session_bound: bound,

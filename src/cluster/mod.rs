@@ -569,10 +569,10 @@ impl Cluster {
         let now_ms = self.now_ms();
         let mut newer = crate::store::RecordBatch::default();
         let mut kept = present.clone();
-        self.store.for_each_record(|name, id, r| {
-            if r.owner != owner || !buckets.contains(crate::store::digest::bucket_of(r.key_hash)) {
-                return;
-            }
+        let mine = |r: &crate::store::Record| {
+            r.owner == owner && buckets.contains(crate::store::digest::bucket_of(r.key_hash))
+        };
+        self.store.for_each_matching(mine, |name, id, r| {
             let unknown_to_owner = r.alive
                 && !present.contains(&r.key_hash)
                 && crate::clock::hlc_physical_ms(r.version.hlc)

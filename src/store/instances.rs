@@ -217,6 +217,7 @@ mod tests {
             session: 0,
             touched_ms: 0,
             renewed: false,
+            renewed_as_owner: false,
             metadata: None,
         }
     }

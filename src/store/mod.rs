@@ -187,18 +187,14 @@ impl Service {
         }
     }
 
-    fn encode_snapshot(
-        &self,
-        name: &ServiceName,
-        filter: impl Fn(InstanceIdRef, &Record) -> bool,
-    ) -> Bytes {
+    /// The snapshot body of the live instances `filter` (given the cluster name) selects.
+    fn encode_snapshot(&self, name: &ServiceName, filter: impl Fn(&str, &Record) -> bool) -> Bytes {
         let mut out = BytesMut::with_capacity(64 + self.instances.len() * 48);
         let mut matched: Vec<(IdText, &Record)> = self
             .instances
             .iter()
-            .filter(|(_, r)| r.alive)
+            .filter(|(id, r)| r.alive && filter(&self.clusters[id.cluster as usize], r))
             .map(|(id, r)| (id_text(&self.clusters, id), r))
-            .filter(|(t, r)| filter(t.view(), r))
             .collect();
         // Sorted by (cluster, ip, port), strings bytewise (wire-spec.md, ServiceSnapshot).
         matched.sort_unstable_by(|a, b| {
@@ -234,9 +230,10 @@ struct Shard {
     early_evidence: HashMap<u64, u64>,
 }
 
-/// Bounds a shard's `early_evidence`. Past it, entries older than [`EARLY_EVIDENCE_KEEP_MS`]
-/// go, and if that frees nothing new evidence is not kept (an instance may then flicker in the
-/// reads of the client's node after a partition heal, as if the client had not beaten here).
+/// Bounds a shard's `early_evidence`. At it, entries older than [`EARLY_EVIDENCE_KEEP_MS`] go,
+/// and if that does not free half the table it is cleared (an instance whose record was then
+/// still in flight may flicker in the reads of the client's node after a partition heal, as if
+/// the client had not registered here).
 const EARLY_EVIDENCE_MAX: usize = 4096;
 /// Longer than any unhealthy-after the evidence could be checked against in practice.
 const EARLY_EVIDENCE_KEEP_MS: u64 = 5 * 60_000;
@@ -413,6 +410,7 @@ impl Store {
             session,
             touched_ms: now,
             renewed: true,
+            renewed_as_owner: true,
             metadata,
         };
         // The session is part of what peers must know (a new owner lapses by it), so a
@@ -423,6 +421,7 @@ impl Store {
         {
             old.touched_ms = now;
             old.renewed = true;
+            old.renewed_as_owner = true;
             return;
         }
         rec.version = self.next_version();
@@ -447,6 +446,7 @@ impl Store {
         self.modify_live(key, true, |rec, now| {
             rec.touched_ms = now;
             rec.renewed = true;
+            rec.renewed_as_owner = true;
             if rec.lapsed {
                 rec.lapsed = false;
                 outcome = BeatOutcome::Recovered;
@@ -475,6 +475,7 @@ impl Store {
                 Some(r) if r.alive => {
                     r.touched_ms = now;
                     r.renewed = true;
+                    r.renewed_as_owner = true;
                     if r.lapsed {
                         lapsed.push(i);
                     }
@@ -544,10 +545,18 @@ impl Store {
         let early = &mut shard.early_evidence;
         if early.len() >= EARLY_EVIDENCE_MAX {
             early.retain(|_, at| now.saturating_sub(*at) < EARLY_EVIDENCE_KEEP_MS);
+            if early.len() > EARLY_EVIDENCE_MAX / 2 {
+                // More records on their way than the table holds (a reconnect storm): start
+                // afresh rather than scan a full table on every insert. What is lost is only
+                // the evidence for records still in flight.
+                tracing::debug!(
+                    dropped = early.len(),
+                    "early client evidence table full; cleared"
+                );
+                early.clear();
+            }
         }
-        if early.len() < EARLY_EVIDENCE_MAX {
-            early.insert(key_hash(&key.service, &key.cluster, &key.ip, key.port), now);
-        }
+        early.insert(key_hash(&key.service, &key.cluster, &key.ip, key.port), now);
     }
 
     /// The client session `session`, connected here, ended: this node no longer has first-hand
@@ -578,6 +587,7 @@ impl Store {
             if rec.session == session && !rec.lapsed {
                 rec.lapsed = true;
                 rec.renewed = false;
+                rec.renewed_as_owner = false;
                 true
             } else {
                 false
@@ -610,6 +620,7 @@ impl Store {
         if !f(&mut new, now) {
             rec.touched_ms = new.touched_ms;
             rec.renewed = new.renewed;
+            rec.renewed_as_owner = new.renewed_as_owner;
             return false;
         }
         new.version = self.next_version();
@@ -721,6 +732,7 @@ impl Store {
             session: rec.session,
             touched_ms: now,
             renewed,
+            renewed_as_owner: false,
             metadata: if rec.alive {
                 record::store_metadata(&rec.metadata)
             } else {
@@ -758,8 +770,8 @@ impl Store {
                 .get_or_init(|| svc.encode_snapshot(&q.name, |_, _| true))
                 .clone();
         }
-        svc.encode_snapshot(&q.name, |id, r| {
-            (q.cluster.is_empty() || *id.cluster == *q.cluster)
+        svc.encode_snapshot(&q.name, |cluster, r| {
+            (q.cluster.is_empty() || *cluster == *q.cluster)
                 && (!q.healthy_only || (r.reported_healthy() && r.enabled))
         })
     }
@@ -984,7 +996,8 @@ impl Store {
                             // An instance this node kept alive on its client's beats is handed
                             // off as a fresh write: it must win over a tombstone the new owner
                             // may have made while it could not see the client (a partition).
-                            let restamp = r.beaten_recently(now);
+                            let restamp = r.renewed_here_as_owner(now);
+                            r.renewed_as_owner = false;
                             if restamp {
                                 r.version = self.next_version();
                                 self.observer.local_write(name, id, r);
@@ -1028,11 +1041,10 @@ impl Store {
     /// Records (tombstones included) owned by `owner` in the given buckets, encoded.
     pub fn records_in_buckets(&self, owner: NodeId, buckets: &digest::BucketSet) -> RecordBatch {
         let mut batch = RecordBatch::default();
-        self.for_each_record(|name, id, r| {
-            if r.owner == owner && buckets.contains(digest::bucket_of(r.key_hash)) {
-                batch.push(name, id, r);
-            }
-        });
+        self.for_each_matching(
+            |r| r.owner == owner && buckets.contains(digest::bucket_of(r.key_hash)),
+            |name, id, r| batch.push(name, id, r),
+        );
         batch
     }
 
@@ -1114,11 +1126,21 @@ impl Store {
     }
 
     /// Visits every record under read locks, one shard at a time.
-    pub fn for_each_record(&self, mut f: impl FnMut(&ServiceName, InstanceIdRef, &Record)) {
+    pub fn for_each_record(&self, f: impl FnMut(&ServiceName, InstanceIdRef, &Record)) {
+        self.for_each_matching(|_| true, f)
+    }
+
+    /// Visits the records `keep` selects (judged on the record alone, before the key's text is
+    /// put together), under read locks, one shard at a time.
+    pub fn for_each_matching(
+        &self,
+        keep: impl Fn(&Record) -> bool,
+        mut f: impl FnMut(&ServiceName, InstanceIdRef, &Record),
+    ) {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap();
             for (name, svc) in &shard.services {
-                for (id, r) in &svc.instances {
+                for (id, r) in svc.instances.iter().filter(|(_, r)| keep(r)) {
                     f(name, id_text(&svc.clusters, id).view(), r);
                 }
             }

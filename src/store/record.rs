@@ -228,8 +228,15 @@ pub struct Record {
     /// merged from peers (it is about the client, not the version) until the client's session
     /// here ends. Used after a partition heals, so that a tombstone made by a side that could
     /// not see the client does not delete an instance whose client kept beating on the other
-    /// side (see `Store::merge`, `set_ownership`, [`Record::beaten_recently`]).
+    /// side (see `Store::merge`, [`Record::beaten_recently`]). It does *not* make a node
+    /// re-stamp at handoff (that is [`Record::renewed_as_owner`]).
     pub renewed: bool,
+    /// This node, as the owner, applied a register or beat to *this version* (cleared when a
+    /// newer version is merged and at handoff): the narrower evidence that lets a node hand an
+    /// instance off as a fresh write (`Store::set_ownership`). Register evidence noted while
+    /// forwarding must not qualify: a re-stamp at handoff is newer than anything written
+    /// meanwhile, so it would undo a deregistration made on the other side of a partition.
+    pub renewed_as_owner: bool,
     pub metadata: Option<StoredMetadata>,
 }
 
@@ -244,6 +251,14 @@ impl Record {
     pub fn beaten_recently(&self, now_ms: u64) -> bool {
         self.alive
             && self.renewed
+            && now_ms.saturating_sub(self.touched_ms) < self.lease.unhealthy_ms as u64
+    }
+
+    /// This node kept the instance alive as its owner, on beats or a register of its client,
+    /// within its unhealthy-after: handing it off, it writes it anew (see `Store::set_ownership`).
+    pub fn renewed_here_as_owner(&self, now_ms: u64) -> bool {
+        self.alive
+            && self.renewed_as_owner
             && now_ms.saturating_sub(self.touched_ms) < self.lease.unhealthy_ms as u64
     }
 

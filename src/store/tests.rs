@@ -2350,3 +2350,39 @@ async fn beat_batch_renews_like_single_beats() {
     assert_eq!(s.lease_pass().lapsed, 0, "every known key was renewed");
     check(&s);
 }
+
+/// Evidence noted while forwarding a client's register keeps an expiry made elsewhere out, but
+/// does not make the node re-stamp the instance when it hands it off: a re-stamp is newer than
+/// anything written meanwhile and would undo a deregistration made on the other side of a
+/// partition (the network-namespace test caught exactly that).
+#[tokio::test(start_paused = true)]
+async fn a_handoff_re_stamps_only_what_this_node_renewed_as_owner() {
+    let s = new_store(1);
+    s.set_ownership(Ownership::new(vec![1]));
+    let both = Ownership::new(vec![1, 2]);
+    let theirs: Vec<InstanceKey> = (0..200)
+        .map(|i| k(&format!("10.9.4.{i}")))
+        .filter(|key| both.owner(&key.ip, key.port) == 2)
+        .take(2)
+        .collect();
+    let (a, b) = (&theirs[0], &theirs[1]);
+    // `a`: registered through this node (forwarded) and merged; `b`: beaten here as its owner.
+    s.note_client_beat(a);
+    assert!(s.merge(&sync(a, hlc_at(T0), 2, true)));
+    s.register(&inst(b), 0);
+    let (va, vb) = (s.get(a).unwrap().version, s.get(b).unwrap().version);
+    s.set_ownership(both);
+    assert_eq!(
+        s.get(a).unwrap().version,
+        va,
+        "no re-stamp from forwarding evidence"
+    );
+    assert!(
+        s.get(b).unwrap().version > vb,
+        "re-stamped: renewed here as its owner"
+    );
+    // A deregistration the new owner made meanwhile wins.
+    assert!(s.merge(&sync(a, hlc_at(T0 + 1), 2, false)));
+    assert!(!s.get(a).unwrap().alive);
+    check(&s);
+}

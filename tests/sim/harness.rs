@@ -1493,6 +1493,18 @@ pub fn run(plan: &Plan, verbose: bool, checks: Checks) -> Outcome {
             st.violation(t, format!("{SETTLE_MS} ms after the faults ended: {p}"));
         }
     }
+    {
+        // The push check is only worth something if pushes arrived: every run registers
+        // instances, and every node is ready long before the end.
+        let mut st = shared.lock().unwrap();
+        if st.stats.pushes == 0 {
+            st.violation(
+                t,
+                "the probe's subscribers received no push at all: the push check checked nothing"
+                    .into(),
+            );
+        }
+    }
     let panics = PANICS.with(|p| p.get());
     if panics > 0 {
         shared.lock().unwrap().violation(
