@@ -301,9 +301,9 @@ async fn apply_op(store: &Store, op: &Op) {
 
 /// Last writer wins: a merge applies exactly when the record is newer than what is held, and
 /// is refused when stamped beyond `VERSION_FUTURE_MAX_MS` ahead. The one newer record that
-/// does not apply is an expiry of an instance whose client keeps renewing it through this node:
-/// the instance stays, and if this node owns it, it answers with a version of its own above the
-/// expiry.
+/// does not apply is a lapse or expiry (the lapsed bit) of an instance whose client keeps
+/// renewing it through this node: the instance stays, and if this node owns it, it answers
+/// with a version of its own above the lapse.
 fn merge_checked(store: &Store, r: &SyncRecord) {
     let before = store.get(&r.key).map(|x| x.version);
     let now = store.clock().now_ms();
@@ -332,7 +332,7 @@ fn merge_checked(store: &Store, r: &SyncRecord) {
             Some(after.version) == before
         };
         assert!(
-            !r.alive && r.lapsed && after.alive && after.renewed && kept,
+            r.lapsed && after.alive && after.renewed && kept,
             "{what}: refused a newer record (now {:?}, alive {}, owner {})",
             after.version,
             after.alive,
