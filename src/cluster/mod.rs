@@ -816,18 +816,19 @@ impl Cluster {
         let mut remote = Vec::new();
         for (owner, items) in self.by_owner(keys.iter().enumerate(), |k| (&k.ip, k.port)) {
             let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
-            let batch: Vec<InstanceKey> = items.into_iter().map(|(_, k)| k.clone()).collect();
             if owner == me {
+                let mine: Vec<&InstanceKey> = items.iter().map(|(_, k)| *k).collect();
                 unknown.extend(
                     self.store
-                        .beat_batch(&batch)
+                        .beat_batch(&mine)
                         .into_iter()
                         .map(|j| idx[j as usize] as u16),
                 );
             } else {
                 // The client beats here: evidence that it is alive even if the owner cannot be
                 // reached (see `Store::merge`).
-                self.store.note_client_beats(batch.iter());
+                self.store.note_client_beats(items.iter().map(|(_, k)| *k));
+                let batch = items.into_iter().map(|(_, k)| k.clone()).collect();
                 remote
                     .push(async move { (idx, self.forward(owner, Message::FwdBeat(batch)).await) });
             }

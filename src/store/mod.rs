@@ -462,11 +462,11 @@ impl Store {
     /// Renews many leases (one Beat frame), taking each shard's lock once and updating the
     /// records in place; answers the indexes (into `keys`) of those this node holds no live
     /// record of. A lapsed instance recovers, with a new version, as [`Store::beat`] does.
-    pub fn beat_batch(&self, keys: &[InstanceKey]) -> Vec<u16> {
+    pub fn beat_batch<K: std::borrow::Borrow<InstanceKey>>(&self, keys: &[K]) -> Vec<u16> {
         let now = self.clock.now_ms();
         let mut unknown = Vec::new();
         let mut lapsed = Vec::new();
-        self.by_shard(keys.iter(), |shard, i, k| {
+        self.by_shard(keys.iter().map(|k| k.borrow()), |shard, i, k| {
             match shard
                 .services
                 .get_mut(&k.service)
@@ -484,7 +484,7 @@ impl Store {
             }
         });
         for i in lapsed {
-            if self.beat(&keys[i]) == BeatOutcome::Unknown {
+            if self.beat(keys[i].borrow()) == BeatOutcome::Unknown {
                 unknown.push(i as u16);
             }
         }
