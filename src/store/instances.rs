@@ -144,10 +144,9 @@ impl Instances {
 
     fn rebuild_index(&mut self) {
         let mut index = HashTable::with_capacity(self.entries.len());
-        for (i, (k, _)) in self.entries.iter().enumerate() {
-            let hasher = &self.hasher;
-            let entries = &self.entries;
-            index.insert_unique(self.hasher.hash_one(k), i as u32, |&j| {
+        let (hasher, entries) = (&self.hasher, &self.entries);
+        for (i, (k, _)) in entries.iter().enumerate() {
+            index.insert_unique(hasher.hash_one(k), i as u32, |&j| {
                 hasher.hash_one(&entries[j as usize].0)
             });
         }

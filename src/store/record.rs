@@ -249,17 +249,18 @@ impl Record {
     /// The client beat this instance through this node within its unhealthy-after: an expiry
     /// made elsewhere is wrong about it.
     pub fn beaten_recently(&self, now_ms: u64) -> bool {
-        self.alive
-            && self.renewed
-            && now_ms.saturating_sub(self.touched_ms) < self.lease.unhealthy_ms as u64
+        self.alive && self.renewed && self.touched_within_unhealthy(now_ms)
     }
 
     /// This node kept the instance alive as its owner, on beats or a register of its client,
     /// within its unhealthy-after: handing it off, it writes it anew (see `Store::set_ownership`).
     pub fn renewed_here_as_owner(&self, now_ms: u64) -> bool {
-        self.alive
-            && self.renewed_as_owner
-            && now_ms.saturating_sub(self.touched_ms) < self.lease.unhealthy_ms as u64
+        self.alive && self.renewed_as_owner && self.touched_within_unhealthy(now_ms)
+    }
+
+    /// Last touched less than the instance's unhealthy-after ago.
+    fn touched_within_unhealthy(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.touched_ms) < self.lease.unhealthy_ms as u64
     }
 
     /// The metadata, sorted by key (empty when there is none).
