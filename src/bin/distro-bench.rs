@@ -249,21 +249,14 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
                 cli.settle_s
             );
             tokio::time::sleep(Duration::from_secs_f64(cli.settle_s)).await;
-            let settled = c
-                .pids()
-                .iter()
-                .map(|pid| {
-                    let status =
-                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                    status_kib(&status, "VmRSS:") * 1024
-                })
-                .max()
-                .unwrap_or(0);
-            out.insert("node_rss_bytes_settled".into(), json!(settled));
         }
+        // The monitor samples once more when told to stop, so `last` is the RSS now.
         let rss = rss.expect("monitor runs with --spawn").stop();
         out.insert("node_rss_bytes_max".into(), json!(rss.peak_max));
         out.insert("node_rss_bytes_end".into(), json!(rss.last));
+        if cli.settle_s > 0.0 {
+            out.insert("node_rss_bytes_settled".into(), json!(rss.last));
+        }
         let after = cpu_seconds(&c.pids());
         if let Some(before) = cpu_before {
             out.insert("node_cpu_s".into(), json!(round3(after - before)));
