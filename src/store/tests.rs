@@ -2166,20 +2166,28 @@ async fn a_record_from_far_in_the_future_is_refused_and_does_not_drag_the_clock(
     check(&s);
 }
 
+/// A key `10.9.<net>.x:8080` of `orders` that node `owner` owns under `view`.
+fn key_owned_by(view: &Ownership, net: u8, owner: NodeId) -> InstanceKey {
+    (0..=255)
+        .map(|i| k(&format!("10.9.{net}.{i}")))
+        .find(|key| view.owner(&key.ip, key.port) == owner)
+        .unwrap_or_else(|| panic!("no key of 10.9.{net}.x is node {owner}'s"))
+}
+
+/// An expiry of `key` made by node 3 (a tombstone with the lapsed bit).
+fn expiry_by_3(key: &InstanceKey, hlc: u64) -> SyncRecord {
+    let mut t = sync(key, hlc, 3, false);
+    t.lapsed = true;
+    t
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_node_forwarding_the_clients_beats_refuses_an_expiry_made_elsewhere() {
     let s = new_store(1);
     s.set_ownership(Ownership::new(vec![1, 2]));
     let view = s.ownership();
-    let a = (0..100)
-        .map(|i| k(&format!("10.9.0.{i}")))
-        .find(|key| view.owner(&key.ip, key.port) == 2)
-        .expect("some key is node 2's");
-    let expiry = |hlc| {
-        let mut t = sync(&a, hlc, 3, false);
-        t.lapsed = true;
-        t
-    };
+    let a = key_owned_by(&view, 0, 2);
+    let expiry = |hlc| expiry_by_3(&a, hlc);
     // No evidence that the client lives: an expiry from elsewhere applies.
     assert!(s.merge(&sync(&a, hlc_at(T0), 2, true)));
     assert!(s.merge(&expiry(hlc_at(T0 + 1))));
@@ -2211,15 +2219,8 @@ async fn client_beat_evidence_outlives_versions_and_handoff_but_not_the_session(
     let s = new_store(1);
     s.set_ownership(Ownership::new(vec![1, 2]));
     let view = s.ownership();
-    let a = (0..100)
-        .map(|i| k(&format!("10.9.1.{i}")))
-        .find(|key| view.owner(&key.ip, key.port) == 2)
-        .expect("some key is node 2's");
-    let expiry = |hlc| {
-        let mut t = sync(&a, hlc, 3, false);
-        t.lapsed = true;
-        t
-    };
+    let a = key_owned_by(&view, 1, 2);
+    let expiry = |hlc| expiry_by_3(&a, hlc);
     let session = (1 << 48) | 7;
     let mut live = sync(&a, hlc_at(T0), 2, true);
     live.session = session;
@@ -2280,15 +2281,8 @@ async fn client_evidence_noted_before_the_record_arrives_is_kept_for_it() {
     let s = new_store(1);
     s.set_ownership(Ownership::new(vec![1, 2]));
     let view = s.ownership();
-    let a = (0..100)
-        .map(|i| k(&format!("10.9.2.{i}")))
-        .find(|key| view.owner(&key.ip, key.port) == 2)
-        .expect("some key is node 2's");
-    let expiry = |hlc| {
-        let mut t = sync(&a, hlc, 3, false);
-        t.lapsed = true;
-        t
-    };
+    let a = key_owned_by(&view, 2, 2);
+    let expiry = |hlc| expiry_by_3(&a, hlc);
     s.note_client_beat(&a);
     assert!(s.get(&a).is_none(), "noting evidence writes no record");
     assert!(s.merge(&sync(&a, hlc_at(T0), 2, true)));
@@ -2300,16 +2294,14 @@ async fn client_evidence_noted_before_the_record_arrives_is_kept_for_it() {
     check(&s);
 
     // Evidence that is older than unhealthy-after when the record arrives is none.
-    let b = (0..100)
-        .map(|i| k(&format!("10.9.3.{i}")))
-        .find(|key| view.owner(&key.ip, key.port) == 2)
-        .expect("some key is node 2's");
+    let b = key_owned_by(&view, 3, 2);
     s.note_client_beat(&b);
     advance(Lease::default().unhealthy_ms as u64).await;
     assert!(s.merge(&sync(&b, hlc_at(T0), 2, true)));
-    let mut t = sync(&b, hlc_at(T0 + 1), 3, false);
-    t.lapsed = true;
-    assert!(s.merge(&t), "stale early evidence refuses nothing");
+    assert!(
+        s.merge(&expiry_by_3(&b, hlc_at(T0 + 1))),
+        "stale early evidence refuses nothing"
+    );
     check(&s);
 }
 
