@@ -91,11 +91,14 @@ pub async fn write_frames(
         };
         let Some(first) = first else { break };
         buf.extend_from_slice(&first);
-        while buf.len() < batch_bytes {
-            match rx.try_recv() {
-                Ok(b) => buf.extend_from_slice(&b),
-                Err(_) => break,
-            }
+        drain_into(&mut buf, &mut rx, batch_bytes);
+        if buf.len() < batch_bytes {
+            // Let the tasks that are ready to run queue their frames too before the write: one
+            // socket write (and one wake-up of the reader on the other side) for all of them
+            // instead of one per frame. Costs a trip through the scheduler when nothing else is
+            // ready.
+            tokio::task::yield_now().await;
+            drain_into(&mut buf, &mut rx, batch_bytes);
         }
         if wr.write_all(&buf).await.is_err() {
             break;
@@ -104,4 +107,18 @@ pub async fn write_frames(
     }
     stop.cancel();
     let _ = wr.shutdown().await;
+}
+
+/// Appends the frames already queued on `rx` to `buf` until it holds `limit` bytes.
+pub(crate) fn drain_into(
+    buf: &mut bytes::BytesMut,
+    rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    limit: usize,
+) {
+    while buf.len() < limit {
+        match rx.try_recv() {
+            Ok(b) => buf.extend_from_slice(&b),
+            Err(_) => break,
+        }
+    }
 }

@@ -407,11 +407,12 @@ async fn write_loop(
             a = answers.recv() => match a {
                 Some(b) => {
                     buf.extend_from_slice(&b);
-                    while buf.len() < WRITE_BATCH_BYTES {
-                        match answers.try_recv() {
-                            Ok(b) => buf.extend_from_slice(&b),
-                            Err(_) => break,
-                        }
+                    crate::net::drain_into(&mut buf, &mut answers, WRITE_BATCH_BYTES);
+                    if buf.len() < WRITE_BATCH_BYTES {
+                        // As in `net::write_frames`: let the reader and the writes in flight
+                        // queue their answers too, then write them all at once.
+                        tokio::task::yield_now().await;
+                        crate::net::drain_into(&mut buf, &mut answers, WRITE_BATCH_BYTES);
                     }
                 }
                 None => {
