@@ -83,7 +83,7 @@ pub async fn write_frames(
     stop: tokio_util::sync::CancellationToken,
 ) {
     use tokio::io::AsyncWriteExt;
-    let mut buf = bytes::BytesMut::with_capacity(64 << 10);
+    let mut buf = bytes::BytesMut::new();
     loop {
         let first = tokio::select! {
             _ = stop.cancelled() => break,
@@ -103,10 +103,23 @@ pub async fn write_frames(
         if wr.write_all(&buf).await.is_err() {
             break;
         }
-        buf.clear();
+        recycle_write_buf(&mut buf);
     }
     stop.cancel();
     let _ = wr.shutdown().await;
+}
+
+/// A write buffer kept between writes never holds more than this: a burst's buffer is given
+/// back, so thousands of mostly idle connections do not each keep their largest write.
+const WRITE_BUF_KEEP: usize = 64 << 10;
+
+/// Empties a written buffer, and frees it if a burst grew it beyond [`WRITE_BUF_KEEP`].
+pub(crate) fn recycle_write_buf(buf: &mut bytes::BytesMut) {
+    if buf.capacity() > WRITE_BUF_KEEP {
+        *buf = bytes::BytesMut::new();
+    } else {
+        buf.clear();
+    }
 }
 
 /// Appends the frames already queued on `rx` to `buf` until it holds `limit` bytes.

@@ -400,7 +400,7 @@ async fn write_loop(
     node: Arc<Node>,
 ) {
     let push_delay = Duration::from_millis(node.config.push_delay_ms);
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut buf = BytesMut::new();
     loop {
         tokio::select! {
             biased;
@@ -446,7 +446,7 @@ async fn write_loop(
             continue;
         }
         match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await {
-            Ok(Ok(())) => buf.clear(),
+            Ok(Ok(())) => crate::net::recycle_write_buf(&mut buf),
             _ => {
                 debug!("client write failed or timed out; dropping connection");
                 return;
