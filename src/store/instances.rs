@@ -20,8 +20,14 @@ const INDEX_FROM: usize = 16;
 #[derive(Default)]
 pub struct Instances {
     entries: Vec<(InstanceId, Record)>,
-    /// Positions in `entries`, hashed by their key; only above [`INDEX_FROM`] records.
-    index: Option<HashTable<u32>>,
+    /// Only above [`INDEX_FROM`] records; boxed, so that the many small services pay one
+    /// pointer for it.
+    index: Option<Box<Index>>,
+}
+
+/// Positions in `entries`, hashed by their key.
+struct Index {
+    slots: HashTable<u32>,
     hasher: SeededState,
 }
 
@@ -38,7 +44,8 @@ impl Instances {
         match &self.index {
             None => self.entries.iter().position(|(k, _)| key.equivalent(k)),
             Some(index) => index
-                .find(self.hasher.hash_one(key), |&i| {
+                .slots
+                .find(index.hasher.hash_one(key), |&i| {
                     key.equivalent(&self.entries[i as usize].0)
                 })
                 .map(|&i| i as usize),
@@ -66,6 +73,26 @@ impl Instances {
         })
     }
 
+    /// Puts `rec` under `key` (made owned by `own` if it is new); answers the record it replaced
+    /// and the record as stored. One lookup.
+    pub fn upsert<Q: Hash + Equivalent<InstanceId> + ?Sized>(
+        &mut self,
+        key: &Q,
+        own: impl FnOnce(&Q) -> InstanceId,
+        rec: Record,
+    ) -> (Option<Record>, &Record) {
+        match self.position(key) {
+            Some(at) => {
+                let old = std::mem::replace(&mut self.entries[at].1, rec);
+                (Some(old), &self.entries[at].1)
+            }
+            None => {
+                self.insert_new(own(key), rec);
+                (None, &self.entries[self.entries.len() - 1].1)
+            }
+        }
+    }
+
     /// Inserts `rec` under `id`, which must not be present (look it up first).
     pub fn insert_new(&mut self, id: InstanceId, rec: Record) {
         debug_assert!(self.position(&id).is_none(), "insert_new of a present key");
@@ -75,14 +102,12 @@ impl Instances {
             // fills, in exchange for no slack worth mentioning once it has.
             self.entries.reserve_exact((len / 8).max(1));
         }
-        let hash = self.hasher.hash_one(&id);
         self.entries.push((id, rec));
         match &mut self.index {
             Some(index) => {
-                let Instances {
-                    entries, hasher, ..
-                } = self;
-                index.insert_unique(hash, len as u32, |&i| {
+                let Index { slots, hasher } = &mut **index;
+                let entries = &self.entries;
+                slots.insert_unique(hasher.hash_one(&entries[len].0), len as u32, |&i| {
                     hasher.hash_one(&entries[i as usize].0)
                 });
             }
@@ -96,13 +121,13 @@ impl Instances {
         let at = self.position(key)?;
         let last = self.entries.len() - 1;
         if let Some(index) = &mut self.index {
-            let h = self.hasher.hash_one(&self.entries[at].0);
-            if let Ok(slot) = index.find_entry(h, |&i| i as usize == at) {
+            let h = index.hasher.hash_one(&self.entries[at].0);
+            if let Ok(slot) = index.slots.find_entry(h, |&i| i as usize == at) {
                 slot.remove();
             }
             if at != last {
-                let h = self.hasher.hash_one(&self.entries[last].0);
-                if let Some(slot) = index.find_mut(h, |&i| i as usize == last) {
+                let h = index.hasher.hash_one(&self.entries[last].0);
+                if let Some(slot) = index.slots.find_mut(h, |&i| i as usize == last) {
                     *slot = at as u32;
                 }
             }
@@ -143,14 +168,15 @@ impl Instances {
     }
 
     fn rebuild_index(&mut self) {
-        let mut index = HashTable::with_capacity(self.entries.len());
-        let (hasher, entries) = (&self.hasher, &self.entries);
+        let mut slots = HashTable::with_capacity(self.entries.len());
+        let hasher = SeededState::default();
+        let entries = &self.entries;
         for (i, (k, _)) in entries.iter().enumerate() {
-            index.insert_unique(hasher.hash_one(k), i as u32, |&j| {
+            slots.insert_unique(hasher.hash_one(k), i as u32, |&j| {
                 hasher.hash_one(&entries[j as usize].0)
             });
         }
-        self.index = Some(index);
+        self.index = Some(Box::new(Index { slots, hasher }));
     }
 
     fn shrink_after_removal(&mut self) {

@@ -337,21 +337,14 @@ impl Store {
                 .or_insert_with(Service::new),
         };
         let key = svc.intern(idref);
-        let old = match svc.instances.get_mut(&key) {
-            Some(slot) => Some(std::mem::replace(slot, rec)),
-            None => {
-                let id = InstanceId {
-                    ip: key.ip.to_owned(),
-                    cluster: key.cluster,
-                    port: key.port,
-                };
-                svc.instances.insert_new(id, rec);
-                None
-            }
+        let own = |key: &IdRef| InstanceId {
+            ip: key.ip.to_owned(),
+            cluster: key.cluster,
+            port: key.port,
         };
+        let (old, rec) = svc.instances.upsert(&key, own, rec);
         svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
         svc.cache = OnceLock::new();
-        let rec = svc.instances.get(&key).expect("the record was just put");
         self.next_due_ms[shard_index(name)].fetch_min(self.due_ms(rec), Ordering::Relaxed);
         let was_alive = old.as_ref().is_some_and(|o| o.alive);
         match (was_alive, rec.alive) {
