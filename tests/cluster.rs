@@ -1220,3 +1220,58 @@ async fn pipelined_writes_to_one_key_apply_in_the_order_sent() {
     );
     tc.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_registrations_through_a_non_owner_share_forward_frames() {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    let _serial = serial().await;
+    let tc = TestCluster::start(3).await;
+    let svc = name("gathered");
+    let view = tc.store(1).ownership();
+    // 200 keys owned by node 2, each in a Register frame of its own, pipelined to node 1.
+    let keys = keys_owned_by(&view, 2, &svc, 11, 200);
+    let before = tc.cluster(1).stats.snapshot().forwards;
+    let mut out = bytes::BytesMut::new();
+    for (id, k) in (1u32..).zip(&keys) {
+        let msg = Message::Register(Register {
+            session_bound: false,
+            instances: vec![inst(k, long_lease())],
+        });
+        distro::wire::encode_frame_into(&mut out, id, 0, &msg);
+    }
+    let mut stream = tokio::net::TcpStream::connect(tc.addr(1)).await.unwrap();
+    stream.write_all(&out).await.unwrap();
+    let (rd, _wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, distro::wire::FrameCodec::default());
+    for _ in 0..keys.len() {
+        let f = tokio::time::timeout(Duration::from_secs(20), frames.next())
+            .await
+            .expect("every registration is answered")
+            .expect("the connection stays open")
+            .expect("a good frame");
+        assert_eq!(
+            f.message().unwrap(),
+            Message::Ack(1),
+            "request {}",
+            f.request_id
+        );
+    }
+    // Each was applied by the owner before its answer, whatever frame it travelled in.
+    for k in &keys {
+        let rec = tc
+            .store(2)
+            .get(k)
+            .expect("the owner holds every registration");
+        assert!(rec.alive && rec.version.origin == 2, "{}", key_string(k));
+    }
+    let forwards = tc.cluster(1).stats.snapshot().forwards - before;
+    eprintln!("200 pipelined registrations forwarded in {forwards} frames");
+    assert!(
+        (1..200).contains(&forwards),
+        "{forwards} forward frames for 200 pipelined registrations: none were gathered"
+    );
+    tc.shutdown().await;
+}

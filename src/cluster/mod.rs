@@ -2,6 +2,7 @@
 //! digest verify and pull, the streamed load of a starting node, and handoff.
 //!
 //! - [`auth`]: the peer handshake (HMAC challenge-response with the cluster token).
+//! - [`gather`]: registers forwarded to one owner at once, sent as one frame.
 //! - [`link`]: an authenticated outbound connection to a peer, with request deadlines.
 //! - [`peer_session`]: serving what peers send on the peer port.
 //! - [`sync`]: the sync outbox (one encoded batch for all peers).
@@ -13,6 +14,7 @@
 //! peers dialed, served by [`peer_session`].
 
 pub mod auth;
+mod gather;
 pub mod link;
 pub mod peer_session;
 pub mod stats;
@@ -114,6 +116,7 @@ pub struct Cluster {
     view_lock: tokio::sync::Mutex<()>,
     ownership_changed_ms: AtomicU64,
     forwards: Semaphore,
+    gather: gather::Gather,
     pub stats: Stats,
 }
 
@@ -162,6 +165,7 @@ impl Cluster {
             view_lock: tokio::sync::Mutex::new(()),
             ownership_changed_ms: AtomicU64::new(0),
             forwards: Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
+            gather: gather::Gather::default(),
             stats: Stats::default(),
         })
     }
@@ -741,24 +745,34 @@ impl Cluster {
         })
     }
 
-    /// Splits items by owner: this node's are returned under its own id.
+    /// Splits items by owner: this node's are returned under its own id. (A few owners at
+    /// most, one for a single-instance request: a list beats a map.)
     fn by_owner<T>(
         &self,
         items: impl IntoIterator<Item = (usize, T)>,
         key: impl Fn(&T) -> (&str, u16),
-    ) -> HashMap<NodeId, Vec<(usize, T)>> {
+    ) -> Vec<(NodeId, Vec<(usize, T)>)> {
         let o = self.store.ownership();
-        let mut groups: HashMap<NodeId, Vec<(usize, T)>> = HashMap::default();
+        let mut groups: Vec<(NodeId, Vec<(usize, T)>)> = Vec::new();
         for (i, item) in items {
             let (ip, port) = key(&item);
-            groups.entry(o.owner(ip, port)).or_default().push((i, item));
+            let owner = o.owner(ip, port);
+            match groups.iter_mut().find(|(id, _)| *id == owner) {
+                Some((_, group)) => group.push((i, item)),
+                None => groups.push((owner, vec![(i, item)])),
+            }
         }
         groups
     }
 
     /// Registers instances at their owners (this node's directly, the rest forwarded, batched
-    /// per owner); answers once every owner has applied its share.
-    pub async fn register(&self, instances: &[Instance], session: u64) -> Result<u32, ErrorBody> {
+    /// per owner and gathered with other forwards to it, see [`gather`]); answers once every
+    /// owner has applied its share.
+    pub async fn register(
+        self: &Arc<Self>,
+        instances: &[Instance],
+        session: u64,
+    ) -> Result<u32, ErrorBody> {
         let me = self.config.node_id;
         let groups = self.by_owner(instances.iter().enumerate(), |i| (&i.key.ip, i.key.port));
         let mut remote = Vec::new();
@@ -773,17 +787,11 @@ impl Cluster {
                 self.store
                     .note_client_beats(items.iter().map(|(_, i)| &i.key));
                 let batch: Vec<Instance> = items.into_iter().map(|(_, i)| i.clone()).collect();
-                remote.push(self.forward(
-                    owner,
-                    Message::FwdRegister {
-                        session,
-                        instances: batch,
-                    },
-                ));
+                remote.push(self.forward_register(owner, session, batch));
             }
         }
         for r in join_all(remote).await {
-            expect_ack(r?)?;
+            r?;
         }
         Ok(instances.len() as u32)
     }

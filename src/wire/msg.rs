@@ -201,6 +201,24 @@ impl Instance {
 
     pub const MIN_LEN: usize = InstanceKey::MIN_LEN + 8 + 1 + 12 + 2;
 
+    /// The length of [`Instance::encode`]'s output.
+    pub fn encoded_len(&self) -> usize {
+        let k = &self.key;
+        let texts = [
+            &k.service.namespace,
+            &k.service.group,
+            &k.service.service,
+            &k.cluster,
+            &k.ip,
+        ];
+        let meta: usize = self
+            .metadata
+            .iter()
+            .map(|(k, v)| 4 + k.len() + v.len())
+            .sum();
+        Self::MIN_LEN + texts.iter().map(|t| t.len()).sum::<usize>() + meta
+    }
+
     pub fn encode(&self, out: &mut BytesMut) {
         self.key.encode(out);
         out.put_f64(self.weight);
