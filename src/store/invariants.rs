@@ -89,6 +89,7 @@ impl Store {
             // Per owner, per bucket: the live keys there, to name them when a bucket is off.
             let mut bucket_keys: HashMap<(NodeId, usize), Vec<String>> = HashMap::default();
             for (name, svc) in &shard.services {
+                let name = &name.to_name();
                 let here = format!("service {name} (shard {index})");
                 let home = self.shard_index(name);
                 if home != index {

@@ -15,12 +15,14 @@
 //! - [`record`]: the stored record, compact instance ids (cluster index, IPv4 inline), the
 //!   canonical key hash.
 //! - [`instances`]: one service's records, with no hash-table slack for small services.
+//! - [`name`]: a service's name as a map key, its three parts in one allocation.
 //! - [`digest`]: order-independent bucket digests.
 //! - [`invariants`]: `Store::check_invariants`, a from-scratch recheck for tests and fuzzing.
 
 pub mod digest;
 mod instances;
 pub mod invariants;
+mod name;
 pub mod record;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +31,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use crate::hash::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 use instances::Instances;
+use name::StoredName;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::{Clock, Hlc};
@@ -220,7 +223,7 @@ impl Service {
 }
 
 struct Shard {
-    services: HashMap<ServiceName, Service>,
+    services: HashMap<StoredName, Service>,
     /// Per owner: digests of the live records it owns (under this node's view).
     digests: HashMap<NodeId, Digest>,
     /// Key hash -> when (ms) a client connected here registered or beat a key this node held
@@ -333,7 +336,7 @@ impl Store {
         let svc = match services.get_mut(name) {
             Some(s) => s,
             None => services
-                .entry(compact_name(name))
+                .entry(StoredName::new(name))
                 .or_insert_with(Service::new),
         };
         let key = svc.intern(idref);
@@ -776,7 +779,7 @@ impl Store {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap();
             for (name, svc) in &shard.services {
-                if *name.namespace != *namespace {
+                if name.namespace() != namespace {
                     continue;
                 }
                 let (mut instances, mut healthy) = (0u32, 0u32);
@@ -786,8 +789,8 @@ impl Store {
                 }
                 if instances > 0 {
                     all.push(ServiceSummary {
-                        group: name.group.clone(),
-                        service: name.service.clone(),
+                        group: Text::from(name.group()),
+                        service: Text::from(name.service()),
                         instances,
                         healthy,
                     });
@@ -969,7 +972,9 @@ impl Store {
             let mut shard = shard.write().unwrap();
             let shard = &mut *shard;
             shard.digests.clear();
-            for (name, svc) in shard.services.iter_mut() {
+            for (stored, svc) in shard.services.iter_mut() {
+                // Made only for the few services with records to hand off.
+                let mut name = None;
                 let mut restamped = false;
                 let Service {
                     instances,
@@ -991,6 +996,7 @@ impl Store {
                             // may have made while it could not see the client (a partition).
                             let restamp = r.renewed_here_as_owner(now);
                             r.renewed_as_owner = false;
+                            let name = name.get_or_insert_with(|| stored.to_name());
                             if restamp {
                                 r.version = self.next_version();
                                 self.observer.local_write(name, id, r);
@@ -1010,7 +1016,7 @@ impl Store {
                             .add(r.key_hash, r.digest_term());
                     }
                 }
-                if restamped {
+                if let (true, Some(name)) = (restamped, &name) {
                     svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
                     svc.cache = OnceLock::new();
                     self.observer.service_changed(name);
@@ -1093,7 +1099,7 @@ impl Store {
                     self.live.fetch_sub(n, Ordering::Relaxed);
                     svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
                     svc.cache = OnceLock::new();
-                    self.observer.service_changed(name);
+                    self.observer.service_changed(&name.to_name());
                     if svc.instances.is_empty() {
                         emptied.push(name.clone());
                     }
@@ -1111,8 +1117,9 @@ impl Store {
         let mut batch = RecordBatch::default();
         let shard = self.shards[shard].read().unwrap();
         for (name, svc) in &shard.services {
+            let name = name.to_name();
             for (id, r) in &svc.instances {
-                batch.push(name, id_text(&svc.clusters, id).view(), r);
+                batch.push(&name, id_text(&svc.clusters, id).view(), r);
             }
         }
         batch
@@ -1132,8 +1139,10 @@ impl Store {
     ) {
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap();
-            for (name, svc) in &shard.services {
+            for (stored, svc) in &shard.services {
+                let mut name = None;
                 for (id, r) in svc.instances.iter().filter(|(_, r)| keep(r)) {
+                    let name = name.get_or_insert_with(|| stored.to_name());
                     f(name, id_text(&svc.clusters, id).view(), r);
                 }
             }
@@ -1166,21 +1175,12 @@ fn shard_index(name: &ServiceName) -> usize {
 }
 
 /// The key of the instance `id` of service `name`.
-fn instance_key(name: &ServiceName, id: InstanceIdRef) -> InstanceKey {
+fn instance_key(name: &StoredName, id: InstanceIdRef) -> InstanceKey {
     InstanceKey {
-        service: name.clone(),
+        service: name.to_name(),
         cluster: Text::from(id.cluster),
         ip: Text::from(id.ip),
         port: id.port,
-    }
-}
-
-/// A copy of the name that owns its bytes (a decoded name borrows the whole frame).
-fn compact_name(name: &ServiceName) -> ServiceName {
-    ServiceName {
-        namespace: Text::from(name.namespace.as_str()),
-        group: Text::from(name.group.as_str()),
-        service: Text::from(name.service.as_str()),
     }
 }
 
