@@ -11,6 +11,34 @@ use distro::server::Server;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+unsafe extern "C" {
+    // mimalloc's option interface (linked in by the `mimalloc` crate).
+    fn mi_option_get(option: std::ffi::c_int) -> std::ffi::c_long;
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_generic_collect` in mimalloc 3 (the version the `mimalloc` crate builds).
+const MI_OPTION_GENERIC_COLLECT: std::ffi::c_int = 34;
+/// Its default there, which identifies the option before it is changed.
+const GENERIC_COLLECT_DEFAULT: std::ffi::c_long = 10_000;
+/// How often (in allocations that miss the fast path) a thread collects its heap and lets
+/// empty pages go. At the default, a node that had just loaded 1,000,000 instances kept ~35 MB
+/// of free pages resident for good (199 MB against 164 MB at this setting, measured in the
+/// 1M-instance benchmark of BENCHMARKS.md); throughput did not change measurably.
+const GENERIC_COLLECT: std::ffi::c_long = 1_000;
+
+/// Makes the allocator give free pages back sooner. Runs first thing in `main`, before any
+/// other thread exists (mimalloc's option setter is not thread-safe). Leaves the allocator
+/// alone if the option at that index is not the one expected (another mimalloc version).
+fn tune_allocator() {
+    // SAFETY: plain C calls with integer arguments; no other thread runs yet.
+    unsafe {
+        if mi_option_get(MI_OPTION_GENERIC_COLLECT) == GENERIC_COLLECT_DEFAULT {
+            mi_option_set(MI_OPTION_GENERIC_COLLECT, GENERIC_COLLECT);
+        }
+    }
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "distrod", version, about = "A Distro registry node")]
 struct Args {
@@ -82,6 +110,7 @@ impl Args {
 }
 
 fn main() {
+    tune_allocator();
     let args = Args::parse();
     let config = match args.into_config() {
         Ok(c) => c,
