@@ -1,11 +1,13 @@
-//! A service's name as the store keeps it: the three parts in one allocation.
+//! A service's name as the store keeps it: the three parts together, inline when short.
 //!
 //! A [`ServiceName`] is three [`Text`]s of 32 bytes each, each pointing at its own allocation:
 //! as the key of 100,000 services that is ~150 bytes a service, and comparing a key touches
-//! three places in memory. A [`StoredName`] is one pointer to `[ns len][group len][ns][group]
-//! [service]` (every part is at most [`NAME_LEN_MAX`] = 255 bytes, so a length fits a byte), and
-//! it hashes exactly as the [`ServiceName`] it was made from, so the store's maps are looked
-//! up with the name of a request as it is.
+//! three places in memory. A [`StoredName`] holds the parts and their lengths (every part is at
+//! most [`NAME_LEN_MAX`] = 255 bytes, so a length fits a byte) in the map's own slot when they
+//! add up to at most [`INLINE_MAX`] bytes (`public` / `DEFAULT_GROUP` / a 17-byte service), in
+//! one allocation otherwise; comparing a key then costs no memory access beyond the slot. It
+//! hashes exactly as the [`ServiceName`] it was made from, so the store's maps are looked up
+//! with the name of a request as it is.
 
 use std::hash::{Hash, Hasher};
 
@@ -13,34 +15,60 @@ use hashbrown::Equivalent;
 
 use crate::wire::{NAME_LEN_MAX, ServiceName, Text};
 
+/// Names whose parts add up to at most this many bytes are kept inline; the value is 40 bytes
+/// either way.
+pub const INLINE_MAX: usize = 36;
+
+/// Equal names are always in the same form (the form follows from the length, and unused
+/// inline bytes are zero), so the derived equality is the names' equality.
 #[derive(Clone, PartialEq, Eq)]
-pub struct StoredName(Box<[u8]>);
+pub enum StoredName {
+    /// The lengths of namespace, group and service, then the parts, then zeros.
+    Inline([u8; 3], [u8; INLINE_MAX]),
+    /// `[namespace len][group len][namespace][group][service]`.
+    Boxed(Box<[u8]>),
+}
 
 impl StoredName {
     pub fn new(name: &ServiceName) -> StoredName {
-        let (ns, group, svc) = (
+        let parts = [
             name.namespace.as_bytes(),
             name.group.as_bytes(),
             name.service.as_bytes(),
-        );
+        ];
         // The decoder and the validator keep every part within NAME_LEN_MAX; a longer one here
         // is a bug, not input.
         assert!(
-            ns.len() <= NAME_LEN_MAX && group.len() <= NAME_LEN_MAX,
+            parts.iter().all(|p| p.len() <= NAME_LEN_MAX),
             "a service name part longer than {NAME_LEN_MAX} bytes"
         );
-        let mut b = Vec::with_capacity(2 + ns.len() + group.len() + svc.len());
-        b.push(ns.len() as u8);
-        b.push(group.len() as u8);
-        b.extend_from_slice(ns);
-        b.extend_from_slice(group);
-        b.extend_from_slice(svc);
-        StoredName(b.into_boxed_slice())
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total <= INLINE_MAX {
+            let mut bytes = [0u8; INLINE_MAX];
+            let mut at = 0;
+            for p in parts {
+                bytes[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            return StoredName::Inline(parts.map(|p| p.len() as u8), bytes);
+        }
+        let mut b = Vec::with_capacity(2 + total);
+        b.push(parts[0].len() as u8);
+        b.push(parts[1].len() as u8);
+        for p in parts {
+            b.extend_from_slice(p);
+        }
+        StoredName::Boxed(b.into_boxed_slice())
     }
 
     fn parts(&self) -> [&[u8]; 3] {
-        let (ns, group) = (self.0[0] as usize, self.0[1] as usize);
-        let rest = &self.0[2..];
+        let (ns, group, rest) = match self {
+            StoredName::Inline([ns, group, svc], bytes) => {
+                let end = (*ns + *group) as usize + *svc as usize;
+                (*ns as usize, *group as usize, &bytes[..end])
+            }
+            StoredName::Boxed(b) => (b[0] as usize, b[1] as usize, &b[2..]),
+        };
         [&rest[..ns], &rest[ns..ns + group], &rest[ns + group..]]
     }
 
@@ -112,6 +140,9 @@ mod tests {
         let long = "s".repeat(NAME_LEN_MAX);
         let names = [
             ServiceName::new("public", "DEFAULT_GROUP", "orders"),
+            // 36 bytes (inline) and 37 (boxed), alike in the first 36.
+            ServiceName::new("public", "DEFAULT_GROUP", "seventeen-bytes-x"),
+            ServiceName::new("public", "DEFAULT_GROUP", "seventeen-bytes-xy"),
             ServiceName::new("", "", ""),
             ServiceName::new("ab", "c", ""),
             ServiceName::new("a", "bc", ""),
@@ -119,8 +150,15 @@ mod tests {
             ServiceName::new("名前", "グループ", "サービス"),
         ];
         let h = SeededState::default();
+        assert_eq!(std::mem::size_of::<StoredName>(), 40);
         for n in &names {
             let s = StoredName::new(n);
+            let len = n.namespace.len() + n.group.len() + n.service.len();
+            assert_eq!(
+                matches!(s, StoredName::Inline(..)),
+                len <= INLINE_MAX,
+                "{n:?}"
+            );
             assert_eq!(s.to_name(), *n);
             assert_eq!(h.hash_one(&s), h.hash_one(n), "{n:?}");
             for other in &names {
