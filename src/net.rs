@@ -91,15 +91,7 @@ pub async fn write_frames(
         };
         let Some(first) = first else { break };
         buf.extend_from_slice(&first);
-        drain_into(&mut buf, &mut rx, batch_bytes);
-        if buf.len() < batch_bytes {
-            // Let the tasks that are ready to run queue their frames too before the write: one
-            // socket write (and one wake-up of the reader on the other side) for all of them
-            // instead of one per frame. Costs a trip through the scheduler when nothing else is
-            // ready.
-            tokio::task::yield_now().await;
-            drain_into(&mut buf, &mut rx, batch_bytes);
-        }
+        gather_queued(&mut buf, &mut rx, batch_bytes).await;
         if wr.write_all(&buf).await.is_err() {
             break;
         }
@@ -122,8 +114,24 @@ pub(crate) fn recycle_write_buf(buf: &mut bytes::BytesMut) {
     }
 }
 
+/// Appends the frames queued on `rx` to `buf` (up to about `limit` bytes), then lets the tasks
+/// that are ready to run queue theirs too and appends those: one socket write (and one wake-up
+/// of the reader on the other side) for all of them instead of one per frame. Costs a trip
+/// through the scheduler when nothing else is ready.
+pub(crate) async fn gather_queued(
+    buf: &mut bytes::BytesMut,
+    rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    limit: usize,
+) {
+    drain_into(buf, rx, limit);
+    if buf.len() < limit {
+        tokio::task::yield_now().await;
+        drain_into(buf, rx, limit);
+    }
+}
+
 /// Appends the frames already queued on `rx` to `buf` until it holds `limit` bytes.
-pub(crate) fn drain_into(
+fn drain_into(
     buf: &mut bytes::BytesMut,
     rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>,
     limit: usize,

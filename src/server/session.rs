@@ -407,13 +407,7 @@ async fn write_loop(
             a = answers.recv() => match a {
                 Some(b) => {
                     buf.extend_from_slice(&b);
-                    crate::net::drain_into(&mut buf, &mut answers, WRITE_BATCH_BYTES);
-                    if buf.len() < WRITE_BATCH_BYTES {
-                        // As in `net::write_frames`: let the reader and the writes in flight
-                        // queue their answers too, then write them all at once.
-                        tokio::task::yield_now().await;
-                        crate::net::drain_into(&mut buf, &mut answers, WRITE_BATCH_BYTES);
-                    }
+                    crate::net::gather_queued(&mut buf, &mut answers, WRITE_BATCH_BYTES).await;
                 }
                 None => {
                     if !buf.is_empty() {
