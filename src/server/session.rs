@@ -208,7 +208,7 @@ impl Session {
                 for i in &reg.instances {
                     if reg.session_bound {
                         self.bound.insert(i.key.to_owned_compact());
-                    } else {
+                    } else if !self.bound.is_empty() {
                         self.bound.remove(&i.key);
                     }
                 }
