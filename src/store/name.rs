@@ -2,10 +2,10 @@
 //!
 //! A [`ServiceName`] is three [`Text`]s of 32 bytes each, each pointing at its own allocation:
 //! as the key of 100,000 services that is ~150 bytes a service, and comparing a key touches
-//! three places in memory. A [`StoredName`] holds the parts and their lengths (every part is at
-//! most [`NAME_LEN_MAX`] = 255 bytes, so a length fits a byte) in the map's own slot when they
-//! add up to at most [`INLINE_MAX`] bytes (`public` / `DEFAULT_GROUP` / a 17-byte service), in
-//! one allocation otherwise; comparing a key then costs no memory access beyond the slot. It
+//! three places in memory. A [`StoredName`] holds the parts and their lengths in the map's own
+//! slot when they add up to at most [`INLINE_MAX`] bytes (`public` / `DEFAULT_GROUP` / a 17-byte
+//! service), in one allocation otherwise; comparing a short key then costs no memory access
+//! beyond the slot. It
 //! hashes exactly as the [`ServiceName`] it was made from, so the store's maps are looked up
 //! with the name of a request as it is.
 
@@ -13,7 +13,7 @@ use std::hash::{Hash, Hasher};
 
 use hashbrown::Equivalent;
 
-use crate::wire::{NAME_LEN_MAX, ServiceName, Text};
+use crate::wire::{ServiceName, Text};
 
 /// Names whose parts add up to at most this many bytes are kept inline; the value is 40 bytes
 /// either way.
@@ -25,8 +25,13 @@ pub const INLINE_MAX: usize = 36;
 pub enum StoredName {
     /// The lengths of namespace, group and service, then the parts, then zeros.
     Inline([u8; 3], [u8; INLINE_MAX]),
-    /// `[namespace len][group len][namespace][group][service]`.
+    /// `[namespace len: u32 LE][group len: u32 LE][namespace][group][service]`.
     Boxed(Box<[u8]>),
+}
+
+/// A boxed name's length field at `at`.
+fn len_at(b: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("four bytes")) as usize
 }
 
 impl StoredName {
@@ -36,12 +41,6 @@ impl StoredName {
             name.group.as_bytes(),
             name.service.as_bytes(),
         ];
-        // The decoder and the validator keep every part within NAME_LEN_MAX; a longer one here
-        // is a bug, not input.
-        assert!(
-            parts.iter().all(|p| p.len() <= NAME_LEN_MAX),
-            "a service name part longer than {NAME_LEN_MAX} bytes"
-        );
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if total <= INLINE_MAX {
             let mut bytes = [0u8; INLINE_MAX];
@@ -52,9 +51,9 @@ impl StoredName {
             }
             return StoredName::Inline(parts.map(|p| p.len() as u8), bytes);
         }
-        let mut b = Vec::with_capacity(2 + total);
-        b.push(parts[0].len() as u8);
-        b.push(parts[1].len() as u8);
+        let mut b = Vec::with_capacity(8 + total);
+        b.extend_from_slice(&(parts[0].len() as u32).to_le_bytes());
+        b.extend_from_slice(&(parts[1].len() as u32).to_le_bytes());
         for p in parts {
             b.extend_from_slice(p);
         }
@@ -64,10 +63,10 @@ impl StoredName {
     fn parts(&self) -> [&[u8]; 3] {
         let (ns, group, rest) = match self {
             StoredName::Inline([ns, group, svc], bytes) => {
-                let end = (*ns + *group) as usize + *svc as usize;
-                (*ns as usize, *group as usize, &bytes[..end])
+                let (ns, group, svc) = (*ns as usize, *group as usize, *svc as usize);
+                (ns, group, &bytes[..ns + group + svc])
             }
-            StoredName::Boxed(b) => (b[0] as usize, b[1] as usize, &b[2..]),
+            StoredName::Boxed(b) => (len_at(b, 0), len_at(b, 4), &b[8..]),
         };
         [&rest[..ns], &rest[ns..ns + group], &rest[ns + group..]]
     }
@@ -134,10 +133,13 @@ mod tests {
 
     use super::*;
     use crate::hash::SeededState;
+    use crate::wire::NAME_LEN_MAX;
 
     #[test]
     fn a_stored_name_keeps_its_parts_and_hashes_as_the_name_it_came_from() {
         let long = "s".repeat(NAME_LEN_MAX);
+        // Longer than the wire allows: a library caller may still hand one to the store.
+        let longer = "l".repeat(70_000);
         let names = [
             ServiceName::new("public", "DEFAULT_GROUP", "orders"),
             // 36 bytes (inline) and 37 (boxed), alike in the first 36.
@@ -147,6 +149,7 @@ mod tests {
             ServiceName::new("ab", "c", ""),
             ServiceName::new("a", "bc", ""),
             ServiceName::new(&long, &long, &long),
+            ServiceName::new(&longer, "g", &longer),
             ServiceName::new("名前", "グループ", "サービス"),
         ];
         let h = SeededState::default();
