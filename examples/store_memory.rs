@@ -3,12 +3,12 @@
 //! memory target in BENCHMARKS.md) and prints the growth of the process's resident set.
 //!
 //! `cargo run --release --example store_memory [instances]`
+//!
+//! The instances are those of the store benches (`benches/common`), so the two measure the
+//! same data.
 
-use std::sync::Arc;
-
-use distro::clock::Clock;
-use distro::store::{NoObserver, Store};
-use distro::wire::{Instance, InstanceKey, ServiceName, Text};
+#[path = "../benches/common/mod.rs"]
+mod common;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc; // as distrod
@@ -36,25 +36,11 @@ fn main() {
         }),
     };
     let before = rss_bytes();
-    let store = Store::new(1, Clock::system(), Arc::new(NoObserver));
-    for i in 0..n {
-        let key = InstanceKey {
-            service: ServiceName::new("public", "DEFAULT_GROUP", &format!("svc-{:06}", i / 10)),
-            cluster: Text::from_static("DEFAULT"),
-            ip: Text::from(format!(
-                "10.{}.{}.{}",
-                (i >> 16) & 255,
-                (i >> 8) & 255,
-                i & 255
-            )),
-            port: 8080,
-        };
-        store.register(&Instance::new(key), 0);
-    }
+    let store = common::filled_store(n);
     let after = rss_bytes();
     println!(
         "{n} instances in {} services: {} bytes of RSS per instance ({} -> {} bytes)",
-        n.div_ceil(10),
+        n.div_ceil(common::PER_SERVICE),
         (after - before) / n.max(1),
         before,
         after
