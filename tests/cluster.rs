@@ -1145,65 +1145,71 @@ async fn measure_join_load_1m() {
 
 // ---- pipelining ---------------------------------------------------------------------------
 
+/// Sends `requests` (request ids 1, 2, ...) to the client port at `addr` in one write, without
+/// waiting in between, and answers each request's id with its answer, as they came back.
+async fn pipeline(addr: std::net::SocketAddr, requests: &[Message]) -> Vec<(u32, Message)> {
+    use futures_util::StreamExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    let mut out = bytes::BytesMut::new();
+    for (id, msg) in (1u32..).zip(requests) {
+        distro::wire::encode_frame_into(&mut out, id, 0, msg);
+    }
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&out).await.unwrap();
+    let (rd, _wr) = stream.into_split();
+    let mut frames = FramedRead::new(rd, distro::wire::FrameCodec::default());
+    let mut answers = Vec::with_capacity(requests.len());
+    for _ in requests {
+        let f = tokio::time::timeout(Duration::from_secs(20), frames.next())
+            .await
+            .expect("every pipelined request is answered")
+            .expect("the connection stays open")
+            .expect("a good frame");
+        answers.push((f.request_id, f.message().unwrap()));
+    }
+    answers
+}
+
+fn register_one(k: &InstanceKey) -> Message {
+    Message::Register(Register {
+        session_bound: false,
+        instances: vec![inst(k, long_lease())],
+    })
+}
+
 /// A clustered node runs a connection's forwarded writes concurrently, but writes to the same
 /// key still apply in the order the client sent them: a pipelined register → deregister →
 /// register → deregister of one key, sent to a node that does not own it, ends deregistered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_writes_to_one_key_apply_in_the_order_sent() {
-    use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
-    use tokio_util::codec::FramedRead;
-
     let _serial = serial().await;
     let tc = TestCluster::start(3).await;
     let svc = name("pipelined");
     let view = tc.store(1).ownership();
     // Keys owned by node 2, written through node 1: every write is forwarded.
     let keys = keys_owned_by(&view, 2, &svc, 9, 20);
-    let mut stream = tokio::net::TcpStream::connect(tc.addr(1)).await.unwrap();
-    let mut out = bytes::BytesMut::new();
-    let mut id = 1u32;
+    let mut requests = Vec::new();
     let rounds = 4; // register, deregister, register, deregister
     for round in 0..rounds {
         for k in &keys {
-            let msg = if round % 2 == 0 {
-                Message::Register(Register {
-                    session_bound: false,
-                    instances: vec![inst(k, long_lease())],
-                })
+            requests.push(if round % 2 == 0 {
+                register_one(k)
             } else {
                 Message::Deregister(vec![k.clone()])
-            };
-            distro::wire::encode_frame_into(&mut out, id, 0, &msg);
-            id += 1;
+            });
         }
     }
     // Plus one last register of the first key only: it must end alive.
-    let survivor = keys[0].clone();
-    distro::wire::encode_frame_into(
-        &mut out,
-        id,
-        0,
-        &Message::Register(Register {
-            session_bound: false,
-            instances: vec![inst(&survivor, long_lease())],
-        }),
-    );
-    stream.write_all(&out).await.unwrap();
-    let (rd, _wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, distro::wire::FrameCodec::default());
+    requests.push(register_one(&keys[0]));
     let mut answered = std::collections::BTreeSet::new();
-    while answered.len() < id as usize {
-        let f = tokio::time::timeout(Duration::from_secs(20), frames.next())
-            .await
-            .expect("every pipelined write is answered")
-            .expect("the connection stays open")
-            .expect("a good frame");
-        match f.message().unwrap() {
+    for (id, answer) in pipeline(tc.addr(1), &requests).await {
+        match answer {
             Message::Ack(_) => {}
-            other => panic!("write {} answered {other:?}", f.request_id),
+            other => panic!("write {id} answered {other:?}"),
         }
-        assert!(answered.insert(f.request_id), "answered twice");
+        assert!(answered.insert(id), "answered twice");
     }
     for (i, k) in keys.iter().enumerate() {
         let want_live = i == 0;
@@ -1223,10 +1229,6 @@ async fn pipelined_writes_to_one_key_apply_in_the_order_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_registrations_through_a_non_owner_share_forward_frames() {
-    use futures_util::StreamExt;
-    use tokio::io::AsyncWriteExt;
-    use tokio_util::codec::FramedRead;
-
     let _serial = serial().await;
     let tc = TestCluster::start(3).await;
     let svc = name("gathered");
@@ -1234,30 +1236,9 @@ async fn pipelined_registrations_through_a_non_owner_share_forward_frames() {
     // 200 keys owned by node 2, each in a Register frame of its own, pipelined to node 1.
     let keys = keys_owned_by(&view, 2, &svc, 11, 200);
     let before = tc.cluster(1).stats.snapshot().forwards;
-    let mut out = bytes::BytesMut::new();
-    for (id, k) in (1u32..).zip(&keys) {
-        let msg = Message::Register(Register {
-            session_bound: false,
-            instances: vec![inst(k, long_lease())],
-        });
-        distro::wire::encode_frame_into(&mut out, id, 0, &msg);
-    }
-    let mut stream = tokio::net::TcpStream::connect(tc.addr(1)).await.unwrap();
-    stream.write_all(&out).await.unwrap();
-    let (rd, _wr) = stream.into_split();
-    let mut frames = FramedRead::new(rd, distro::wire::FrameCodec::default());
-    for _ in 0..keys.len() {
-        let f = tokio::time::timeout(Duration::from_secs(20), frames.next())
-            .await
-            .expect("every registration is answered")
-            .expect("the connection stays open")
-            .expect("a good frame");
-        assert_eq!(
-            f.message().unwrap(),
-            Message::Ack(1),
-            "request {}",
-            f.request_id
-        );
+    let requests: Vec<Message> = keys.iter().map(register_one).collect();
+    for (id, answer) in pipeline(tc.addr(1), &requests).await {
+        assert_eq!(answer, Message::Ack(1), "request {id}");
     }
     // Each was applied by the owner before its answer, whatever frame it travelled in.
     for k in &keys {
