@@ -7,9 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use distro::cluster::sync::SyncOutbox;
+use distro::model::{InstanceKey, ServiceName};
 use distro::ownership::Ownership;
 use distro::store::{InstanceIdRef, Record};
-use distro::wire::{InstanceKey, Message, Opcode, ServiceName, SyncRecord};
+use distro::wire::{Message, Opcode, SyncRecord};
 use std::hint::black_box;
 
 fn ownership(c: &mut Criterion) {

@@ -4,7 +4,7 @@ mod common;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use distro::store::DIGEST_BUCKETS;
+use distro::model::DIGEST_BUCKETS;
 use distro::wire::{DigestMsg, Message, Register, encode_frame_into};
 use std::hint::black_box;
 

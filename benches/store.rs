@@ -6,8 +6,9 @@ mod common;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use distro::model::Text;
 use distro::ownership::Ownership;
-use distro::wire::{Query, Text};
+use distro::wire::Query;
 use std::hint::black_box;
 
 fn store_ops(c: &mut Criterion) {

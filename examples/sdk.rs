@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use distro::client::{Client, ClientConfig, service_name};
-use distro::wire::{Instance, InstanceKey};
+use distro::model::{Instance, InstanceKey};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

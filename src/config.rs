@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::ownership::NodeId;
+use crate::model::NodeId;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -128,7 +128,7 @@ impl Config {
         if !(100..=600_000).contains(&self.member_timeout_ms) {
             return invalid("member_timeout_ms", "must be 100..=600000");
         }
-        if self.members.len() > crate::wire::MEMBERS_MAX {
+        if self.members.len() > crate::model::MEMBERS_MAX {
             return invalid("members", "at most 256 members");
         }
         if !self.members.is_empty() && !self.members.contains(&self.peer_listen) {

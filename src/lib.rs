@@ -1,6 +1,8 @@
 //! Distro: a clustered, available-under-partition registry for ephemeral service instances.
 //!
 //! Module map:
+//! - [`model`]: the data model every part shares — names, keys, instances, leases, versions,
+//!   limits and the validation rules; the canonical key bytes and hashes.
 //! - [`wire`]: the binary protocol — frames, message bodies, the codec (`wire-spec.md`).
 //! - [`store`]: the in-memory registry — sharded records with versions, tombstones, leases,
 //!   per-service snapshots and bucket digests.
@@ -20,6 +22,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod hash;
+pub mod model;
 pub mod net;
 pub mod ownership;
 pub mod server;

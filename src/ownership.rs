@@ -8,35 +8,12 @@
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-/// Node ids are small integers, unique within a cluster, fixed for a node's life.
-pub type NodeId = u16;
+use crate::model::NodeId;
+use crate::model::key::{owner_score, with_owner_key};
 
 /// The rendezvous score of `node` for the key `ip:port`.
 pub fn score(ip: &str, port: u16, node: NodeId) -> u64 {
-    let mut buf = [0u8; crate::wire::IP_LEN_MAX + 6];
-    let key = owner_key(&mut buf, ip, port);
-    xxh3_64_with_seed(key, node as u64)
-}
-
-/// Writes `ip:port` into `buf` and returns it (no allocation on the hot path).
-fn owner_key<'a>(buf: &'a mut [u8; crate::wire::IP_LEN_MAX + 6], ip: &str, port: u16) -> &'a [u8] {
-    let ip = &ip.as_bytes()[..ip.len().min(crate::wire::IP_LEN_MAX)];
-    buf[..ip.len()].copy_from_slice(ip);
-    buf[ip.len()] = b':';
-    let mut digits = [0u8; 5];
-    let mut n = port;
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    let d = &digits[i..];
-    buf[ip.len() + 1..ip.len() + 1 + d.len()].copy_from_slice(d);
-    &buf[..ip.len() + 1 + d.len()]
+    owner_score(ip, port, node)
 }
 
 /// One node's view of which members are live, and so of who owns what.
@@ -78,16 +55,16 @@ impl Ownership {
         if self.live.len() == 1 {
             return self.live[0];
         }
-        let mut buf = [0u8; crate::wire::IP_LEN_MAX + 6];
-        let key = owner_key(&mut buf, ip, port);
-        let mut best = (0u64, 0 as NodeId);
-        for &node in &self.live {
-            let s = xxh3_64_with_seed(key, node as u64);
-            if (s, node) > best {
-                best = (s, node);
+        with_owner_key(ip, port, |key| {
+            let mut best = (0u64, 0 as NodeId);
+            for &node in &self.live {
+                let s = xxh3_64_with_seed(key, node as u64);
+                if (s, node) > best {
+                    best = (s, node);
+                }
             }
-        }
-        best.1
+            best.1
+        })
     }
 }
 
@@ -102,14 +79,6 @@ mod tests {
                 8080,
             )
         })
-    }
-
-    #[test]
-    fn owner_key_is_ip_colon_port() {
-        let mut buf = [0u8; crate::wire::IP_LEN_MAX + 6];
-        assert_eq!(owner_key(&mut buf, "10.0.0.1", 8080), b"10.0.0.1:8080");
-        assert_eq!(owner_key(&mut buf, "h", 0), b"h:0");
-        assert_eq!(owner_key(&mut buf, "::1", 65535), b"::1:65535");
     }
 
     #[test]

@@ -10,10 +10,10 @@ mod common;
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
 use distro::client::Client;
+use distro::model::{Instance, ServiceName};
 use distro::server::ServerHandle;
 use distro::wire::{
-    ErrorBody, ErrorCode, Instance, Message, Opcode, Query, Register, ServiceName, encode_frame,
-    encode_raw_frame_into,
+    ErrorBody, ErrorCode, Message, Opcode, Query, Register, encode_frame, encode_raw_frame_into,
 };
 use tokio::io::AsyncWriteExt;
 

@@ -13,8 +13,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::DEADLINE;
+use distro::model::{ServiceName, ServiceSnapshot};
 use distro::server::{Node, ServerHandle};
-use distro::wire::{Message, Opcode, Query, ServiceName, ServiceSnapshot};
+use distro::wire::{Message, Opcode, Query};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_distroctl");

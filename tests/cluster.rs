@@ -14,18 +14,17 @@ mod cluster_support;
 use std::time::Duration;
 
 use cluster_support::*;
-use distro::ownership::NodeId;
+use distro::model::NodeId;
+use distro::model::{Instance, InstanceKey, Version};
 use distro::store::digest::{BucketSet, bucket_of};
-use distro::wire::{
-    ErrorCode, Instance, InstanceKey, Message, Query, Register, SyncRecord, Version,
-};
+use distro::wire::{ErrorCode, Message, Query, Register, SyncRecord};
 use tokio::time::Instant;
 
 /// Registers `instances` through node `at`'s write path (forwarded to their owners), in frames
 /// of at most the batch limit, not session-bound. Retries what the SDK retries (a forward that
 /// timed out or lost its link answers "retry"), a few times, saying so.
 async fn register_via(tc: &TestCluster, at: NodeId, instances: &[Instance]) {
-    for chunk in instances.chunks(distro::wire::BATCH_INSTANCES_MAX) {
+    for chunk in instances.chunks(distro::model::BATCH_INSTANCES_MAX) {
         let mut attempt = 1;
         loop {
             match tc.cluster(at).register(chunk, 0).await {
@@ -50,7 +49,7 @@ async fn register_via(tc: &TestCluster, at: NodeId, instances: &[Instance]) {
     }
 }
 
-fn query(svc: &distro::wire::ServiceName, healthy_only: bool) -> Message {
+fn query(svc: &distro::model::ServiceName, healthy_only: bool) -> Message {
     Message::Query(Query {
         name: svc.clone(),
         cluster: "".into(),
@@ -59,7 +58,7 @@ fn query(svc: &distro::wire::ServiceName, healthy_only: bool) -> Message {
 }
 
 /// The `ip:port`s of a snapshot answered by a client query, sorted.
-fn addrs(snap: &distro::wire::ServiceSnapshot) -> Vec<String> {
+fn addrs(snap: &distro::model::ServiceSnapshot) -> Vec<String> {
     let mut v: Vec<String> = snap
         .instances
         .iter()

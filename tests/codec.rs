@@ -14,6 +14,7 @@ use proptest::sample::Index;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use tokio_util::codec::Decoder;
 
+use distro::model::*;
 use distro::wire::*;
 
 // ---------------------------------------------------------------------------------------------

@@ -241,10 +241,7 @@ fn kill_all_in(ns: &str) {
 
 /// The owner of `key` in a view where only `live` are up (the nodes' own rendezvous hashing).
 fn owner_in(live: &[usize], key: &Key) -> usize {
-    let live = live
-        .iter()
-        .map(|&n| n as distro::ownership::NodeId)
-        .collect();
+    let live = live.iter().map(|&n| n as distro::model::NodeId).collect();
     usize::from(distro::ownership::Ownership::new(live).owner(&key.0, key.1))
 }
 

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use distro::client::{Client, ClientConfig};
-use distro::wire::{Instance, InstanceKey, Lease, ServiceName};
+use distro::model::{Instance, InstanceKey, Lease, ServiceName};
 
 const DISTROD: &str = env!("CARGO_BIN_EXE_distrod");
 

@@ -12,9 +12,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use common::*;
 use distro::client::{ClientError, Subscription};
-use distro::wire::{
-    ErrorCode, Instance, InstanceView, Message, Query, Register, ServiceSnapshot, encode_frame_into,
-};
+use distro::model::{Instance, InstanceView, ServiceSnapshot};
+use distro::wire::{ErrorCode, Message, Query, Register, encode_frame_into};
 use tokio::time::Instant;
 
 fn meta(i: &InstanceView) -> BTreeMap<String, String> {
@@ -237,11 +236,11 @@ async fn list_services_pages_with_counts() {
     // down), one in group "a" (sorts first), and one in another namespace (never listed).
     let mut expected = Vec::new();
     let mut batch = Vec::new();
-    let a = distro::wire::ServiceName::new(ns, "a", "zeta");
+    let a = distro::model::ServiceName::new(ns, "a", "zeta");
     batch.push(inst(&a, "10.1.0.1", 1));
     expected.push(("a".to_string(), "zeta".to_string(), 1, 1));
     for s in 0..25u16 {
-        let svc = distro::wire::ServiceName::new(ns, "g", &format!("svc-{s:02}"));
+        let svc = distro::model::ServiceName::new(ns, "g", &format!("svc-{s:02}"));
         let n = (s % 3) as u32 + 1;
         for p in 0..n {
             let mut i = inst(&svc, "10.1.0.2", 1000 + p as u16);
@@ -481,7 +480,7 @@ async fn pushes_start_with_a_snapshot_grow_in_revision_and_coalesce() {
 
     // One more change later: one more push, newer still, with the current list.
     let last_rev = pushes.last().unwrap().revision;
-    let gone = distro::wire::InstanceKey {
+    let gone = distro::model::InstanceKey {
         service: svc.clone(),
         cluster: "DEFAULT".into(),
         ip: "10.2.0.1".into(),

@@ -15,13 +15,15 @@ use tokio_util::codec::Decoder;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use distro::clock::Clock;
+use distro::model::WEIGHT_MAX;
+use distro::model::*;
+use distro::model::{DIGEST_BUCKETS, key_hash};
 use distro::ownership::{Ownership, score};
 use distro::server::push::SUBSCRIPTIONS_PER_CONNECTION_MAX;
 use distro::server::session::BOUND_PER_SESSION_MAX;
-use distro::server::validate::WEIGHT_MAX;
 use distro::store::digest::bucket_of;
 use distro::store::record::digest_term;
-use distro::store::{DIGEST_BUCKETS, NoObserver, Store, TOMBSTONE_GRACE_MS, key_hash};
+use distro::store::{NoObserver, Store, TOMBSTONE_GRACE_MS};
 use distro::wire::*;
 
 fn spec() -> String {
@@ -854,6 +856,7 @@ fn limit_value(name: &str) -> Option<u64> {
             assert_eq!(WEIGHT_MAX.fract(), 0.0);
             WEIGHT_MAX as u64
         }
+        "LEASE_MS_MAX" => LEASE_MS_MAX as u64,
         "BOUND_PER_SESSION_MAX" => BOUND_PER_SESSION_MAX as u64,
         "SUBSCRIPTIONS_PER_CONNECTION_MAX" => SUBSCRIPTIONS_PER_CONNECTION_MAX as u64,
         "TOMBSTONE_GRACE_MS" => TOMBSTONE_GRACE_MS,

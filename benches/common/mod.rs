@@ -8,11 +8,11 @@
 use std::sync::Arc;
 
 use distro::clock::Clock;
-use distro::store::{NoObserver, Store};
-use distro::wire::{
-    Instance, InstanceKey, InstanceView, Lease, ServiceName, ServiceSnapshot, SyncRecord, Text,
-    Version,
+use distro::model::{
+    Instance, InstanceKey, InstanceView, Lease, ServiceName, ServiceSnapshot, Text, Version,
 };
+use distro::store::{NoObserver, Store};
+use distro::wire::SyncRecord;
 
 /// True under `cargo bench` (criterion's measuring mode).
 pub fn benchmarking() -> bool {

@@ -21,9 +21,11 @@ use bytes::{BufMut, Bytes, BytesMut};
 use distro::clock::{Clock, hlc_physical_ms};
 use distro::hash::HashSet;
 use distro::ownership::Ownership;
-use distro::store::digest::{BucketSet, DIGEST_BUCKETS, bucket_of};
+use distro::model::DIGEST_BUCKETS;
+use distro::store::digest::{BucketSet, bucket_of};
 use distro::store::{BeatOutcome, NoObserver, RecordBatch, SHARDS, Store, VERSION_FUTURE_MAX_MS};
-use distro::wire::{InstanceKey, Message, Opcode, Query, ServiceName, SyncRecord, Text, Version};
+use distro::wire::{Message, Opcode, Query, SyncRecord};
+use distro::model::{InstanceKey, ServiceName, Text, Version};
 use distro_fuzz::Input;
 use distro_fuzz::store_input::{OTHERS, Op, SELF, next_op};
 use libfuzzer_sys::fuzz_target;
@@ -92,7 +94,7 @@ fn merge_order_check(records: &[SyncRecord]) {
         backward.merge(r);
     });
     let now = forward.clock().now_ms();
-    let mut newest: std::collections::BTreeMap<String, distro::wire::Version> = Default::default();
+    let mut newest: std::collections::BTreeMap<String, distro::model::Version> = Default::default();
     for r in records {
         if hlc_physical_ms(r.version.hlc) > now + VERSION_FUTURE_MAX_MS {
             continue;
@@ -354,8 +356,8 @@ fn merge_checked(store: &Store, r: &SyncRecord) {
 /// A local write must win over every version the key had, or peers would refuse it.
 fn check_local_write(
     key: &InstanceKey,
-    before: Option<distro::wire::Version>,
-    after: distro::wire::Version,
+    before: Option<distro::model::Version>,
+    after: distro::model::Version,
 ) {
     if let Some(b) = before {
         assert!(

@@ -7,11 +7,8 @@
 //! rejects (empty names, control characters, port 0, leases below the floor, weights out of
 //! range) are in the pools on purpose.
 
-use distro::wire::{
-    BATCH_INSTANCES_MAX, DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, IP_LEN_MAX, Instance,
-    InstanceKey, Lease, ListServices, META_ENTRIES_MAX, Message, Metadata, NAME_LEN_MAX, PeerHello,
-    PullMsg, Query, Register, ServiceName, SyncRecord, Text, Version,
-};
+use distro::wire::{DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, ListServices, Message, PeerHello, PullMsg, Query, Register, SyncRecord};
+use distro::model::{BATCH_INSTANCES_MAX, IP_LEN_MAX, Instance, InstanceKey, Lease, META_ENTRIES_MAX, Metadata, NAME_LEN_MAX, ServiceName, Text, Version};
 
 use crate::Input;
 
@@ -135,7 +132,7 @@ pub fn metadata(inp: &mut Input) -> Metadata {
         .map(|_| {
             (
                 text(inp, META_KEYS, 255),
-                text(inp, META_VALUES, distro::wire::META_VALUE_LEN_MAX),
+                text(inp, META_VALUES, distro::model::META_VALUE_LEN_MAX),
             )
         })
         .collect()
@@ -304,7 +301,7 @@ pub fn peer_message(inp: &mut Input) -> Message {
             // A full digest (1024 buckets) of zeros, with a few buckets set from the input.
             let owner = inp.pick(&[0, 1, 2, 3]);
             let view_hash = view_hash(inp);
-            let mut buckets = vec![(0u32, 0u64); distro::store::DIGEST_BUCKETS];
+            let mut buckets = vec![(0u32, 0u64); distro::model::DIGEST_BUCKETS];
             let n = inp.u8() % 4;
             for _ in 0..n {
                 let b = inp.u16() as usize % buckets.len();

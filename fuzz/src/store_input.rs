@@ -25,13 +25,13 @@ pub enum Op {
     RawRecords(Vec<u8>),
     /// A local register (the instance as generated; the store itself does not validate).
     Register {
-        instance: distro::wire::Instance,
+        instance: distro::model::Instance,
         session: u64,
     },
-    Deregister(distro::wire::InstanceKey),
-    Beat(distro::wire::InstanceKey),
+    Deregister(distro::model::InstanceKey),
+    Beat(distro::model::InstanceKey),
     LapseSession {
-        key: distro::wire::InstanceKey,
+        key: distro::model::InstanceKey,
         session: u64,
     },
     /// A new view: [`SELF`] and the members of `OTHERS` whose bit is set.
@@ -52,7 +52,7 @@ pub enum Op {
     },
     /// Reads through the snapshot cache (which `check_invariants` then checks).
     Query {
-        name: distro::wire::ServiceName,
+        name: distro::model::ServiceName,
         cluster_filter: bool,
         healthy_only: bool,
     },

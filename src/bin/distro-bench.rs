@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use distro::client::{Client, ClientConfig, Conn};
-use distro::wire::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, Lease, Message, Query, Register,
-    ServiceName, ServiceSnapshot, Text,
+use distro::model::{
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot,
+    Text,
 };
+use distro::wire::{Message, Query, Register};
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use distro::client::{Client, ClientConfig, service_name};
-use distro::wire::{Instance, InstanceKey, InstanceView, Lease, ServiceName, ServiceSnapshot};
+use distro::model::{Instance, InstanceKey, InstanceView, Lease, ServiceName, ServiceSnapshot};
 use serde_json::{Value, json};
 
 #[global_allocator]

@@ -13,9 +13,9 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::ClientError;
+use crate::model::ServiceSnapshot;
 use crate::wire::{
-    FRAME_LEN_MAX, FrameCodec, Hello, HelloOk, Message, PROTOCOL_VERSION, ServiceSnapshot,
-    encode_frame_into,
+    FRAME_LEN_MAX, FrameCodec, Hello, HelloOk, Message, PROTOCOL_VERSION, encode_frame_into,
 };
 
 /// Requests queued for the writer before callers wait.

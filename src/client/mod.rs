@@ -3,7 +3,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), distro::client::ClientError> {
 //! use distro::client::{Client, ClientConfig};
-//! use distro::wire::{Instance, InstanceKey, ServiceName};
+//! use distro::model::{Instance, InstanceKey, ServiceName};
 //!
 //! let client = Client::connect(ClientConfig::new(["127.0.0.1:8858"])).await?;
 //! let name = ServiceName::new("public", "DEFAULT_GROUP", "orders");
@@ -42,10 +42,11 @@ use tracing::{debug, info, warn};
 pub use conn::Conn;
 pub use error::ClientError;
 
-use crate::wire::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, ListServices, Message, Query,
-    Register, ServiceList, ServiceName, ServiceSnapshot, Text,
+use crate::model::{
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, ServiceList, ServiceName,
+    ServiceSnapshot, Text,
 };
+use crate::wire::{ListServices, Message, Query, Register};
 
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
@@ -323,7 +324,7 @@ impl Client {
 
     /// Every service of a namespace (all pages).
     pub async fn all_services(&self, namespace: &str) -> Result<ServiceList, ClientError> {
-        let page_size = crate::wire::PAGE_SIZE_MAX as u16;
+        let page_size = crate::model::PAGE_SIZE_MAX as u16;
         let mut first = self.list_services(namespace, 0, page_size).await?;
         let mut page = 1;
         while (first.services.len() as u32) < first.total {
@@ -375,7 +376,7 @@ impl Client {
     }
 
     /// The connected node's view of the cluster.
-    pub async fn cluster_status(&self) -> Result<crate::wire::ClusterStatus, ClientError> {
+    pub async fn cluster_status(&self) -> Result<crate::model::ClusterStatus, ClientError> {
         match self.inner.call(&Message::ClusterStatus).await? {
             Message::ClusterStatusResult(s) => Ok(s),
             other => Err(unexpected(other)),

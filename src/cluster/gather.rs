@@ -16,8 +16,9 @@ use tokio::sync::oneshot;
 
 use super::{Cluster, expect_ack};
 use crate::hash::HashMap;
-use crate::ownership::NodeId;
-use crate::wire::{BATCH_INSTANCES_MAX, ErrorBody, ErrorCode, Instance, Message};
+use crate::model::NodeId;
+use crate::model::{BATCH_INSTANCES_MAX, Instance};
+use crate::wire::{ErrorBody, ErrorCode, Message};
 
 /// A gathered frame stays below this many bytes of instances (a single forward larger than it
 /// goes alone; it came in a client frame, so it fits in a peer frame).
@@ -119,7 +120,7 @@ fn frames_of(waiting: Vec<Waiting>) -> Vec<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{InstanceKey, ServiceName, Text};
+    use crate::model::{InstanceKey, ServiceName, Text};
 
     fn waiting(n: usize, meta_bytes: usize) -> Waiting {
         let instances = (0..n)

@@ -31,13 +31,15 @@ use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::model::NodeId;
+use crate::model::key_hash;
+use crate::model::{ClusterStatus, Instance, InstanceKey, MemberStatus};
 use crate::net::{Dialer, Listener};
-use crate::ownership::{NodeId, Ownership};
+use crate::ownership::Ownership;
 use crate::store::digest::BucketSet;
-use crate::store::{Bucket, Digest, Store, key_hash};
+use crate::store::{Bucket, Digest, Store};
 use crate::wire::{
-    ClusterStatus, DigestMsg, ErrorBody, ErrorCode, FLAG_MORE, Instance, InstanceKey, MemberStatus,
-    Message, Opcode, PullMsg, SyncRecord, encode_frame,
+    DigestMsg, ErrorBody, ErrorCode, FLAG_MORE, Message, Opcode, PullMsg, SyncRecord, encode_frame,
 };
 pub use auth::Identity;
 use link::{Link, PeerError};
@@ -466,7 +468,7 @@ impl Cluster {
             Stats::add(&self.stats.digest_view_mismatches, 1);
             return;
         }
-        if d.buckets.len() != crate::store::DIGEST_BUCKETS {
+        if d.buckets.len() != crate::model::DIGEST_BUCKETS {
             return;
         }
         let theirs = Digest {
@@ -535,7 +537,7 @@ impl Cluster {
         let mut rx = link.call_stream(&req, STREAM_FRAME_TIMEOUT).await?;
         let mut present = HashSet::default();
         // The owner's version of each record it sent, by key hash.
-        let mut theirs: HashMap<u64, crate::wire::Version> = HashMap::default();
+        let mut theirs: HashMap<u64, crate::model::Version> = HashMap::default();
         let mut repaired = 0;
         loop {
             let msg = self.next_streamed(&link, &mut rx, "pull").await?;
@@ -875,7 +877,7 @@ impl Cluster {
                     self.store.note_session_gone(k, session);
                 }
                 let batch: Vec<InstanceKey> = items.into_iter().map(|(_, k)| k).collect();
-                for chunk in batch.chunks(crate::wire::BATCH_INSTANCES_MAX) {
+                for chunk in batch.chunks(crate::model::BATCH_INSTANCES_MAX) {
                     remote.push(self.forward(
                         owner,
                         Message::FwdLapse {

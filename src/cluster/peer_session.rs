@@ -221,11 +221,8 @@ async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sende
         Message::Ping(n) => Message::Pong(n),
         Message::FwdRegister { session, instances } => {
             let floor = cluster.config.lease_floor_ms;
-            if let Some(e) = instances
-                .iter()
-                .find_map(|i| crate::server::validate::instance(i, floor).err())
-            {
-                Message::Error(ErrorBody::new(ErrorCode::InvalidArgument, e))
+            if let Some(e) = instances.iter().find_map(|i| i.validate(floor).err()) {
+                Message::Error(ErrorBody::new(ErrorCode::InvalidArgument, e.to_string()))
             } else {
                 // A forward is applied here whoever owns the key by this node's view: it is
                 // never forwarded again; the next digest round settles any disagreement.

@@ -7,8 +7,9 @@ use std::sync::Mutex;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 
+use crate::model::ServiceName;
 use crate::store::{InstanceIdRef, Record, RecordBatch};
-use crate::wire::{Opcode, ServiceName, encode_raw_frame_into};
+use crate::wire::{Opcode, encode_raw_frame_into};
 
 /// A batch is flushed early once its records take this many bytes. Keeps frames far below the
 /// frame limit and bounds the memory of the open batch.

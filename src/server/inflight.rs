@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::hash::HashMap;
-use crate::store::key_hash;
-use crate::wire::InstanceKey;
+use crate::model::InstanceKey;
+use crate::model::key_hash;
 
 /// Writes one connection may have in flight. Beyond it the connection stops reading until one
 /// completes, so a client cannot make a node hold unbounded work for it.

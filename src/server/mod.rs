@@ -5,12 +5,10 @@
 //! - [`session`]: one client connection — decode, handle, answer, push.
 //! - [`push`]: subscriptions and coalesced, bounded pushes.
 //! - [`inflight`]: concurrent writes of one connection, in order per key.
-//! - [`validate`]: the checks a write passes before it touches the store.
 
 pub mod inflight;
 pub mod push;
 pub mod session;
-pub mod validate;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,9 +24,10 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
+use crate::model::{InstanceKey, ServiceName};
 use crate::net::{Dialer, Listener};
 use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
-use crate::wire::{ErrorBody, ErrorCode, InstanceKey, Register, ServiceName};
+use crate::wire::{ErrorBody, ErrorCode, Register};
 use push::Subscriptions;
 
 /// How long shutdown waits for connections and tasks to finish and flush.
@@ -119,8 +118,8 @@ impl Node {
     /// Applies a Register; `session` is the connection's session id (used if session-bound).
     pub async fn register(&self, reg: &Register, session: u64) -> Result<u32, ErrorBody> {
         for inst in &reg.instances {
-            validate::instance(inst, self.config.lease_floor_ms)
-                .map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m))?;
+            inst.validate(self.config.lease_floor_ms)
+                .map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m.to_string()))?;
         }
         let bound = if reg.session_bound { session } else { 0 };
         if let Some(c) = &self.cluster {
@@ -135,7 +134,8 @@ impl Node {
     /// Applies a Deregister; answers how many instances existed and were removed.
     pub async fn deregister(&self, keys: &[InstanceKey]) -> Result<u32, ErrorBody> {
         for k in keys {
-            validate::key(k).map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m))?;
+            k.validate()
+                .map_err(|m| ErrorBody::new(ErrorCode::InvalidArgument, m.to_string()))?;
         }
         if let Some(c) = &self.cluster {
             return c.deregister(keys).await;
@@ -338,16 +338,16 @@ async fn accept_loop(node: &Arc<Node>, listener: Box<dyn Listener>) {
 
 impl Node {
     /// This node's view of the cluster (a standalone node is a cluster of one).
-    pub fn cluster_status(&self) -> crate::wire::ClusterStatus {
+    pub fn cluster_status(&self) -> crate::model::ClusterStatus {
         if let Some(c) = &self.cluster {
             return c.status();
         }
         let n = self.store.len() as u64;
-        crate::wire::ClusterStatus {
+        crate::model::ClusterStatus {
             node_id: self.config.node_id,
             ready: self.is_ready(),
             instances: n,
-            members: vec![crate::wire::MemberStatus {
+            members: vec![crate::model::MemberStatus {
                 id: self.config.node_id,
                 addr: self.config.listen.to_string().into(),
                 up: true,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use crate::hash::{HashMap, HashSet};
 use tokio::sync::Notify;
 
-use crate::wire::ServiceName;
+use crate::model::ServiceName;
 
 /// Services one connection may subscribe to: bounds the pending set and the fan-out table.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 10_000;

@@ -22,11 +22,11 @@ use tracing::{debug, info};
 use super::Node;
 use super::inflight::InFlight;
 use super::push::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
+use crate::model::{InstanceKey, PAGE_SIZE_MAX, ServiceName, Text};
 use crate::net::{BoxStream, StreamWriter};
 use crate::wire::{
-    ErrorBody, ErrorCode, FRAME_LEN_MAX, Frame, FrameCodec, HelloOk, InstanceKey, Message, Opcode,
-    PAGE_SIZE_MAX, PROTOCOL_VERSION, Query, ServiceName, Text, WireError,
-    codec::encode_raw_frame_into, encode_frame,
+    ErrorBody, ErrorCode, FRAME_LEN_MAX, Frame, FrameCodec, HelloOk, Message, Opcode,
+    PROTOCOL_VERSION, Query, WireError, codec::encode_raw_frame_into, encode_frame,
 };
 
 /// Answers queued for the writer. When full the reader stops reading: a client that sends
@@ -174,7 +174,7 @@ impl Session {
                     node_id: self.node.config.node_id,
                     ready: self.node.is_ready(),
                     frame_len_max: FRAME_LEN_MAX as u32,
-                    batch_instances_max: crate::wire::BATCH_INSTANCES_MAX as u16,
+                    batch_instances_max: crate::model::BATCH_INSTANCES_MAX as u16,
                     lease_floor_ms: self.node.config.lease_floor_ms,
                 };
                 self.send(rid, &Message::HelloOk(ok)).await
@@ -207,7 +207,7 @@ impl Session {
                 // session).
                 for i in &reg.instances {
                     if reg.session_bound {
-                        self.bound.insert(i.key.to_owned_compact());
+                        self.bound.insert(i.key.compact());
                     } else if !self.bound.is_empty() {
                         self.bound.remove(&i.key);
                     }

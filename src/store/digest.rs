@@ -6,9 +6,9 @@
 //! digest is built in O(buckets), whatever the number of instances. Two copies agree on a bucket
 //! exactly when they hold the same (key, version) pairs there, up to a 64-bit collision.
 
-/// Buckets per owner. A verify round sends 12 bytes per bucket: 12 KiB per owner.
-pub const DIGEST_BUCKETS: usize = 1024;
+use crate::model::DIGEST_BUCKETS;
 
+/// The bucket of a record (a verify round sends 12 bytes per bucket: 12 KiB per owner).
 pub fn bucket_of(key_hash: u64) -> usize {
     (key_hash % DIGEST_BUCKETS as u64) as usize
 }

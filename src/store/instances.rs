@@ -208,8 +208,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::model::{Lease, Version};
     use crate::store::record::IpRef;
-    use crate::wire::{Lease, Version};
 
     /// Distinct keys for distinct `n`: IPv4 and text addresses, two clusters, a few ports.
     fn id(n: u16) -> InstanceId {

@@ -23,11 +23,14 @@ use std::sync::atomic::Ordering;
 use crate::hash::HashMap;
 use bytes::Bytes;
 
-use super::digest::{DIGEST_BUCKETS, bucket_of};
+use super::digest::bucket_of;
 use super::record::{IpKey, IpRef};
-use super::{Digest, InstanceId, InstanceIdRef, Record, Service, Store, id_text, key_hash};
-use crate::ownership::NodeId;
-use crate::wire::{InstanceView, Message, Opcode, ServiceName, ServiceSnapshot, Text};
+use super::{Digest, InstanceId, InstanceIdRef, Record, Service, Store, id_text};
+use crate::model::DIGEST_BUCKETS;
+use crate::model::NodeId;
+use crate::model::key_hash;
+use crate::model::{InstanceView, ServiceName, ServiceSnapshot, Text};
+use crate::wire::{Message, Opcode};
 
 /// At most this many problems are listed in one error (the first ones usually explain the rest).
 const PROBLEMS_MAX: usize = 32;

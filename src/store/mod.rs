@@ -32,18 +32,21 @@ use crate::hash::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 use instances::Instances;
 use name::StoredName;
-use xxhash_rust::xxh3::xxh3_64;
 
 use crate::clock::{Clock, Hlc};
-use crate::ownership::{NodeId, Ownership};
+use crate::model::NodeId;
+use crate::model::key_hash;
+use crate::model::{
+    Instance, InstanceKey, ServiceList, ServiceName, ServiceSnapshot, ServiceSummary, Text, Version,
+};
+use crate::ownership::Ownership;
 use crate::wire::{
-    Instance, InstanceKey, Query, ServiceList, ServiceName, ServiceSnapshot, ServiceSummary,
-    SyncRecord, Text, Version, encode_instance_view, encode_key_parts, encode_record_tail,
+    Query, SyncRecord, encode_instance_view, encode_key_parts, encode_record_tail,
     record_status_bits,
 };
-pub use digest::{Bucket, DIGEST_BUCKETS, Digest};
+pub use digest::{Bucket, Digest};
 use record::{IdRef, IpRef, IpText};
-pub use record::{InstanceId, InstanceIdRef, Record, StoredMetadata, key_hash};
+pub use record::{InstanceId, InstanceIdRef, Record, StoredMetadata};
 
 /// Number of lock stripes (a power of two). 64 keeps contention negligible on machines with
 /// tens of cores while the per-shard digest tables stay small.
@@ -1161,17 +1164,9 @@ impl Store {
     }
 }
 
-/// The shard of a service: xxh3 of its name's wire encoding (three `u16`-length strings).
+/// The shard of a service: the hash of its canonical bytes (namespace, group, service).
 fn shard_index(name: &ServiceName) -> usize {
-    let mut buf = [0u8; 3 * (2 + crate::wire::NAME_LEN_MAX)];
-    let mut at = 0;
-    for s in [&name.namespace, &name.group, &name.service] {
-        let b = &s.as_bytes()[..s.len().min(crate::wire::NAME_LEN_MAX)];
-        buf[at..at + 2].copy_from_slice(&(b.len() as u16).to_be_bytes());
-        buf[at + 2..at + 2 + b.len()].copy_from_slice(b);
-        at += 2 + b.len();
-    }
-    (xxh3_64(&buf[..at]) as usize) & (SHARDS - 1)
+    (crate::model::service_hash(name) as usize) & (SHARDS - 1)
 }
 
 /// The key of the instance `id` of service `name`.

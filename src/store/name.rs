@@ -13,7 +13,7 @@ use std::hash::{Hash, Hasher};
 
 use hashbrown::Equivalent;
 
-use crate::wire::{ServiceName, Text};
+use crate::model::{ServiceName, Text};
 
 /// Names whose parts add up to at most this many bytes are kept inline; the value is 40 bytes
 /// either way.
@@ -133,7 +133,7 @@ mod tests {
 
     use super::*;
     use crate::hash::SeededState;
-    use crate::wire::NAME_LEN_MAX;
+    use crate::model::NAME_LEN_MAX;
 
     #[test]
     fn a_stored_name_keeps_its_parts_and_hashes_as_the_name_it_came_from() {

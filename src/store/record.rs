@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::ownership::NodeId;
-use crate::wire::{Lease, ServiceName, Version};
+use crate::model::NodeId;
+use crate::model::{Lease, Version};
 
 /// Metadata as stored: sorted by key, shared between the record and every encoding of it.
 /// A thin pointer (the slice's length lives behind it): most records carry none, and the
@@ -193,7 +193,7 @@ pub struct InstanceIdRef<'a> {
 
 impl<'a> InstanceIdRef<'a> {
     /// The part of `key` below its service.
-    pub fn of(key: &'a crate::wire::InstanceKey) -> InstanceIdRef<'a> {
+    pub fn of(key: &'a crate::model::InstanceKey) -> InstanceIdRef<'a> {
         InstanceIdRef {
             cluster: &key.cluster,
             ip: &key.ip,
@@ -293,29 +293,6 @@ pub fn digest_term(key_hash: u64, version: Version) -> u64 {
     xxh3_64(&buf)
 }
 
-/// Longest canonical key: four names and an ip of at most 255 bytes, lengths, port.
-const KEY_BYTES_MAX: usize = 5 * (2 + 255) + 2;
-
-/// xxh3-64 of the key's canonical bytes, which are its wire encoding (an InstanceKey).
-pub fn key_hash(name: &ServiceName, cluster: &str, ip: &str, port: u16) -> u64 {
-    let mut buf = [0u8; KEY_BYTES_MAX];
-    let mut at = 0;
-    for s in [
-        name.namespace.as_str(),
-        name.group.as_str(),
-        name.service.as_str(),
-        cluster,
-        ip,
-    ] {
-        let b = &s.as_bytes()[..s.len().min(255)];
-        buf[at..at + 2].copy_from_slice(&(b.len() as u16).to_be_bytes());
-        buf[at + 2..at + 2 + b.len()].copy_from_slice(b);
-        at += 2 + b.len();
-    }
-    buf[at..at + 2].copy_from_slice(&port.to_be_bytes());
-    xxh3_64(&buf[..at + 2])
-}
-
 /// Sorts metadata by key, keeping the last value of a repeated key, and stores it compactly.
 pub fn store_metadata<K: AsRef<str>, V: AsRef<str>>(meta: &[(K, V)]) -> Option<StoredMetadata> {
     if meta.is_empty() {
@@ -334,7 +311,6 @@ pub fn store_metadata<K: AsRef<str>, V: AsRef<str>>(meta: &[(K, V)]) -> Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
 
     #[test]
     fn only_canonical_ipv4_text_is_kept_as_bytes_and_it_formats_back_identically() {
@@ -372,14 +348,6 @@ mod tests {
             assert_eq!(IpRef::parse(t), IpRef::Text(t), "{t:?}");
             assert_eq!(IpRef::parse(t).text().as_str(), t);
         }
-    }
-
-    #[test]
-    fn key_hash_is_xxh3_of_the_wire_encoded_key() {
-        let name = ServiceName::new("public", "DEFAULT_GROUP", "orders");
-        let mut wire = BytesMut::new();
-        crate::wire::encode_key_parts(&mut wire, &name, "DEFAULT", "10.0.0.1", 8080);
-        assert_eq!(key_hash(&name, "DEFAULT", "10.0.0.1", 8080), xxh3_64(&wire));
     }
 
     #[test]

@@ -7,17 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::hash::HashSet;
+use crate::model::DIGEST_BUCKETS;
 use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::digest::{BucketSet, bucket_of};
 use super::*;
 use crate::clock::Clock;
+use crate::model::{Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot, Text, Version};
 use crate::ownership::Ownership;
-use crate::wire::{
-    Instance, InstanceKey, Lease, Message, Opcode, Query, Reader, ServiceName, ServiceSnapshot,
-    SyncRecord, Text, Version,
-};
+use crate::wire::{Message, Opcode, Query, Reader, SyncRecord};
 
 /// The wall-clock reading every test store starts at (ms).
 const T0: u64 = 1_000_000;

@@ -4,84 +4,10 @@
 //! `u16` entry count and that many (key, value) string pairs. Lists carry their count before the
 //! items. The reader borrows: a decoded [`Text`] is a slice of the frame's `Bytes`, no copy.
 
-use std::fmt;
-
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::WireError;
-
-/// A UTF-8 string that borrows the frame it was decoded from.
-///
-/// Construction checks UTF-8 once; afterwards `as_str` is free.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Text(Bytes);
-
-impl Text {
-    pub const fn from_static(s: &'static str) -> Text {
-        Text(Bytes::from_static(s.as_bytes()))
-    }
-
-    /// Checks `bytes` for UTF-8 and wraps them without copying.
-    pub fn from_utf8(bytes: Bytes, what: &'static str) -> Result<Text, WireError> {
-        std::str::from_utf8(&bytes).map_err(|_| WireError::BadUtf8 { what })?;
-        Ok(Text(bytes))
-    }
-
-    pub fn as_str(&self) -> &str {
-        // SAFETY: every constructor either checked the bytes with `str::from_utf8` or took them
-        // from a `String`/`&str`, and the bytes are immutable afterwards.
-        unsafe { std::str::from_utf8_unchecked(&self.0) }
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-impl From<String> for Text {
-    fn from(s: String) -> Text {
-        Text(Bytes::from(s))
-    }
-}
-
-impl From<&str> for Text {
-    fn from(s: &str) -> Text {
-        Text(Bytes::copy_from_slice(s.as_bytes()))
-    }
-}
-
-impl AsRef<str> for Text {
-    fn as_ref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::ops::Deref for Text {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl fmt::Debug for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
-}
-
-impl fmt::Display for Text {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::model::Text;
 
 /// Reads primitives off a frame body; every read checks that the bytes are there first.
 pub struct Reader {
@@ -147,7 +73,7 @@ impl Reader {
             return Err(WireError::StringTooLong { what, len, max });
         }
         self.need(len, what)?;
-        Text::from_utf8(self.buf.split_to(len), what)
+        Text::from_utf8(self.buf.split_to(len)).map_err(|_| WireError::BadUtf8 { what })
     }
 
     /// `n` raw bytes, borrowed.
@@ -189,10 +115,5 @@ impl Reader {
 
 /// Appends a `u16`-length string. The caller has validated the length against the limits.
 pub fn put_text(out: &mut BytesMut, s: &str) {
-    debug_assert!(
-        s.len() <= u16::MAX as usize,
-        "string longer than u16 on encode"
-    );
-    out.put_u16(s.len() as u16);
-    out.put_slice(s.as_bytes());
+    crate::model::key::put_str(out, s);
 }

@@ -9,6 +9,9 @@
 //! - [`peer`]: the bodies of the cluster (peer-to-peer) messages.
 //! - [`codec`]: [`FrameCodec`], length-prefixed framing for `tokio_util::codec`.
 //! - [`error`]: [`WireError`], one variant per kind of malformed input.
+//!
+//! The limits a decoder enforces on names, batches and pages are the model's
+//! ([`crate::model::limits`]); the frame-level ones are here.
 
 pub mod buf;
 pub mod codec;
@@ -16,7 +19,7 @@ pub mod error;
 pub mod msg;
 pub mod peer;
 
-pub use buf::{Reader, Text};
+pub use buf::Reader;
 pub use codec::{Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into};
 pub use error::WireError;
 pub use msg::*;
@@ -32,21 +35,6 @@ pub const LEN_PREFIX: usize = 4;
 /// node buffer; sync batches and snapshot chunks are cut well below it.
 pub const FRAME_LEN_MAX: usize = 8 << 20;
 
-/// Namespace, group, service and cluster names: at most this many bytes.
-pub const NAME_LEN_MAX: usize = 255;
-/// An instance's ip (or host name): at most this many bytes.
-pub const IP_LEN_MAX: usize = 255;
-/// Metadata entries per instance. Metadata is pushed to every subscriber on every change, so it
-/// is kept to what discovery needs.
-pub const META_ENTRIES_MAX: usize = 64;
-pub const META_KEY_LEN_MAX: usize = 255;
-pub const META_VALUE_LEN_MAX: usize = 4096;
-/// Instances in one Register or Deregister frame.
-pub const BATCH_INSTANCES_MAX: usize = 4096;
-/// Keys in one Beat frame: a client renews everything it holds in one frame per interval.
-pub const BEAT_KEYS_MAX: usize = 16384;
-/// Services in one ListServices page.
-pub const PAGE_SIZE_MAX: usize = 1000;
 /// Bytes of an Error frame's message and of a client name.
 pub const MESSAGE_LEN_MAX: usize = 1024;
 

@@ -2,37 +2,25 @@
 //!
 //! `encode` appends the body to a buffer; `decode` reads it from a frame body with every length
 //! and count checked against both its limit and the bytes present. Layouts are in `wire-spec.md`.
+//! The data model's types ([`crate::model`]) get their encodings here, beside the messages that
+//! carry them; the canonical key bytes (an InstanceKey's encoding) come from [`crate::model::key`].
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::buf::{Reader, Text, put_text};
+use super::buf::{Reader, put_text};
 use super::peer::{
     decode_instances, decode_keys, decode_records, encode_instances, encode_keys, encode_records,
     fixed,
 };
 use super::*;
-
-/// namespace / group / service: the name of a service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServiceName {
-    pub namespace: Text,
-    pub group: Text,
-    pub service: Text,
-}
+use crate::model::{
+    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceList, ServiceName,
+    ServiceSnapshot, ServiceSummary, Text, Version, key, limits::*,
+};
 
 impl ServiceName {
-    pub fn new(namespace: &str, group: &str, service: &str) -> ServiceName {
-        ServiceName {
-            namespace: namespace.into(),
-            group: group.into(),
-            service: service.into(),
-        }
-    }
-
     pub fn encode(&self, out: &mut BytesMut) {
-        put_text(out, &self.namespace);
-        put_text(out, &self.group);
-        put_text(out, &self.service);
+        key::put_service(out, self);
     }
 
     pub fn decode(r: &mut Reader) -> Result<ServiceName, WireError> {
@@ -44,44 +32,13 @@ impl ServiceName {
     }
 }
 
-impl std::fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}/{}", self.namespace, self.group, self.service)
-    }
-}
-
-/// The identity of an instance: (namespace, group, service, cluster, ip, port).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceKey {
-    pub service: ServiceName,
-    pub cluster: Text,
-    pub ip: Text,
-    pub port: u16,
-}
-
 impl InstanceKey {
     /// Smallest encoding: six empty strings' lengths and the port.
     pub const MIN_LEN: usize = 2 * 5 + 2;
 
+    /// The canonical key bytes (wire-spec.md §10.1).
     pub fn encode(&self, out: &mut BytesMut) {
-        self.service.encode(out);
-        put_text(out, &self.cluster);
-        put_text(out, &self.ip);
-        out.put_u16(self.port);
-    }
-
-    /// A copy that owns its bytes (a decoded key borrows the whole frame it came in).
-    pub fn to_owned_compact(&self) -> InstanceKey {
-        InstanceKey {
-            service: ServiceName::new(
-                &self.service.namespace,
-                &self.service.group,
-                &self.service.service,
-            ),
-            cluster: Text::from(self.cluster.as_str()),
-            ip: Text::from(self.ip.as_str()),
-            port: self.port,
-        }
+        key::put_key(out, &self.service, &self.cluster, &self.ip, self.port);
     }
 
     pub fn decode(r: &mut Reader) -> Result<InstanceKey, WireError> {
@@ -93,30 +50,6 @@ impl InstanceKey {
         })
     }
 }
-
-/// Lease settings of one instance, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Lease {
-    /// How often the client promises to beat.
-    pub beat_ms: u32,
-    /// No beat for this long: the instance is reported unhealthy.
-    pub unhealthy_ms: u32,
-    /// No beat for this long: the instance is removed.
-    pub expire_ms: u32,
-}
-
-impl Default for Lease {
-    fn default() -> Lease {
-        Lease {
-            beat_ms: 5_000,
-            unhealthy_ms: 15_000,
-            expire_ms: 30_000,
-        }
-    }
-}
-
-/// Metadata entries in wire order (the store keeps them sorted by key).
-pub type Metadata = Vec<(Text, Text)>;
 
 /// Appends a metadata map; generic so that the store encodes its own string types directly.
 pub fn encode_metadata<K: AsRef<str>, V: AsRef<str>>(out: &mut BytesMut, meta: &[(K, V)]) {
@@ -175,30 +108,7 @@ fn decode_weight(r: &mut Reader) -> Result<f64, WireError> {
     Ok(w)
 }
 
-/// One instance as a client registers it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Instance {
-    pub key: InstanceKey,
-    pub weight: f64,
-    pub healthy: bool,
-    pub enabled: bool,
-    pub lease: Lease,
-    pub metadata: Metadata,
-}
-
 impl Instance {
-    /// An instance with Nacos's defaults: weight 1.0, healthy, enabled, default lease.
-    pub fn new(key: InstanceKey) -> Instance {
-        Instance {
-            key,
-            weight: 1.0,
-            healthy: true,
-            enabled: true,
-            lease: Lease::default(),
-            metadata: Vec::new(),
-        }
-    }
-
     pub const MIN_LEN: usize = InstanceKey::MIN_LEN + 8 + 1 + 12 + 2;
 
     /// The length of [`Instance::encode`]'s output.
@@ -248,18 +158,6 @@ impl Instance {
             metadata,
         })
     }
-}
-
-/// One instance as a query or push shows it (the service name is in the enclosing snapshot).
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceView {
-    pub cluster: Text,
-    pub ip: Text,
-    pub port: u16,
-    pub weight: f64,
-    pub healthy: bool,
-    pub enabled: bool,
-    pub metadata: Metadata,
 }
 
 impl InstanceView {
@@ -315,15 +213,6 @@ pub fn encode_instance_view<K: AsRef<str>, V: AsRef<str>>(
     out.put_f64(weight);
     encode_status(out, healthy, enabled);
     encode_metadata(out, metadata);
-}
-
-/// A service's full instance list at one revision: the answer to Query and the body of Push.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceSnapshot {
-    pub name: ServiceName,
-    /// Grows with every change of the service on the node that sent it.
-    pub revision: u64,
-    pub instances: Vec<InstanceView>,
 }
 
 impl ServiceSnapshot {
@@ -398,21 +287,6 @@ pub struct ListServices {
     pub namespace: Text,
     pub page: u32,
     pub page_size: u16,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceSummary {
-    pub group: Text,
-    pub service: Text,
-    pub instances: u32,
-    pub healthy: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServiceList {
-    /// Services in the namespace, over all pages.
-    pub total: u32,
-    pub services: Vec<ServiceSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -751,7 +625,7 @@ impl Message {
             Opcode::Pull => {
                 let owner = r.u16("owner")?;
                 let n = r.u16("bucket count")? as usize;
-                let n = r.count(n, "buckets", crate::store::DIGEST_BUCKETS, 2)?;
+                let n = r.count(n, "buckets", DIGEST_BUCKETS, 2)?;
                 let mut buckets = Vec::with_capacity(n);
                 for _ in 0..n {
                     buckets.push(r.u16("bucket")?);
@@ -762,19 +636,6 @@ impl Message {
         r.finish()?;
         Ok(msg)
     }
-}
-
-/// A record's version: the owner's hybrid-logical-clock stamp, then the id of the node that made
-/// the write. Ordered lexicographically; a record replaces another only with a larger version.
-///
-/// Packed to 10 bytes (alignment 2): every stored record carries one, and the 6 bytes of
-/// padding a plain layout adds would cost 6 MB per million instances. Fields are read by
-/// value (a reference to `hlc` would be unaligned).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-#[repr(C, packed(2))]
-pub struct Version {
-    pub hlc: u64,
-    pub origin: u16,
 }
 
 pub const RECORD_ALIVE: u8 = 0x01;
@@ -905,8 +766,5 @@ pub fn encode_key_parts(
     ip: &str,
     port: u16,
 ) {
-    name.encode(out);
-    put_text(out, cluster);
-    put_text(out, ip);
-    out.put_u16(port);
+    key::put_key(out, name, cluster, ip, port);
 }

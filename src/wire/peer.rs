@@ -3,9 +3,13 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::buf::{Reader, Text, put_text};
-use super::msg::{Instance, InstanceKey, SyncRecord};
+use super::buf::{Reader, put_text};
+use super::msg::SyncRecord;
 use super::*;
+use crate::model::{
+    BATCH_INSTANCES_MAX, ClusterStatus, DIGEST_BUCKETS, Instance, InstanceKey, MEMBERS_MAX,
+    MemberStatus, NAME_LEN_MAX,
+};
 
 /// Bytes of a handshake nonce.
 pub const NONCE_LEN: usize = 16;
@@ -13,8 +17,6 @@ pub const NONCE_LEN: usize = 16;
 pub const MAC_LEN: usize = 32;
 /// Records in one record-carrying frame (SyncBatch, Records); frames are also cut by size.
 pub const RECORDS_PER_FRAME_MAX: usize = 65_536;
-/// Members a cluster may have (bounds ClusterStatus).
-pub const MEMBERS_MAX: usize = 256;
 
 /// First frame on a peer connection, from the dialing node.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,24 +53,6 @@ pub struct DigestMsg {
 pub struct PullMsg {
     pub owner: u16,
     pub buckets: Vec<u16>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemberStatus {
-    pub id: u16,
-    pub addr: Text,
-    pub up: bool,
-    /// Live instances it owns, as the answering node sees it.
-    pub owned: u64,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterStatus {
-    pub node_id: u16,
-    pub ready: bool,
-    /// Live instances the answering node holds.
-    pub instances: u64,
-    pub members: Vec<MemberStatus>,
 }
 
 pub(crate) fn fixed<const N: usize>(
@@ -147,7 +131,7 @@ impl DigestMsg {
         let owner = r.u16("owner")?;
         let view_hash = r.u64("view hash")?;
         let n = r.u16("bucket count")? as usize;
-        let n = r.count(n, "digest buckets", crate::store::DIGEST_BUCKETS, 12)?;
+        let n = r.count(n, "digest buckets", DIGEST_BUCKETS, 12)?;
         let mut buckets = Vec::with_capacity(n);
         for _ in 0..n {
             buckets.push((r.u32("bucket count")?, r.u64("bucket sum")?));

@@ -17,13 +17,12 @@ use bytes::BytesMut;
 use distro::client::{Client, ClientConfig};
 use distro::cluster::Cluster;
 use distro::config::Config;
-use distro::ownership::{NodeId, Ownership};
+use distro::model::NodeId;
+use distro::model::{Instance, InstanceKey, Lease, ServiceName, Version};
+use distro::ownership::Ownership;
 use distro::server::{Node, Server, ServerHandle};
 use distro::store::Store;
-use distro::wire::{
-    Frame, FrameCodec, Hello, HelloOk, Instance, InstanceKey, Lease, Message, PROTOCOL_VERSION,
-    ServiceName, Version, encode_frame,
-};
+use distro::wire::{Frame, FrameCodec, Hello, HelloOk, Message, PROTOCOL_VERSION, encode_frame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;

@@ -12,10 +12,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use distro::client::{Client, ClientConfig};
 use distro::config::Config;
+use distro::model::{Instance, InstanceKey, InstanceView, Lease, ServiceName, ServiceSnapshot};
 use distro::server::{Server, ServerHandle};
 use distro::wire::{
-    ErrorBody, Frame, FrameCodec, Hello, HelloOk, Instance, InstanceKey, InstanceView, Lease,
-    Message, PROTOCOL_VERSION, ServiceName, ServiceSnapshot, encode_frame,
+    ErrorBody, Frame, FrameCodec, Hello, HelloOk, Message, PROTOCOL_VERSION, encode_frame,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

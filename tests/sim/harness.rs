@@ -32,10 +32,10 @@ use std::time::{Duration, UNIX_EPOCH};
 use distro::client::{Client, ClientConfig};
 use distro::clock::Clock;
 use distro::config::Config;
+use distro::model::{Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot, Version};
 use distro::server::{Node, Server};
 use distro::wire::{
-    ErrorCode, FRAME_LEN_MAX, FrameCodec, Hello, Instance, InstanceKey, Lease, Message,
-    PROTOCOL_VERSION, Query, ServiceName, ServiceSnapshot, Version, encode_frame,
+    ErrorCode, FRAME_LEN_MAX, FrameCodec, Hello, Message, PROTOCOL_VERSION, Query, encode_frame,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
+use distro::model::*;
 use distro::wire::*;
 use distro_fuzz::WALL_START_MS as WALL_MS;
 use distro_fuzz::generate::{RAW_NAME, key_bytes};
@@ -456,7 +457,7 @@ fn write_peer_seeds(dir: &Path) {
         record("10.0.0.3", WALL_MS << 16, 2, true),
         record("10.0.0.4", (WALL_MS << 16) + 1, 3, false),
     ]));
-    let mut buckets = vec![(0u32, 0u64); distro::store::DIGEST_BUCKETS];
+    let mut buckets = vec![(0u32, 0u64); distro::model::DIGEST_BUCKETS];
     buckets[5] = (1, 0x1234);
     w.message(&Message::Digest(DigestMsg {
         owner: 0,
