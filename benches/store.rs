@@ -89,7 +89,15 @@ fn store_ops(c: &mut Criterion) {
     g.bench_function("query_cached", |b| {
         b.iter(|| {
             q = (q + 1) % queries.len();
-            black_box(store.query(&queries[q]).len())
+            black_box(
+                store
+                    .query(
+                        &queries[q].name,
+                        &queries[q].cluster,
+                        queries[q].healthy_only,
+                    )
+                    .len(),
+            )
         })
     });
     // A filtered query is encoded afresh every time.
@@ -103,7 +111,15 @@ fn store_ops(c: &mut Criterion) {
     g.bench_function("query_filtered", |b| {
         b.iter(|| {
             q = (q + 1) % filtered.len();
-            black_box(store.query(&filtered[q]).len())
+            black_box(
+                store
+                    .query(
+                        &filtered[q].name,
+                        &filtered[q].cluster,
+                        filtered[q].healthy_only,
+                    )
+                    .len(),
+            )
         })
     });
     g.finish();

@@ -11,19 +11,28 @@
 //!   logical clock that versions every write.
 //! - [`cluster`]: the Distro protocol between nodes — membership, forwarding, batched sync,
 //!   digest verify and pull, streamed load, handoff.
-//! - [`server`]: `distrod`'s listener, client sessions, request handling, subscriptions/push.
+//! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
+//!   task tracker) and its lease duty.
+//! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
+//!   query, list, subscribe, owner, status; model types in, `Rejection` out.
+//! - [`frontend`]: the protocols clients speak, each translating to the request API (the
+//!   binary protocol's client sessions).
+//! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
 //! - [`net`]: the transport seam (tokio TCP in production, simulated streams in tests).
 //! - [`hash`]: the node's hash maps, with one process-wide (settable) seed.
 //! - [`config`]: the node's settings (flags and TOML file) and their limits.
 
+pub mod api;
 pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod frontend;
 pub mod hash;
 pub mod model;
 pub mod net;
+pub mod node;
 pub mod ownership;
 pub mod server;
 pub mod store;

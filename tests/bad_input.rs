@@ -13,7 +13,7 @@ use distro::client::Client;
 use distro::model::{Instance, ServiceName};
 use distro::server::ServerHandle;
 use distro::wire::{
-    ErrorBody, ErrorCode, Message, Opcode, Query, Register, encode_frame, encode_raw_frame_into,
+    ErrorBody, ErrorCode, Message, Opcode, Register, encode_frame, encode_raw_frame_into,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -31,11 +31,7 @@ struct Scene {
 }
 
 fn store_query(h: &ServerHandle, svc: &ServiceName) -> Bytes {
-    h.node.store.query(&Query {
-        name: svc.clone(),
-        cluster: "".into(),
-        healthy_only: false,
-    })
+    h.node.store.query(svc, "", false)
 }
 
 impl Scene {
@@ -355,5 +351,18 @@ async fn a_reply_sent_as_a_request_is_refused_but_the_connection_stays() {
     }
     assert_eq!(raw.call(&Message::Ping(3)).await, Message::Pong(3));
     drop(raw);
+    scene.check_unharmed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_id_zero_ends_the_connection_at_connection_level() {
+    // Request id 0 is what pushes and connection-level errors carry: the node cannot answer
+    // such a request without the answer reading as "this connection is over", so it is.
+    let scene = Scene::new().await;
+    let ping = encode_frame(0, 0, &Message::Ping(7));
+    let e = scene
+        .expect_error(true, &ping, false, ErrorCode::NotAllowed, 0)
+        .await;
+    assert!(e.message.contains("request id 0"), "{e:?}");
     scene.check_unharmed().await;
 }

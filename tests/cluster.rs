@@ -14,6 +14,7 @@ mod cluster_support;
 use std::time::Duration;
 
 use cluster_support::*;
+use distro::api::Rejection;
 use distro::model::NodeId;
 use distro::model::{Instance, InstanceKey, Version};
 use distro::store::digest::{BucketSet, bucket_of};
@@ -29,21 +30,12 @@ async fn register_via(tc: &TestCluster, at: NodeId, instances: &[Instance]) {
         loop {
             match tc.cluster(at).register(chunk, 0).await {
                 Ok(_) => break,
-                Err(e)
-                    if attempt < 5
-                        && matches!(
-                            e.kind(),
-                            Some(ErrorCode::Timeout | ErrorCode::Overloaded | ErrorCode::NotReady)
-                        ) =>
-                {
-                    eprintln!(
-                        "register via node {at}, attempt {attempt}: {}; retrying",
-                        e.message
-                    );
+                Err(e) if attempt < 5 && Rejection::from(e.clone()).is_retryable() => {
+                    eprintln!("register via node {at}, attempt {attempt}: {e}; retrying");
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => panic!("register via node {at}: {}", e.message),
+                Err(e) => panic!("register via node {at}: {e}"),
             }
         }
     }

@@ -14,13 +14,13 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
+use distro::api::session::BOUND_PER_SESSION_MAX;
+use distro::api::subscriptions::SUBSCRIPTIONS_PER_CONNECTION_MAX;
 use distro::clock::Clock;
 use distro::model::WEIGHT_MAX;
 use distro::model::*;
 use distro::model::{DIGEST_BUCKETS, key_hash};
 use distro::ownership::{Ownership, score};
-use distro::server::push::SUBSCRIPTIONS_PER_CONNECTION_MAX;
-use distro::server::session::BOUND_PER_SESSION_MAX;
 use distro::store::digest::bucket_of;
 use distro::store::record::digest_term;
 use distro::store::{NoObserver, Store, TOMBSTONE_GRACE_MS};

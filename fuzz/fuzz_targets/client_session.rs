@@ -21,7 +21,9 @@ use bytes::BytesMut;
 use distro::clock::Clock;
 use distro::config::Config;
 use distro::net::BoxStream;
-use distro::server::{Node, session};
+use distro::api::Api;
+use distro::frontend::native::session;
+use distro::node::Node;
 use distro::wire::{Message, Query, encode_frame};
 use distro::model::{ServiceName, Text};
 use distro_fuzz::harness::{self, peer_addr, within_deadline};
@@ -58,7 +60,7 @@ async fn run(items: Vec<Item>) -> Vec<String> {
 
     let (client, server) = tokio::io::duplex(PIPE_BYTES);
     let serving = tokio::spawn(session::serve(
-        node.clone(),
+        Api::new(node.clone()),
         Box::new(server) as BoxStream,
         peer_addr(),
     ));
@@ -138,7 +140,7 @@ async fn query_on_a_fresh_session(node: &Arc<Node>) {
     let name = ServiceName::new("public", "DEFAULT_GROUP", "orders");
     let (client, server) = tokio::io::duplex(PIPE_BYTES);
     let serving = tokio::spawn(session::serve(
-        node.clone(),
+        Api::new(node.clone()),
         Box::new(server) as BoxStream,
         peer_addr(),
     ));

@@ -23,7 +23,7 @@ use distro::clock::Clock;
 use distro::cluster::{Cluster, auth, peer_session};
 use distro::config::Config;
 use distro::net::{BoxStream, Dialer};
-use distro::server::Node;
+use distro::node::Node;
 use distro::wire::{Frame, FrameCodec, Message, NONCE_LEN, PeerHello, encode_frame};
 use distro_fuzz::generate;
 use distro_fuzz::harness::{self, OneStream, within_deadline};

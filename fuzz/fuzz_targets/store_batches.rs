@@ -288,7 +288,7 @@ async fn apply_op(store: &Store, op: &Op) {
                 },
                 healthy_only: *healthy_only,
             };
-            match Message::decode(Opcode::QueryResult, store.query(&q)) {
+            match Message::decode(Opcode::QueryResult, store.query(&q.name, &q.cluster, q.healthy_only)) {
                 Ok(Message::QueryResult(s)) => assert_eq!(s.name, q.name),
                 other => panic!("the query answer for {q:?} decodes as {other:?}"),
             }

@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
-use super::{Cluster, expect_ack};
+use super::{Cluster, ForwardError, expect_ack};
 use crate::hash::HashMap;
 use crate::model::NodeId;
 use crate::model::{BATCH_INSTANCES_MAX, Instance};
-use crate::wire::{ErrorBody, ErrorCode, Message};
+use crate::wire::Message;
 
 /// A gathered frame stays below this many bytes of instances (a single forward larger than it
 /// goes alone; it came in a client frame, so it fits in a peer frame).
@@ -32,7 +32,7 @@ pub(super) struct Gather {
 
 struct Waiting {
     instances: Vec<Instance>,
-    done: oneshot::Sender<Result<(), ErrorBody>>,
+    done: oneshot::Sender<Result<(), ForwardError>>,
 }
 
 /// One FwdRegister frame of a batch, and whom to tell its answer.
@@ -40,7 +40,7 @@ struct Waiting {
 struct Frame {
     instances: Vec<Instance>,
     bytes: usize,
-    done: Vec<oneshot::Sender<Result<(), ErrorBody>>>,
+    done: Vec<oneshot::Sender<Result<(), ForwardError>>>,
 }
 
 impl Cluster {
@@ -51,7 +51,7 @@ impl Cluster {
         owner: NodeId,
         session: u64,
         instances: Vec<Instance>,
-    ) -> Result<(), ErrorBody> {
+    ) -> Result<(), ForwardError> {
         let (done, answer) = oneshot::channel();
         let opened = {
             let mut open = self.gather.open.lock().unwrap();
@@ -65,10 +65,10 @@ impl Cluster {
             tokio::spawn(async move { cluster.send_gathered(owner, session).await });
         }
         answer.await.unwrap_or_else(|_| {
-            Err(ErrorBody::new(
-                ErrorCode::Internal,
-                "a gathered forward was dropped unanswered",
-            ))
+            Err(ForwardError::Failed {
+                owner,
+                reason: "the gathered forward was dropped unanswered".into(),
+            })
         })
     }
 
@@ -88,7 +88,10 @@ impl Cluster {
                 session,
                 instances: frame.instances,
             };
-            let answer = cluster.forward(owner, msg).await.and_then(expect_ack);
+            let answer = cluster
+                .forward(owner, msg)
+                .await
+                .and_then(|m| expect_ack(owner, m));
             for done in frame.done {
                 let _ = done.send(answer.as_ref().map(|_| ()).map_err(Clone::clone));
             }

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use crate::hash::{HashMap, HashSet};
 use futures_util::future::join_all;
+use thiserror::Error;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -45,6 +46,20 @@ pub use auth::Identity;
 use link::{Link, PeerError};
 use stats::Stats;
 use sync::{SyncOutbox, records_frame};
+
+/// Why a write forwarded to its owner did not complete.
+#[derive(Debug, Clone, Error)]
+pub enum ForwardError {
+    #[error("too many forwards in flight")]
+    Overloaded,
+    #[error("owner node {owner} is unreachable")]
+    Unreachable { owner: NodeId },
+    #[error("forward to owner node {owner} failed: {reason}")]
+    Failed { owner: NodeId, reason: String },
+    /// The owner answered with an Error frame.
+    #[error("owner node {owner} refused the forward: {}", error.message)]
+    Refused { owner: NodeId, error: ErrorBody },
+}
 
 /// Deadline of a forwarded write (the client's own deadline is usually longer, and the SDK
 /// retries a Timeout).
@@ -720,31 +735,33 @@ impl Cluster {
     // ---- write path -------------------------------------------------------------------
 
     /// Sends one forward to `owner`, holding a slot of the bounded in-flight budget.
-    async fn forward(&self, owner: NodeId, msg: Message) -> Result<Message, ErrorBody> {
-        let _slot = self.forwards.try_acquire().map_err(|_| {
-            ErrorBody::new(ErrorCode::Overloaded, "too many forwards in flight; retry")
-        })?;
+    async fn forward(&self, owner: NodeId, msg: Message) -> Result<Message, ForwardError> {
+        let _slot = self
+            .forwards
+            .try_acquire()
+            .map_err(|_| ForwardError::Overloaded)?;
         Stats::add(&self.stats.forwards, 1);
         let link = self
             .member_by_id(owner)
             .and_then(|m| m.data_link())
             .ok_or_else(|| {
                 Stats::add(&self.stats.forward_errors, 1);
-                ErrorBody::new(
-                    ErrorCode::Timeout,
-                    format!("owner node {owner} is unreachable; retry"),
-                )
+                ForwardError::Unreachable { owner }
             })?;
-        link.call(&msg, FORWARD_TIMEOUT).await.map_err(|e| {
-            Stats::add(&self.stats.forward_errors, 1);
-            match e {
-                PeerError::Remote(body) => body,
-                other => ErrorBody::new(
-                    ErrorCode::Timeout,
-                    format!("forward to owner node {owner} failed: {other}; retry"),
-                ),
+        match link.call(&msg, FORWARD_TIMEOUT).await {
+            Ok(Message::Error(error)) | Err(PeerError::Remote(error)) => {
+                Stats::add(&self.stats.forward_errors, 1);
+                Err(ForwardError::Refused { owner, error })
             }
-        })
+            Ok(answer) => Ok(answer),
+            Err(other) => {
+                Stats::add(&self.stats.forward_errors, 1);
+                Err(ForwardError::Failed {
+                    owner,
+                    reason: other.to_string(),
+                })
+            }
+        }
     }
 
     /// Splits items by owner: this node's are returned under its own id. (A few owners at
@@ -774,7 +791,7 @@ impl Cluster {
         self: &Arc<Self>,
         instances: &[Instance],
         session: u64,
-    ) -> Result<u32, ErrorBody> {
+    ) -> Result<u32, ForwardError> {
         let me = self.config.node_id;
         let groups = self.by_owner(instances.iter().enumerate(), |i| (&i.key.ip, i.key.port));
         let mut remote = Vec::new();
@@ -798,7 +815,7 @@ impl Cluster {
         Ok(instances.len() as u32)
     }
 
-    pub async fn deregister(&self, keys: &[InstanceKey]) -> Result<u32, ErrorBody> {
+    pub async fn deregister(&self, keys: &[InstanceKey]) -> Result<u32, ForwardError> {
         let me = self.config.node_id;
         let mut removed = 0;
         let mut remote = Vec::new();
@@ -810,17 +827,20 @@ impl Cluster {
                     .count() as u32;
             } else {
                 let batch = items.into_iter().map(|(_, k)| k.clone()).collect();
-                remote.push(self.forward(owner, Message::FwdDeregister(batch)));
+                remote.push(async move {
+                    let answer = self.forward(owner, Message::FwdDeregister(batch)).await?;
+                    expect_ack(owner, answer)
+                });
             }
         }
         for r in join_all(remote).await {
-            removed += expect_ack(r?)?;
+            removed += r?;
         }
         Ok(removed)
     }
 
     /// Beats keys at their owners; answers the indexes (into `keys`) the owners do not know.
-    pub async fn beat(&self, keys: &[InstanceKey]) -> Result<Vec<u16>, ErrorBody> {
+    pub async fn beat(&self, keys: &[InstanceKey]) -> Result<Vec<u16>, ForwardError> {
         let me = self.config.node_id;
         let mut unknown = Vec::new();
         let mut remote = Vec::new();
@@ -839,11 +859,16 @@ impl Cluster {
                 // reached (see `Store::merge`).
                 self.store.note_client_beats(items.iter().map(|(_, k)| *k));
                 let batch = items.into_iter().map(|(_, k)| k.clone()).collect();
-                remote
-                    .push(async move { (idx, self.forward(owner, Message::FwdBeat(batch)).await) });
+                remote.push(async move {
+                    (
+                        owner,
+                        idx,
+                        self.forward(owner, Message::FwdBeat(batch)).await,
+                    )
+                });
             }
         }
-        for (idx, r) in join_all(remote).await {
+        for (owner, idx, r) in join_all(remote).await {
             match r? {
                 Message::BeatAck(sub) => {
                     let gone: HashSet<usize> = sub.iter().map(|&j| j as usize).collect();
@@ -854,7 +879,7 @@ impl Cluster {
                             .map(|(_, &i)| i as u16),
                     );
                 }
-                other => return Err(unexpected(other)),
+                other => return Err(unexpected(owner, other)),
             }
         }
         unknown.sort_unstable();
@@ -890,7 +915,7 @@ impl Cluster {
         }
         for r in join_all(remote).await {
             if let Err(e) = r {
-                warn!(error = %e.message, "could not tell an owner that a session dropped");
+                warn!(error = %e, "could not tell an owner that a session dropped");
             }
         }
     }
@@ -952,19 +977,17 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-fn unexpected(m: Message) -> ErrorBody {
-    match m {
-        Message::Error(e) => e,
-        other => ErrorBody::new(
-            ErrorCode::Internal,
-            format!("owner answered a forward with {:?}", other.opcode()),
-        ),
+/// An owner answered a forward with a message that is not the answer to it.
+fn unexpected(owner: NodeId, m: Message) -> ForwardError {
+    ForwardError::Failed {
+        owner,
+        reason: format!("answered with {:?}", m.opcode()),
     }
 }
 
-fn expect_ack(m: Message) -> Result<u32, ErrorBody> {
+fn expect_ack(owner: NodeId, m: Message) -> Result<u32, ForwardError> {
     match m {
         Message::Ack(n) => Ok(n),
-        other => Err(unexpected(other)),
+        other => Err(unexpected(owner, other)),
     }
 }

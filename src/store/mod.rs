@@ -41,8 +41,7 @@ use crate::model::{
 };
 use crate::ownership::Ownership;
 use crate::wire::{
-    Query, SyncRecord, encode_instance_view, encode_key_parts, encode_record_tail,
-    record_status_bits,
+    SyncRecord, encode_instance_view, encode_key_parts, encode_record_tail, record_status_bits,
 };
 pub use digest::{Bucket, Digest};
 use record::{IdRef, IpRef, IpText};
@@ -751,27 +750,28 @@ impl Store {
             .and_then(|s| s.get(key).cloned())
     }
 
-    /// The encoded snapshot body (a ServiceSnapshot) answering `q`. An unknown service is an
-    /// empty list at the node's latest revision.
-    pub fn query(&self, q: &Query) -> Bytes {
-        let shard = self.shard_of(&q.name).read().unwrap();
-        let Some(svc) = shard.services.get(&q.name) else {
+    /// The encoded snapshot body (a ServiceSnapshot) of the live instances of `name`, of one
+    /// cluster (`""`: all), healthy and enabled ones only if `healthy_only`. An unknown service is
+    /// an empty list at the node's latest revision.
+    pub fn query(&self, name: &ServiceName, cluster: &str, healthy_only: bool) -> Bytes {
+        let shard = self.shard_of(name).read().unwrap();
+        let Some(svc) = shard.services.get(name) else {
             // The node's current revision: at least as new as anything this service had before
             // it was emptied and dropped, so a subscriber is pushed the empty list.
             let mut out = BytesMut::new();
             let revision = self.revisions.load(Ordering::Relaxed);
-            ServiceSnapshot::encode_head(&mut out, &q.name, revision, 0);
+            ServiceSnapshot::encode_head(&mut out, name, revision, 0);
             return out.freeze();
         };
-        if q.cluster.is_empty() && !q.healthy_only {
+        if cluster.is_empty() && !healthy_only {
             return svc
                 .cache
-                .get_or_init(|| svc.encode_snapshot(&q.name, |_, _| true))
+                .get_or_init(|| svc.encode_snapshot(name, |_, _| true))
                 .clone();
         }
-        svc.encode_snapshot(&q.name, |cluster, r| {
-            (q.cluster.is_empty() || *cluster == *q.cluster)
-                && (!q.healthy_only || (r.reported_healthy() && r.enabled))
+        svc.encode_snapshot(name, |c, r| {
+            (cluster.is_empty() || c == cluster)
+                && (!healthy_only || (r.reported_healthy() && r.enabled))
         })
     }
 

@@ -16,7 +16,7 @@ use super::*;
 use crate::clock::Clock;
 use crate::model::{Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot, Text, Version};
 use crate::ownership::Ownership;
-use crate::wire::{Message, Opcode, Query, Reader, SyncRecord};
+use crate::wire::{Message, Opcode, Reader, SyncRecord};
 
 /// The wall-clock reading every test store starts at (ms).
 const T0: u64 = 1_000_000;
@@ -84,11 +84,7 @@ fn decode_snapshot(body: Bytes) -> ServiceSnapshot {
 }
 
 fn query(s: &Store, name: &ServiceName, cluster: &str, healthy_only: bool) -> ServiceSnapshot {
-    decode_snapshot(s.query(&Query {
-        name: name.clone(),
-        cluster: cluster.into(),
-        healthy_only,
-    }))
+    decode_snapshot(s.query(name, cluster, healthy_only))
 }
 
 fn query_all(s: &Store, name: &ServiceName) -> ServiceSnapshot {
@@ -1338,12 +1334,7 @@ async fn every_change_invalidates_the_cached_snapshot() {
     // Queries the full list twice (the cache must be reused between changes), checks the
     // revision grew and the invariants (the cache decodes to the live records) hold.
     let step = |what: &str, prev: &mut ServiceSnapshot| -> ServiceSnapshot {
-        let q = Query {
-            name: n.clone(),
-            cluster: Text::default(),
-            healthy_only: false,
-        };
-        let (x, y) = (s.query(&q), s.query(&q));
+        let (x, y) = (s.query(&n, "", false), s.query(&n, "", false));
         assert_eq!(
             x.as_ptr(),
             y.as_ptr(),
@@ -1518,11 +1509,7 @@ fn check_invariants_reports_corruption_by_key() {
 
     let s = new_store(1);
     s.register(&inst(&a), 0);
-    let _ = s.query(&Query {
-        name: orders(),
-        cluster: Text::default(),
-        healthy_only: false,
-    });
+    let _ = s.query(&orders(), "", false);
     {
         let mut shard = s.shards[home].write().unwrap();
         let svc = shard.services.get_mut(&orders()).unwrap();

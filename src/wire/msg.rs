@@ -230,6 +230,14 @@ impl ServiceSnapshot {
         }
     }
 
+    /// Decodes a whole snapshot body (a QueryResult's or Push's).
+    pub fn decode_body(body: Bytes) -> Result<ServiceSnapshot, WireError> {
+        let mut r = Reader::new(body);
+        let s = ServiceSnapshot::decode(&mut r)?;
+        r.finish()?;
+        Ok(s)
+    }
+
     fn decode(r: &mut Reader) -> Result<ServiceSnapshot, WireError> {
         let name = ServiceName::decode(r)?;
         let revision = r.u64("revision")?;

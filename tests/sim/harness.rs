@@ -33,7 +33,8 @@ use distro::client::{Client, ClientConfig};
 use distro::clock::Clock;
 use distro::config::Config;
 use distro::model::{Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot, Version};
-use distro::server::{Node, Server};
+use distro::node::Node;
+use distro::server::Server;
 use distro::wire::{
     ErrorCode, FRAME_LEN_MAX, FrameCodec, Hello, Message, PROTOCOL_VERSION, Query, encode_frame,
 };

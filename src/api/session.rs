@@ -1,0 +1,228 @@
+//! One connection-bound client (the native SDK's connection, a Nacos gRPC connection): the
+//! instances it registered bound to its session, its subscriptions and push queue, and its
+//! writes in flight.
+//!
+//! Session-bound instances are reported unhealthy as soon as the session closes without
+//! deregistering them, and removed at their lease's end unless the client comes back and
+//! registers them again (design.md §3). Writes of one session may run concurrently (a clustered
+//! node waits on owners), but two writes touching the same key apply in the order they were
+//! made.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tracing::info;
+
+use super::inflight::InFlight;
+use super::subscriptions::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
+use super::{Api, Rejection, Snapshot, apply_beat, apply_deregister, apply_lapse, apply_register};
+use crate::hash::HashSet;
+use crate::model::{Instance, InstanceKey, ServiceName};
+
+/// Session-bound instances one session may hold; bounds what a drop has to lapse.
+pub const BOUND_PER_SESSION_MAX: usize = 100_000;
+
+/// A write a session admitted: done at once (a standalone node applies it in place), or to be
+/// run — by the front end, in a task of its own if it wants to go on reading meanwhile. The
+/// pending future holds the write's claim on its keys until it completes.
+pub enum Write<T> {
+    Done(Result<T, Rejection>),
+    Pending(Pin<Box<dyn Future<Output = Result<T, Rejection>> + Send + 'static>>),
+}
+
+impl<T> Write<T> {
+    /// Runs the write to its end.
+    pub async fn outcome(self) -> Result<T, Rejection> {
+        match self {
+            Write::Done(r) => r,
+            Write::Pending(f) => f.await,
+        }
+    }
+}
+
+pub struct Session {
+    api: Api,
+    id: u64,
+    /// Session-bound instances registered in this session and not deregistered.
+    bound: Mutex<HashSet<InstanceKey>>,
+    subscribed: Mutex<HashSet<ServiceName>>,
+    push: Arc<PushQueue>,
+    inflight: Arc<InFlight>,
+}
+
+impl Session {
+    pub(super) fn new(api: Api) -> Session {
+        let node = api.node();
+        Session {
+            id: node.new_session(),
+            push: node.subs.new_queue(),
+            api,
+            bound: Mutex::default(),
+            subscribed: Mutex::default(),
+            inflight: Arc::default(),
+        }
+    }
+
+    /// The node-unique id of this session (`node_id << 48 | counter`).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn api(&self) -> &Api {
+        &self.api
+    }
+
+    /// Where this session's pushes are marked; its writer waits on it.
+    pub fn push_queue(&self) -> &Arc<PushQueue> {
+        &self.push
+    }
+
+    /// The snapshots this session's subscriber is owed now (see [`Api::pushes`]).
+    pub fn pushes(&self) -> Vec<Snapshot> {
+        self.api.pushes(&self.push)
+    }
+
+    /// Runs `op` as a write of this session: at once on a standalone node (which applies writes
+    /// one at a time anyway); on a clustered node after the earlier writes of this session that
+    /// touch one of `keys` have completed, as a pending write.
+    async fn write<T, F, Fut>(&self, keys: Option<Vec<u64>>, op: F) -> Write<T>
+    where
+        F: FnOnce(Arc<crate::node::Node>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, Rejection>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let node = self.api.node().clone();
+        if node.cluster.is_none() {
+            return Write::Done(op(node).await);
+        }
+        let claim = self.inflight.claim(keys.unwrap_or_default()).await;
+        Write::Pending(Box::pin(async move {
+            let r = op(node).await;
+            drop(claim);
+            r
+        }))
+    }
+
+    /// Registers instances; bound to this session if `session_bound`, else living on their
+    /// lease. Checked whole before anything is applied.
+    pub async fn register(&self, instances: Vec<Instance>, session_bound: bool) -> Write<u32> {
+        if let Err(e) = self.api.check_register(&instances) {
+            return Write::Done(Err(e));
+        }
+        {
+            let mut bound = self.bound.lock().unwrap();
+            if session_bound {
+                let new = instances.iter().filter(|i| !bound.contains(&i.key)).count();
+                if bound.len() + new > BOUND_PER_SESSION_MAX {
+                    return Write::Done(Err(Rejection::LimitExceeded {
+                        what: "session-bound instances on one connection",
+                        max: BOUND_PER_SESSION_MAX,
+                    }));
+                }
+            }
+            // Tracked before the outcome is known: a key that failed to register stays in the
+            // set, which is harmless (a lapse only touches records bound to this session).
+            for i in &instances {
+                if session_bound {
+                    bound.insert(i.key.compact());
+                } else if !bound.is_empty() {
+                    bound.remove(&i.key);
+                }
+            }
+        }
+        let session = if session_bound { self.id } else { 0 };
+        let keys = InFlight::hashes(instances.iter().map(|i| &i.key));
+        self.write(Some(keys), move |node| async move {
+            apply_register(&node, &instances, session).await
+        })
+        .await
+    }
+
+    /// Deletes instances; answers how many existed.
+    pub async fn deregister(&self, keys: Vec<InstanceKey>) -> Write<u32> {
+        if let Err(e) = self.api.check_deregister(&keys) {
+            return Write::Done(Err(e));
+        }
+        {
+            let mut bound = self.bound.lock().unwrap();
+            for k in &keys {
+                bound.remove(k);
+            }
+        }
+        let hashes = InFlight::hashes(keys.iter());
+        self.write(Some(hashes), move |node| async move {
+            apply_deregister(&node, &keys).await
+        })
+        .await
+    }
+
+    /// Renews leases; answers the indexes of the keys no live instance has.
+    pub async fn beat(&self, keys: Vec<InstanceKey>) -> Write<Vec<u16>> {
+        if let Err(e) = self.api.check_beat(&keys) {
+            return Write::Done(Err(e));
+        }
+        // Beats claim no keys: they only renew, in any order, and one waiting on a forward to an
+        // owner that stopped answering must not hold up the next beat of the same keys (which
+        // renews those this node owns at once).
+        self.write(
+            None,
+            move |node| async move { apply_beat(&node, &keys).await },
+        )
+        .await
+    }
+
+    /// Subscribes to a service: its current snapshot is pushed next, then every change.
+    pub fn subscribe(&self, name: &ServiceName) -> Result<(), Rejection> {
+        self.api.admit()?;
+        let name = name.compact();
+        {
+            let mut subscribed = self.subscribed.lock().unwrap();
+            if !subscribed.contains(&name) && subscribed.len() >= SUBSCRIPTIONS_PER_CONNECTION_MAX {
+                return Err(Rejection::LimitExceeded {
+                    what: "subscriptions on one connection",
+                    max: SUBSCRIPTIONS_PER_CONNECTION_MAX,
+                });
+            }
+            subscribed.insert(name.clone());
+        }
+        self.api.node().subs.subscribe(&name, &self.push);
+        // The first push is the current list, so the subscriber starts from a snapshot.
+        self.push.forget(&name);
+        self.push.mark(&name);
+        Ok(())
+    }
+
+    /// Ends a subscription; false if there was none.
+    pub fn unsubscribe(&self, name: &ServiceName) -> Result<bool, Rejection> {
+        self.api.admit()?;
+        self.api.node().subs.unsubscribe(name, &self.push);
+        Ok(self.subscribed.lock().unwrap().remove(name))
+    }
+
+    /// Ends the session: drops its subscriptions, lets its writes in flight land, and — unless
+    /// the node itself is stopping — reports its session-bound instances unhealthy at once.
+    /// Answers how many instances were lapsed.
+    pub async fn close(&self, node_closing: bool) -> usize {
+        let node = self.api.node();
+        for name in self.subscribed.lock().unwrap().drain() {
+            node.subs.unsubscribe(&name, &self.push);
+        }
+        // Let the writes still in flight land first (each has a forward deadline), so that a
+        // register that completes after the drop is lapsed too.
+        let _ =
+            tokio::time::timeout(crate::cluster::FORWARD_TIMEOUT * 2, self.inflight.drain()).await;
+        let keys: Vec<InstanceKey> = self.bound.lock().unwrap().drain().collect();
+        if node_closing || keys.is_empty() {
+            return 0;
+        }
+        let n = keys.len();
+        info!(
+            session = self.id,
+            instances = n,
+            "session ended; its instances are reported unhealthy"
+        );
+        apply_lapse(node, self.id, keys).await;
+        n
+    }
+}

@@ -1,0 +1,7 @@
+//! The front ends: each translates one protocol's requests into calls of the request API
+//! ([`crate::api`]) and its answers and rejections back into that protocol. None of them touches
+//! the store or the cluster.
+//!
+//! - [`native`]: the binary protocol of `wire-spec.md` (the SDK, `distroctl`, `distro-bench`).
+
+pub mod native;

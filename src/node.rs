@@ -1,0 +1,160 @@
+//! What one node is made of, shared by every connection and task of it: its settings, its
+//! copy of the registry, the cluster machinery, the subscriptions, readiness, shutdown, and the
+//! lease duty it runs. Requests reach it only through [`crate::api`].
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::warn;
+
+use crate::api::subscriptions::Subscriptions;
+use crate::clock::Clock;
+use crate::cluster::Cluster;
+use crate::cluster::sync::SyncOutbox;
+use crate::config::Config;
+use crate::model::{ClusterStatus, MemberStatus, ServiceName};
+use crate::net::Dialer;
+use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
+
+/// A node stalled for this many lease passes (a GC pause, swap, a stopped VM) re-grants the
+/// leases it owns before expiring anything, instead of expiring everything at once on waking.
+const MISSED_PASSES_REGRANT: u64 = 8;
+
+/// What the connections and tasks of one node share.
+pub struct Node {
+    pub config: Config,
+    pub store: Arc<Store>,
+    pub subs: Arc<Subscriptions>,
+    /// The cluster machinery; `None` for a standalone node.
+    pub cluster: Option<Arc<Cluster>>,
+    ready: Arc<AtomicBool>,
+    next_session: AtomicU64,
+    pub shutdown: CancellationToken,
+    /// Every task of the node is spawned here, so that a shutdown waits for all of them.
+    pub tracker: TaskTracker,
+}
+
+/// Routes store changes to the subscribers and, in a cluster, this node's writes to the sync
+/// outbox.
+struct Observer {
+    subs: Arc<Subscriptions>,
+    outbox: Option<Arc<SyncOutbox>>,
+}
+
+impl StoreObserver for Observer {
+    fn service_changed(&self, name: &ServiceName) {
+        self.subs.notify(name);
+    }
+
+    fn local_write(&self, name: &ServiceName, id: InstanceIdRef, rec: &Record) {
+        if let Some(o) = &self.outbox {
+            o.push(name, id, rec);
+        }
+    }
+}
+
+impl Node {
+    pub fn new(config: Config, clock: Clock) -> Arc<Node> {
+        Node::with_dialer(config, clock, crate::net::tcp())
+    }
+
+    /// A node whose cluster links are opened by `dialer`.
+    pub fn with_dialer(config: Config, clock: Clock, dialer: Arc<dyn Dialer>) -> Arc<Node> {
+        let subs = Arc::new(Subscriptions::default());
+        let outbox = config
+            .is_clustered()
+            .then(|| Arc::new(SyncOutbox::default()));
+        let observer = Arc::new(Observer {
+            subs: subs.clone(),
+            outbox: outbox.clone(),
+        });
+        let store = Arc::new(Store::new(config.node_id, clock, observer));
+        // A cluster member is not ready until it has loaded the cluster's data.
+        let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
+        let cluster = outbox.map(|outbox| {
+            Cluster::new(config.clone(), store.clone(), ready.clone(), outbox, dialer)
+        });
+        Arc::new(Node {
+            ready,
+            cluster,
+            config,
+            store,
+            subs,
+            next_session: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// A node-unique session id for a new connection: `node_id << 48 | counter`.
+    pub fn new_session(&self) -> u64 {
+        ((self.config.node_id as u64) << 48) | self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// This node's view of the cluster (a standalone node is a cluster of one).
+    pub fn cluster_status(&self) -> ClusterStatus {
+        if let Some(c) = &self.cluster {
+            return c.status();
+        }
+        let n = self.store.len() as u64;
+        ClusterStatus {
+            node_id: self.config.node_id,
+            ready: self.is_ready(),
+            instances: n,
+            members: vec![MemberStatus {
+                id: self.config.node_id,
+                addr: self.config.listen.to_string().into(),
+                up: true,
+                owned: n,
+            }],
+        }
+    }
+
+    /// Runs the lease duty every `lease_pass_ms` until shutdown.
+    pub async fn lease_duty(self: Arc<Node>) {
+        let period = Duration::from_millis(self.config.lease_pass_ms);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = tokio::time::Instant::now();
+            if !self.is_ready() {
+                // Still loading: this node's copy and its view are partial, and records it
+                // merges get a fresh lease anyway. Expiring now could delete live instances.
+                last = now;
+                continue;
+            }
+            if now.duration_since(last) > period * MISSED_PASSES_REGRANT as u32 {
+                let n = self.store.regrant_owned();
+                warn!(
+                    stalled_ms = now.duration_since(last).as_millis() as u64,
+                    regranted = n,
+                    "lease duty missed many passes; re-granted owned leases instead of mass expiry"
+                );
+            }
+            last = now;
+            for shard in 0..crate::store::SHARDS {
+                let s = self.store.lease_pass_shard(shard);
+                if s.expired + s.lapsed > 0 {
+                    tracing::debug!(expired = s.expired, lapsed = s.lapsed, "lease pass");
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
