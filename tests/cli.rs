@@ -13,9 +13,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::DEADLINE;
-use distro::model::{ServiceName, ServiceSnapshot};
-use distro::server::{Node, ServerHandle};
-use distro::wire::{Message, Opcode, Query};
+use distro::model::{InstanceKey, ServiceName, ServiceSnapshot};
+use distro::node::Node;
+use distro::server::ServerHandle;
+use distro::wire::{Message, Opcode};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_distroctl");
@@ -47,11 +48,7 @@ impl Bg {
 
     /// The service's instances as the store holds them now.
     fn query(&self, svc: &ServiceName) -> ServiceSnapshot {
-        let body = self.node().store.query(&Query {
-            name: svc.clone(),
-            cluster: "".into(),
-            healthy_only: false,
-        });
+        let body = self.node().store.query(svc, "", false);
         match Message::decode(Opcode::QueryResult, body).unwrap() {
             Message::QueryResult(s) => s,
             other => panic!("{other:?}"),
@@ -581,4 +578,70 @@ fn errors_exit_non_zero_with_one_line_on_stderr() {
     let help = s.ctl(&["--help"]);
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("register"));
+}
+
+#[test]
+fn register_fits_the_beat_interval_it_was_not_given_to_the_lease() {
+    // A short lease without --beat-ms: the default 5 s beat would exceed it; distroctl picks
+    // one that fits (a third of unhealthy-after, not below the node's floor of 100 ms here).
+    let s = Bg::start();
+    s.ctl_ok(&[
+        "register",
+        "--service",
+        "short",
+        "--ip",
+        "10.4.0.1",
+        "--port",
+        "80",
+        "--unhealthy-ms",
+        "600",
+        "--expire-ms",
+        "1200",
+    ]);
+    // Only an expire-after shorter than the default unhealthy-after: that shrinks too.
+    s.ctl_ok(&[
+        "register",
+        "--service",
+        "short",
+        "--ip",
+        "10.4.0.2",
+        "--port",
+        "80",
+        "--expire-ms",
+        "900",
+    ]);
+    let svc = ServiceName::new("public", "DEFAULT_GROUP", "short");
+    let lease_of = |ip: &str| {
+        let key = InstanceKey {
+            service: svc.clone(),
+            cluster: "DEFAULT".into(),
+            ip: ip.into(),
+            port: 80,
+        };
+        s.node().store.get(&key).expect("registered").lease
+    };
+    let l = lease_of("10.4.0.1");
+    assert_eq!((l.beat_ms, l.unhealthy_ms, l.expire_ms), (200, 600, 1200));
+    let l = lease_of("10.4.0.2");
+    assert_eq!((l.beat_ms, l.unhealthy_ms, l.expire_ms), (300, 900, 900));
+    // What the user gives is kept as given (and refused by the node if it does not fit).
+    let out = s.ctl(&[
+        "register",
+        "--service",
+        "short",
+        "--ip",
+        "10.4.0.3",
+        "--port",
+        "80",
+        "--beat-ms",
+        "5000",
+        "--unhealthy-ms",
+        "600",
+        "--expire-ms",
+        "1200",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a beat longer than unhealthy-after is refused"
+    );
 }

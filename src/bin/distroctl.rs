@@ -89,10 +89,15 @@ enum Command {
         /// Register the instance disabled (kept, but not offered to callers).
         #[arg(long)]
         disabled: bool,
-        #[arg(long, default_value_t = 5000)]
-        beat_ms: u32,
-        #[arg(long, default_value_t = 15000)]
-        unhealthy_ms: u32,
+        /// Heartbeat interval, ms [default: 5000, or a third of unhealthy-after when that is
+        /// shorter than 15000, never below the node's lease floor].
+        #[arg(long)]
+        beat_ms: Option<u32>,
+        /// No beat this long: reported unhealthy, ms [default: 15000, or expire-after when
+        /// that is shorter].
+        #[arg(long)]
+        unhealthy_ms: Option<u32>,
+        /// No beat this long: removed, ms [default: 30000].
         #[arg(long, default_value_t = 30000)]
         expire_ms: u32,
         #[arg(long)]
@@ -216,6 +221,24 @@ async fn connect_with(
         .with_context(|| format!("cannot reach {}", cli.server.join(",")))
 }
 
+/// The lease of a registration: what the user gave, and for what they left out, Nacos's
+/// defaults shortened to fit what they gave (an unhealthy-after within expire-after, a beat
+/// interval of a third of unhealthy-after but not below the node's lease floor).
+fn lease(beat_ms: Option<u32>, unhealthy_ms: Option<u32>, expire_ms: u32, floor_ms: u32) -> Lease {
+    let d = Lease::default();
+    let unhealthy_ms = unhealthy_ms.unwrap_or(d.unhealthy_ms.min(expire_ms));
+    let beat_ms = beat_ms.unwrap_or_else(|| {
+        d.beat_ms
+            .min((unhealthy_ms / 3).max(floor_ms))
+            .min(unhealthy_ms)
+    });
+    Lease {
+        beat_ms,
+        unhealthy_ms,
+        expire_ms,
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Register {
@@ -234,11 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 weight: *weight,
                 healthy: true,
                 enabled: !*disabled,
-                lease: Lease {
-                    beat_ms: *beat_ms,
-                    unhealthy_ms: *unhealthy_ms,
-                    expire_ms: *expire_ms,
-                },
+                lease: lease(*beat_ms, *unhealthy_ms, *expire_ms, client.lease_floor_ms()),
                 metadata: meta
                     .iter()
                     .map(|(k, v)| (k.as_str().into(), v.as_str().into()))

@@ -186,6 +186,16 @@ impl Client {
             .map(|c| (c.addr.clone(), c.hello.node_id))
     }
 
+    /// The smallest lease value the connected node accepts, ms (from its HelloOk; the protocol's
+    /// default floor while reconnecting).
+    pub fn lease_floor_ms(&self) -> u32 {
+        self.inner
+            .conn
+            .borrow()
+            .as_ref()
+            .map_or(500, |c| c.hello.lease_floor_ms)
+    }
+
     /// Stops heartbeats and closes the connection. Instances stay registered until their lease
     /// runs out (session-bound ones are marked unhealthy at once); deregister first to remove
     /// them now.
