@@ -1,5 +1,8 @@
 //! Distro: a clustered, available-under-partition registry for ephemeral service instances.
 //!
+//! With `default-features = false` only the SDK and what it needs are built (`client`, `model`,
+//! `wire`, `net`, `clock`, `hash`, `ownership`); the `server` feature adds the node.
+//!
 //! Module map:
 //! - [`model`]: the data model every part shares — names, keys, instances, leases, versions,
 //!   limits and the validation rules; the canonical key bytes and hashes.
@@ -23,17 +26,24 @@
 //! - [`hash`]: the node's hash maps, with one process-wide (settable) seed.
 //! - [`config`]: the node's settings (flags and TOML file) and their limits.
 
+#[cfg(feature = "server")]
 pub mod api;
 pub mod client;
 pub mod clock;
+#[cfg(feature = "server")]
 pub mod cluster;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod frontend;
 pub mod hash;
 pub mod model;
 pub mod net;
+#[cfg(feature = "server")]
 pub mod node;
 pub mod ownership;
+#[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
 pub mod store;
 pub mod wire;

@@ -168,7 +168,7 @@ impl Store {
         let home = self.shard_of(name);
         self.shards
             .iter()
-            .position(|s| std::ptr::eq(s, home))
+            .position(|s| std::ptr::eq(&**s, home))
             .expect("shard_of returns one of the shards")
     }
 }

@@ -30,6 +30,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::hash::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
+use crossbeam_utils::CachePadded;
 use instances::Instances;
 use name::StoredName;
 
@@ -248,7 +249,8 @@ pub struct Store {
     node: NodeId,
     clock: Clock,
     hlc: Hlc,
-    shards: Box<[RwLock<Shard>]>,
+    /// Padded to a cache line each, so that writers of different shards never contend for one.
+    shards: Box<[CachePadded<RwLock<Shard>>]>,
     ownership: RwLock<Arc<Ownership>>,
     observer: Arc<dyn StoreObserver>,
     /// Source of service revisions: one counter for the node, so a revision only grows, also
@@ -265,11 +267,11 @@ impl Store {
     pub fn new(node: NodeId, clock: Clock, observer: Arc<dyn StoreObserver>) -> Store {
         let shards = (0..SHARDS)
             .map(|_| {
-                RwLock::new(Shard {
+                CachePadded::new(RwLock::new(Shard {
                     services: HashMap::default(),
                     digests: HashMap::default(),
                     early_evidence: HashMap::default(),
-                })
+                }))
             })
             .collect();
         Store {
