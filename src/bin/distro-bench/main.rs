@@ -16,6 +16,10 @@
 //! answer is in, so no send is ever postponed behind a slow answer). Only requests the node
 //! acknowledged count as ops; failures count as errors. A progress line goes to stderr about
 //! once a second; the last line of stdout is one JSON object with the results.
+//!
+//! Every scenario reports the CPU it and (with `--spawn`) the nodes used over its measured
+//! phase: `generator_cpu_s`, `nodes_cpu_s` and `generator_cpu_share`, the generator's part of
+//! the two. The generator shares the machine with the nodes; it should take at most a third.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -194,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     if servers.is_empty() {
         bail!("no server address given");
     }
+    let pids = cluster.as_ref().map(|c| c.pids()).unwrap_or_default();
     let rss = cluster.as_ref().map(|c| RssMonitor::start(c.pids()));
     let cpu_before = cluster.as_ref().map(|c| cpu_seconds(&c.pids()));
     let self_cpu_before = proc_cpu_seconds("self");
@@ -206,7 +211,16 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             batch,
         } => {
             let services = services.unwrap_or((instances / 10).max(1));
-            register(&servers, instances, services, connections, pipeline, batch).await?
+            register(
+                &servers,
+                &pids,
+                instances,
+                services,
+                connections,
+                pipeline,
+                batch,
+            )
+            .await?
         }
         Scenario::Query {
             instances,
@@ -218,6 +232,7 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             let services = services.unwrap_or((instances / 10).max(1));
             query(
                 &servers,
+                &pids,
                 instances,
                 services,
                 duration_s,
@@ -233,14 +248,22 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             connections,
         } => {
             let services = services.unwrap_or((instances / 10).max(1));
-            beat(&servers, instances, services, duration_s, connections).await?
+            beat(
+                &servers,
+                &pids,
+                instances,
+                services,
+                duration_s,
+                connections,
+            )
+            .await?
         }
         Scenario::Converge {
             writes,
             rate,
             services,
             connections,
-        } => converge(&servers, writes, rate, services, connections).await?,
+        } => converge(&servers, &pids, writes, rate, services, connections).await?,
     };
     out.insert("nodes".into(), json!(servers.len()));
     if let Some(c) = &cluster {
@@ -731,6 +754,7 @@ async fn load_data_set(
 
 async fn register(
     servers: &[String],
+    pids: &[u32],
     instances: u64,
     services: u64,
     connections: usize,
@@ -749,6 +773,7 @@ async fn register(
     let progress = Progress::start("register", counters.clone(), extra.clone());
     let frames = instances.div_ceil(batch as u64);
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
 
     // Watches the nodes while the load runs: the hold time may come before the last ack.
@@ -838,11 +863,14 @@ async fn register(
     out.insert("batch".into(), json!(batch));
     out.insert("frames".into(), json!(frames));
     out.insert("all_nodes_hold_s".into(), json!(hold_s.map(round3)));
+    // Until every node holds the data: the nodes' share includes the sync the load caused.
+    cpu.report(&mut out);
     Ok(out)
 }
 
 async fn query(
     servers: &[String],
+    pids: &[u32],
     instances: u64,
     services: u64,
     duration_s: f64,
@@ -866,6 +894,7 @@ async fn query(
     let progress = Progress::start("query", counters.clone(), Default::default());
     let returned = Arc::new(AtomicU64::new(0));
     let empty = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(duration_s);
     let mut tasks = Vec::new();
@@ -920,6 +949,7 @@ async fn query(
     let seconds = start.elapsed().as_secs_f64();
     drop(progress);
     let mut out = summary("query", &counters, seconds, &hist);
+    cpu.report(&mut out);
     out.insert("instances".into(), json!(instances));
     out.insert("services".into(), json!(services));
     out.insert("connections".into(), json!(connections));
@@ -936,6 +966,7 @@ async fn query(
 
 async fn beat(
     servers: &[String],
+    pids: &[u32],
     instances: u64,
     services: u64,
     duration_s: f64,
@@ -996,6 +1027,7 @@ async fn beat(
     let progress = Progress::start("beat", counters.clone(), Default::default());
     let frames = Arc::new(AtomicU64::new(0));
     let unknown = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(duration_s);
     let mut tasks = Vec::new();
@@ -1038,6 +1070,7 @@ async fn beat(
         c.close();
     }
     let mut out = summary("beat", &counters, seconds, &hist);
+    cpu.report(&mut out);
     out.insert("instances".into(), json!(instances));
     out.insert("connections".into(), json!(connections));
     out.insert("beat_frames".into(), json!(frames.load(Ordering::Relaxed)));
@@ -1084,6 +1117,7 @@ impl Visibility {
 
 async fn converge(
     servers: &[String],
+    pids: &[u32],
     writes: u64,
     rate: f64,
     services: u64,
@@ -1129,6 +1163,7 @@ async fn converge(
     let conns = open_conns(&servers[..1], connections).await?;
     // Let the initial (empty) snapshots drain before the clock starts.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
     let vis = Arc::new(Visibility {
         start,
@@ -1211,6 +1246,8 @@ async fn converge(
     }
     let ack_hist = ack_hist.lock().unwrap().clone();
     let mut out = summary("converge", &counters, seconds, &ack_hist);
+    // Until every write was seen everywhere: the pushes' cost on both sides is in it.
+    cpu.report(&mut out);
     out.insert("writes".into(), json!(writes));
     out.insert("rate".into(), json!(rate));
     out.insert("services".into(), json!(services));
@@ -1441,6 +1478,45 @@ fn status_kib(status: &str, field: &str) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// The CPU this process (the generator) and the spawned nodes used over one measured phase.
+///
+/// A load generator sharing the machine with what it measures takes CPU from it: the share it
+/// took is reported with every scenario (`generator_cpu_share`), so a figure can be judged by
+/// how much of the machine the nodes really had. Kernel work (loopback TCP) is counted for the
+/// process in whose system call or time slice it ran.
+struct CpuMeter {
+    pids: Vec<u32>,
+    generator_before_s: f64,
+    nodes_before_s: f64,
+}
+
+impl CpuMeter {
+    /// Starts measuring; `pids` are the nodes' (empty when the nodes were not spawned here).
+    fn start(pids: &[u32]) -> CpuMeter {
+        CpuMeter {
+            pids: pids.to_vec(),
+            generator_before_s: proc_cpu_seconds("self"),
+            nodes_before_s: cpu_seconds(pids),
+        }
+    }
+
+    /// Adds `generator_cpu_s`, `nodes_cpu_s` and `generator_cpu_share` (of the two together) for
+    /// the phase so far; the node figures are null when the nodes are not this run's children.
+    fn report(&self, out: &mut Map<String, Value>) {
+        let generator = proc_cpu_seconds("self") - self.generator_before_s;
+        out.insert("generator_cpu_s".into(), json!(round3(generator)));
+        if self.pids.is_empty() {
+            out.insert("nodes_cpu_s".into(), Value::Null);
+            out.insert("generator_cpu_share".into(), Value::Null);
+            return;
+        }
+        let nodes = cpu_seconds(&self.pids) - self.nodes_before_s;
+        out.insert("nodes_cpu_s".into(), json!(round3(nodes)));
+        let share = generator / (generator + nodes).max(1e-9);
+        out.insert("generator_cpu_share".into(), json!(round3(share)));
+    }
 }
 
 /// User + system CPU seconds of a process (`self` or a pid), from /proc/<pid>/stat.
