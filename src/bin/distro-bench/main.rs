@@ -9,7 +9,7 @@
 //!   register --instances N [--services M] [--connections C] [--pipeline P] [--batch B]
 //!   query    --instances N [--services M] --duration-s S [--connections C] [--pipeline P]
 //!   beat     --instances N --duration-s S [--connections C]
-//!   converge --writes N [--rate R]
+//!   converge --writes N [--rate R] [--services M | --service-size S] [--connections C]
 //! ```
 //!
 //! Latencies go into hdrhistograms in microseconds, measured from the *intended* send time: for
@@ -161,9 +161,14 @@ enum Scenario {
         writes: u64,
         #[arg(long, default_value_t = 5_000.0)]
         rate: f64,
-        /// Services the writes are spread over (each subscribed at every node).
-        #[arg(long, default_value_t = 1_000)]
-        services: u64,
+        /// Services the writes are spread over, write k to service k mod M (each subscribed at
+        /// every node) [default: 1000]
+        #[arg(long, conflicts_with = "service_size")]
+        services: Option<u64>,
+        /// Instances per service once every write is in: the writes are spread over
+        /// writes / S services (rounded up), each growing from 0 to S over the run.
+        #[arg(long)]
+        service_size: Option<u64>,
         /// Connections the writes go out on (all to the first node).
         #[arg(long, default_value_t = 8)]
         connections: usize,
@@ -269,8 +274,12 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             writes,
             rate,
             services,
+            service_size,
             connections,
-        } => converge(&servers, &pids, writes, rate, services, connections).await?,
+        } => {
+            let services = converge_services(writes, services, service_size);
+            converge(&servers, &pids, writes, rate, services, connections).await?
+        }
     };
     out.insert("nodes".into(), json!(servers.len()));
     if let Some(c) = &cluster {
@@ -364,20 +373,40 @@ fn validate(s: &Scenario) -> anyhow::Result<()> {
             writes,
             rate,
             services,
+            service_size,
             connections,
         } => {
             positive("writes", *writes)?;
-            positive("services", *services)?;
+            positive("services", services.unwrap_or(1))?;
+            positive("service-size", service_size.unwrap_or(1))?;
             positive("connections", *connections as u64)?;
+            if *writes >= u32::MAX as u64 {
+                // Write k goes out with request id k + 1.
+                bail!("--writes must be below {}", u32::MAX);
+            }
             if !(rate.is_finite() && *rate > 0.0) {
                 bail!("--rate must be a positive number of writes per second");
             }
-            if *services as usize > SUBSCRIPTIONS_PER_CONNECTION_MAX {
-                bail!("--services must be at most {SUBSCRIPTIONS_PER_CONNECTION_MAX}");
+            let n = converge_services(*writes, *services, *service_size);
+            if n as usize > SUBSCRIPTIONS_PER_CONNECTION_MAX {
+                bail!(
+                    "converge subscribes to {n} services at each node, more than the \
+                     {SUBSCRIPTIONS_PER_CONNECTION_MAX} one connection may hold: give fewer \
+                     --services or a larger --service-size"
+                );
             }
         }
     }
     Ok(())
+}
+
+/// The services `converge` spreads its writes over.
+fn converge_services(writes: u64, services: Option<u64>, service_size: Option<u64>) -> u64 {
+    match (services, service_size) {
+        (Some(m), _) => m,
+        (None, Some(size)) => writes.div_ceil(size.max(1)),
+        (None, None) => 1_000,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1768,6 +1797,51 @@ mod tests {
         }
         assert_eq!(bench_index("192.168.0.1", 8080), None);
         assert_eq!(bench_index("10.0.0.1.2", 8080), None);
+    }
+
+    #[test]
+    fn converge_service_size_sets_the_service_count() {
+        assert_eq!(converge_services(100_000, None, None), 1_000);
+        assert_eq!(converge_services(100_000, Some(250), None), 250);
+        assert_eq!(converge_services(100_000, None, Some(10)), 10_000);
+        assert_eq!(converge_services(100_000, None, Some(1_000)), 100);
+        assert_eq!(converge_services(100_001, None, Some(1_000)), 101);
+        let cli = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let parsed = cli(&[
+            "distro-bench",
+            "converge",
+            "--writes",
+            "9",
+            "--service-size",
+            "3",
+        ]);
+        assert!(matches!(
+            parsed.unwrap().scenario,
+            Scenario::Converge {
+                services: None,
+                service_size: Some(3),
+                ..
+            }
+        ));
+        let both = ["--services", "2", "--service-size", "3"];
+        let args = [
+            &["distro-bench", "converge", "--writes", "9"][..],
+            &both[..],
+        ]
+        .concat();
+        assert!(
+            cli(&args).is_err(),
+            "--services and --service-size conflict"
+        );
+        let too_many = cli(&[
+            "distro-bench",
+            "converge",
+            "--writes",
+            "100000",
+            "--service-size",
+            "5",
+        ]);
+        assert!(validate(&too_many.unwrap().scenario).is_err());
     }
 
     #[test]
