@@ -148,6 +148,34 @@ wait_caught_up() {
     done
 }
 
+# User + system CPU seconds of the three servers so far (/proc/<pid>/stat, in USER_HZ = 100).
+servers_cpu_s() {
+    local pid total=0 t
+    for pid in "${pids[@]}"; do
+        t=$(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$pid/stat")
+        total=$((total + t))
+    done
+    awk -v t="$total" 'BEGIN { printf "%.2f", t / 100 }'
+}
+
+# Runs redis-benchmark with the arguments given; leaves its CSV output in $bench_csv and the
+# client's share of the CPU the client and the servers used meanwhile in $client_share. The
+# client shares the machine with the servers as distro-bench does with the nodes; its share
+# says how much of the machine the servers had.
+benchmark() {
+    local before after client_s out
+    before=$(servers_cpu_s)
+    out=$(
+        TIMEFORMAT='%U %S'
+        { time redis-benchmark "$@" --csv 2>/dev/null; } 2>&1
+    )
+    after=$(servers_cpu_s)
+    bench_csv=$(grep '^"' <<<"$out")
+    client_s=$(tail -n 1 <<<"$out" | awk '{ print $1 + $2 }')
+    client_share=$(awk -v c="$client_s" -v s="$(awk -v a="$before" -v b="$after" 'BEGIN { print b - a }')" \
+        'BEGIN { if (c + s > 0) printf "%.3f", c / (c + s); else print "null" }')
+}
+
 # "rps" of the one result line of `redis-benchmark --csv`.
 rps_of() {
     sed -n 's/^"\(SET\|GET\)","\([0-9.]*\)".*/\2/p' | head -n 1
@@ -156,10 +184,10 @@ rps_of() {
 # --- SET into the primary, replicated to both replicas ----------------------------------------
 full_syncs_before=$(info "$primary" stats sync_full)
 say "SET: $SET_REQUESTS requests of 128-byte values into the primary (-P 128 -c 8 -r 1000000)"
-set_csv=$(redis-benchmark -h 127.0.0.1 -p "$primary" -t set -d 128 -P 128 -c 8 -r 1000000 \
-    -n "$SET_REQUESTS" --csv 2>/dev/null)
-set_rps=$(rps_of <<<"$set_csv")
-[[ -n $set_rps ]] || die "no SET result from redis-benchmark: $set_csv"
+benchmark -h 127.0.0.1 -p "$primary" -t set -d 128 -P 128 -c 8 -r 1000000 -n "$SET_REQUESTS"
+set_rps=$(rps_of <<<"$bench_csv")
+set_client_share=$client_share
+[[ -n $set_rps ]] || die "no SET result from redis-benchmark: $bench_csv"
 catch_up_start=$(date +%s.%N)
 wait_caught_up || die "the replicas did not catch up with the primary within ${CATCH_UP_WAIT_S}s after the SET run"
 catch_up_s=$(awk -v a="$catch_up_start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.3f", b - a }')
@@ -170,7 +198,7 @@ full_syncs=$(($(info "$primary" stats sync_full) - full_syncs_before))
 for port in "${replicas[@]}"; do
     [[ $(info "$port" replication master_link_status) == up ]] || die "the replica on port $port lost its link"
 done
-say "SET: $set_rps requests/s; both replicas hold all $set_keys keys (replication offset $set_offset, caught up ${catch_up_s}s after the run)"
+say "SET: $set_rps requests/s (redis-benchmark's share of the CPU: $set_client_share); both replicas hold all $set_keys keys (replication offset $set_offset, caught up ${catch_up_s}s after the run)"
 
 # --- GET of 512-byte values from one server ---------------------------------------------------
 cli "$primary" flushall >/dev/null
@@ -188,15 +216,16 @@ wait_caught_up || die "the replicas did not take the GET keys within ${CATCH_UP_
 hits_before=$(info "$primary" stats keyspace_hits)
 misses_before=$(info "$primary" stats keyspace_misses)
 say "GET: $GET_REQUESTS requests for $GET_VALUE_BYTES-byte values from the primary (-P 64 -c 8 -r $GET_KEYS)"
-get_csv=$(redis-benchmark -h 127.0.0.1 -p "$primary" -t get -d "$GET_VALUE_BYTES" -P 64 -c 8 \
-    -r "$GET_KEYS" -n "$GET_REQUESTS" --csv 2>/dev/null)
-get_rps=$(rps_of <<<"$get_csv")
-[[ -n $get_rps ]] || die "no GET result from redis-benchmark: $get_csv"
+benchmark -h 127.0.0.1 -p "$primary" -t get -d "$GET_VALUE_BYTES" -P 64 -c 8 -r "$GET_KEYS" \
+    -n "$GET_REQUESTS"
+get_rps=$(rps_of <<<"$bench_csv")
+get_client_share=$client_share
+[[ -n $get_rps ]] || die "no GET result from redis-benchmark: $bench_csv"
 hits=$(($(info "$primary" stats keyspace_hits) - hits_before))
 misses=$(($(info "$primary" stats keyspace_misses) - misses_before))
 ((misses == 0)) || die "$misses of the GETs missed their key"
-say "GET: $get_rps requests/s ($hits hits, no misses)"
+say "GET: $get_rps requests/s (redis-benchmark's share of the CPU: $get_client_share; $hits hits, no misses)"
 
-printf '{"redis_version":"%s","redis_set_replicated_per_s":%s,"redis_get_per_s":%s,"set_requests":%s,"get_requests":%s,"replicas":2,"replica_keys_after_set":%s,"replication_offset_after_set":%s,"replica_catch_up_s":%s,"get_hits":%s}\n' \
-    "$version" "$set_rps" "$get_rps" "$SET_REQUESTS" "$GET_REQUESTS" "$set_keys" "$set_offset" \
-    "$catch_up_s" "$hits"
+printf '{"redis_version":"%s","redis_set_replicated_per_s":%s,"redis_get_per_s":%s,"set_requests":%s,"get_requests":%s,"set_client_cpu_share":%s,"get_client_cpu_share":%s,"replicas":2,"replica_keys_after_set":%s,"replication_offset_after_set":%s,"replica_catch_up_s":%s,"get_hits":%s}\n' \
+    "$version" "$set_rps" "$get_rps" "$SET_REQUESTS" "$GET_REQUESTS" "$set_client_share" \
+    "$get_client_share" "$set_keys" "$set_offset" "$catch_up_s" "$hits"
