@@ -1421,6 +1421,10 @@ async fn converge(
         let (rd, wr) = conn.into_split();
         let (j, stride) = (j as u64, connections as u64);
         let expected = writes.saturating_sub(j).div_ceil(stride);
+        if expected == 0 {
+            // More connections than writes: this one has none to send.
+            continue;
+        }
         writers.spawn(converge_writer(wr, j, stride, vis.clone(), names.clone()));
         readers.spawn(converge_acks(
             rd,

@@ -1,4 +1,6 @@
-//! A raw framed connection and the lean pipelined loop the closed-loop scenarios run on.
+//! A raw framed connection for the measured requests, and the lean pipelined loop the
+//! closed-loop scenarios (register, query, beat) run on; `converge` splits the connection into
+//! an open-loop sender and an answer reader.
 //!
 //! The scenarios send the same requests the SDK would, over the same protocol, without the SDK's
 //! per-request machinery: a frame encoded into a fresh buffer, a oneshot channel and an entry in
@@ -26,8 +28,12 @@ use tokio_util::codec::Decoder;
 
 use crate::{Counters, REQUEST_TIMEOUT, micros, new_histogram};
 
+/// Where the opcode sits in a whole frame: after the length prefix and the version byte.
+const OPCODE_AT: usize = LEN_PREFIX + 1;
 /// Where the request id sits in a whole frame: after the length prefix, version, opcode, flags.
 const REQUEST_ID_AT: usize = LEN_PREFIX + 4;
+/// How long connecting and the Hello exchange may take (as the SDK connections of the setup).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bytes read from the socket at a time at least (answers of a pipeline's worth of queries fit).
 const READ_CHUNK: usize = 64 << 10;
 
@@ -42,7 +48,7 @@ pub struct RawConn {
 impl RawConn {
     /// Connects and says Hello; fails unless the node answers HelloOk and is ready.
     pub async fn open(addr: &str, client_name: &str) -> anyhow::Result<RawConn> {
-        let timeout = Duration::from_secs(5);
+        let timeout = CONNECT_TIMEOUT;
         let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
             .with_context(|| format!("connecting to {addr}: timed out"))?
@@ -175,7 +181,10 @@ pub fn body(frame: &Bytes) -> Bytes {
 /// (request id, opcode) of the whole frame at the front of `buf`.
 fn header(buf: &[u8]) -> (u32, u8) {
     let id = &buf[REQUEST_ID_AT..REQUEST_ID_AT + 4];
-    (u32::from_be_bytes([id[0], id[1], id[2], id[3]]), buf[5])
+    (
+        u32::from_be_bytes([id[0], id[1], id[2], id[3]]),
+        buf[OPCODE_AT],
+    )
 }
 
 /// Appends a pre-encoded whole frame to `out` with `request_id` patched in.
