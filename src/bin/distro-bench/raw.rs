@@ -261,6 +261,10 @@ pub trait Workload: Send {
 /// moment it was put in the write buffer (the one write that follows sends it) to the read that
 /// brought its answer. Operations and errors go to `counters`; on a lost connection or an
 /// answer overdue by [`REQUEST_TIMEOUT`] every request still in flight counts as an error.
+///
+/// Requests are written before answers are read. That cannot wedge both sides: at most
+/// `pipeline` answers are ever owed, so the node's writes wait on this loop only while its
+/// reads of a (bounded) batch of requests do not.
 pub async fn run_pipelined(
     mut conn: RawConn,
     pipeline: usize,
