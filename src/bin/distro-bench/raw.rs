@@ -262,9 +262,10 @@ pub trait Workload: Send {
 /// brought its answer. Operations and errors go to `counters`; on a lost connection or an
 /// answer overdue by [`REQUEST_TIMEOUT`] every request still in flight counts as an error.
 ///
-/// Requests are written before answers are read. That cannot wedge both sides: at most
-/// `pipeline` answers are ever owed, so the node's writes wait on this loop only while its
-/// reads of a (bounded) batch of requests do not.
+/// Requests are written before answers are read. Both sides could wait on each other only if
+/// one round's requests and the answers owed (at most `pipeline` of each) both overran the
+/// socket buffers; no scenario has both large (large Register batches get 16-byte Acks, large
+/// QueryResults answer small Queries).
 pub async fn run_pipelined(
     mut conn: RawConn,
     pipeline: usize,
