@@ -63,8 +63,7 @@ const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// that cost the generator ~13% of its CPU.)
 const LATENCY_SIGFIG: u8 = 2;
 /// The lease of every bench instance. Long, so that instances registered without heartbeats
-/// (the raw load) do not expire during a run, and so that the SDK clients of `beat` do not
-/// heartbeat by themselves: only the measured `beat_now` calls renew.
+/// (nothing heartbeats them outside the measured Beat frames) do not expire during a run.
 const BENCH_LEASE: Lease = Lease {
     beat_ms: 3_600_000,
     unhealthy_ms: 3_600_000,
@@ -141,8 +140,9 @@ enum Scenario {
         #[arg(long, default_value_t = 16)]
         pipeline: usize,
     },
-    /// Registers N instances over C SDK clients, then renews them with batched heartbeats
-    /// (`Client::beat_now`, back to back) for S seconds.
+    /// Registers N instances, then renews them for S seconds over C connections, each sending
+    /// its share's keys in Beat frames of up to 16,384 keys back to back, one in flight (as an
+    /// SDK client's batched heartbeat round does).
     Beat {
         #[arg(long)]
         instances: u64,
