@@ -9,6 +9,8 @@
 //!   logical clock that versions every write.
 //! - [`cluster`]: the Distro protocol between nodes — membership, forwarding, batched sync,
 //!   digest verify and pull, streamed load, handoff.
+//! - [`frontend`]: the protocols clients speak besides the native one — the Nacos HTTP and gRPC
+//!   APIs (`docs/nacos.md`).
 //! - [`server`]: `distrod`'s listener, client sessions, request handling, subscriptions/push.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
 //! - [`net`]: the transport seam (tokio TCP in production, simulated streams in tests).
@@ -19,6 +21,7 @@ pub mod client;
 pub mod clock;
 pub mod cluster;
 pub mod config;
+pub mod frontend;
 pub mod hash;
 pub mod net;
 pub mod ownership;

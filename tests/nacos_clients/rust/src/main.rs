@@ -118,11 +118,8 @@ fn fail(step: &str, error: impl std::fmt::Display) -> ! {
 /// A client of its own, with a cache directory of its own, so that nothing read from disk (a
 /// previous run's cache) can stand in for what the server answers.
 async fn connect(addr: &str, app: &str) -> Result<NamingService, String> {
-    let cache_dir = std::env::temp_dir().join(format!(
-        "nacos-client-rust-{}-{}",
-        std::process::id(),
-        app
-    ));
+    let cache_dir =
+        std::env::temp_dir().join(format!("nacos-client-rust-{}-{}", std::process::id(), app));
     let props = ClientProps::new()
         .server_addr(addr)
         .namespace("")
@@ -192,11 +189,7 @@ struct Recorder {
 
 impl NamingEventListener for Recorder {
     fn event(&self, event: Arc<NamingChangeEvent>) {
-        let ports = event
-            .instances
-            .as_deref()
-            .map(ports_of)
-            .unwrap_or_default();
+        let ports = event.instances.as_deref().map(ports_of).unwrap_or_default();
         self.events.lock().expect("recorder lock").push(ports);
     }
 }
