@@ -130,6 +130,9 @@ pub struct Cluster {
     /// The members, in the engine's order. Fixed for the node's life today; the engine keys
     /// its members by address so that they can be added and removed at run time.
     members: Vec<Arc<Member>>,
+    /// The decisions. Locked only for the engine's quick synchronous calls, never across an
+    /// await (the duties run on the tracker, whose futures must be `Send`: a guard held across
+    /// an await does not compile).
     engine: Mutex<Engine>,
     outbox: Arc<SyncOutbox>,
     dialer: Arc<dyn Dialer>,

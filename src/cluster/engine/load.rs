@@ -175,6 +175,8 @@ mod tests {
             // Nobody up: alone after two member timeouts, not before.
             (3, &[], &[], ALONE - 1, retry(ALONE - 1)),
             (3, &[], &[], ALONE, alone(0)),
+            // No other member at all is no cold start of the whole cluster: it waits too.
+            (1, &[], &[], 10, retry(10)),
             // Every member up and loading: the whole cluster starts; nobody waits.
             (
                 3,
