@@ -74,8 +74,16 @@ impl Node {
         let store = Arc::new(Store::new(config.node_id, clock, observer));
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
+        let tracker = TaskTracker::new();
         let cluster = outbox.map(|outbox| {
-            Cluster::new(config.clone(), store.clone(), ready.clone(), outbox, dialer)
+            Cluster::new(
+                config.clone(),
+                store.clone(),
+                ready.clone(),
+                outbox,
+                dialer,
+                tracker.clone(),
+            )
         });
         Arc::new(Node {
             ready,
@@ -85,7 +93,7 @@ impl Node {
             subs,
             next_session: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            tracker,
         })
     }
 

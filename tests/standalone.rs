@@ -784,3 +784,50 @@ async fn a_node_that_is_not_ready_refuses_client_traffic_and_the_sdk_fails_over(
     h1.stop().await;
     h2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_every_task_of_the_client_and_its_session() {
+    let h = start().await;
+    let svc = name("close-ends-tasks");
+    let c = client(&[h.addr]).await;
+    c.register(inst(&svc, "10.9.9.1", 80)).await.unwrap();
+    let _sub = c.subscribe(&svc).await.unwrap();
+    c.close();
+    // The connection's reader and writer, the reconnect loop and the heartbeats all end.
+    tokio::time::timeout(Duration::from_secs(5), c.wait_closed())
+        .await
+        .expect("the client's tasks end after close");
+    assert!(matches!(
+        c.query(&svc, false).await,
+        Err(ClientError::Closed)
+    ));
+    // The node saw the connection end: the session-bound instance is marked unhealthy.
+    let s = eventually("the session's instance unhealthy", async || {
+        let s = h.node.store.query(&svc, "", false);
+        let s = ServiceSnapshot::decode_body(s).ok()?;
+        (!s.instances.is_empty() && !s.instances[0].healthy).then_some(s)
+    })
+    .await;
+    assert_eq!(addrs_of(&s), ["10.9.9.1:80"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beyond_the_wire_limits_is_refused_by_the_sdk_and_the_connection_stays() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let long = name(&"s".repeat(300));
+    match c.register(inst(&long, "10.9.9.2", 80)).await {
+        Err(ClientError::Invalid(reason)) => assert!(reason.contains("service"), "{reason}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(c.held_count(), 0);
+    // Nothing was sent, and the same connection goes on serving.
+    let at = c.connected_to().unwrap();
+    let svc = name("after-refusal");
+    c.register(inst(&svc, "10.9.9.3", 80)).await.unwrap();
+    assert_eq!(c.connected_to().unwrap(), at);
+    assert_eq!(h.node.store.len(), 1);
+    c.close();
+    h.stop().await;
+}

@@ -37,6 +37,7 @@ use std::time::Duration;
 use crate::hash::HashMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use conn::Conn;
@@ -130,7 +131,10 @@ struct Inner {
     conn: watch::Sender<Option<Arc<Conn>>>,
     held: Mutex<HashMap<InstanceKey, Held>>,
     subs: Arc<SubTable>,
+    /// Cancelled by [`Client::close`]: ends the connection and every task of the client.
     closed: CancellationToken,
+    /// Every task of the client (connection reader and writer, reconnects, heartbeats).
+    tasks: TaskTracker,
     /// Woken on every registration, so that a beat interval shorter than the one the heartbeat
     /// loop is sleeping on takes effect at once, not after the old interval.
     beat_wake: tokio::sync::Notify,
@@ -160,6 +164,7 @@ impl Client {
             held: Mutex::new(HashMap::default()),
             subs: Arc::new(Mutex::new(HashMap::default())),
             closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             beat_wake: tokio::sync::Notify::new(),
             min_beat_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
@@ -172,8 +177,8 @@ impl Client {
             }
         };
         inner.conn.send_replace(Some(conn.clone()));
-        tokio::spawn(inner.clone().maintain(conn, start_at));
-        tokio::spawn(inner.clone().heartbeats());
+        inner.tasks.spawn(inner.clone().maintain(conn, start_at));
+        inner.tasks.spawn(inner.clone().heartbeats());
         Ok(Client { inner })
     }
 
@@ -196,14 +201,17 @@ impl Client {
             .map_or(500, |c| c.hello.lease_floor_ms)
     }
 
-    /// Stops heartbeats and closes the connection. Instances stay registered until their lease
-    /// runs out (session-bound ones are marked unhealthy at once); deregister first to remove
-    /// them now.
+    /// Stops heartbeats and closes the connection: every task of the client ends (see
+    /// [`Client::wait_closed`]). Instances stay registered until their lease runs out
+    /// (session-bound ones are marked unhealthy at once); deregister first to remove them now.
     pub fn close(&self) {
         self.inner.closed.cancel();
-        if let Some(c) = self.inner.conn.borrow().as_ref() {
-            c.close();
-        }
+        self.inner.tasks.close();
+    }
+
+    /// Waits until every task of the client has ended, after [`Client::close`].
+    pub async fn wait_closed(&self) {
+        self.inner.tasks.wait().await
     }
 
     /// Registers one instance and keeps it alive.
@@ -493,6 +501,8 @@ impl Inner {
                 &self.config.client_name,
                 self.config.connect_timeout,
                 self.push_sink(),
+                &self.tasks,
+                &self.closed,
             )
             .await
             {
@@ -672,7 +682,7 @@ impl Inner {
                 continue;
             };
             let this = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = this.beat_once(&conn).await {
                     debug!(error = %e, "heartbeat failed");
                     if matches!(e, ClientError::Timeout { .. }) {

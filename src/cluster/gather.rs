@@ -62,7 +62,8 @@ impl Cluster {
         if opened {
             // Its own task: the batch must be sent even if this caller's future is dropped.
             let cluster = self.clone();
-            tokio::spawn(async move { cluster.send_gathered(owner, session).await });
+            self.tracker
+                .spawn(async move { cluster.send_gathered(owner, session).await });
         }
         answer.await.unwrap_or_else(|_| {
             Err(ForwardError::Failed {

@@ -40,7 +40,7 @@ use crate::ownership::Ownership;
 use crate::store::digest::BucketSet;
 use crate::store::{Bucket, Digest, Store};
 use crate::wire::{
-    DigestMsg, ErrorBody, ErrorCode, FLAG_MORE, Message, Opcode, PullMsg, SyncRecord, encode_frame,
+    DigestMsg, ErrorBody, ErrorCode, Message, Opcode, PullMsg, SyncRecord, encode_frame,
 };
 pub use auth::Identity;
 use link::{Link, PeerError};
@@ -135,6 +135,9 @@ pub struct Cluster {
     forwards: Semaphore,
     gather: gather::Gather,
     pub stats: Stats,
+    /// The node's task tracker: every task of the cluster machinery is spawned here.
+    tracker: tokio_util::task::TaskTracker,
+    serving: peer_session::Serving,
 }
 
 impl Cluster {
@@ -144,6 +147,7 @@ impl Cluster {
         ready: Arc<AtomicBool>,
         outbox: Arc<SyncOutbox>,
         dialer: Arc<dyn Dialer>,
+        tracker: tokio_util::task::TaskTracker,
     ) -> Arc<Cluster> {
         let identity = Identity {
             node_id: config.node_id,
@@ -184,6 +188,8 @@ impl Cluster {
             forwards: Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
             gather: gather::Gather::default(),
             stats: Stats::default(),
+            tracker,
+            serving: peer_session::Serving::default(),
         })
     }
 
@@ -274,7 +280,7 @@ impl Cluster {
     async fn probe(&self, m: &Member, dial_timeout: Duration, ping_timeout: Duration) -> bool {
         let control = match Member::link(&m.control) {
             Some(l) => l,
-            None => match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            None => match self.dial_link(m.addr, dial_timeout).await {
                 Ok(l) => {
                     self.learn_id(m, l.peer_id);
                     *m.control.lock().unwrap() = Some(l.clone());
@@ -313,7 +319,7 @@ impl Cluster {
             return false;
         }
         if m.data_link().is_none() {
-            match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            match self.dial_link(m.addr, dial_timeout).await {
                 Ok(l) => *m.data.lock().unwrap() = Some(l),
                 Err(e) => {
                     debug!(peer = %m.addr, error = %e, "data link failed");
@@ -406,14 +412,23 @@ impl Cluster {
     }
 
     fn send_open_batch(&self) {
-        let Some((count, frame)) = self.outbox.take_frame() else {
-            return;
-        };
-        Stats::add(&self.stats.sync_records_sent, count as u64);
-        for m in &self.members {
-            match m.data_link().filter(|_| m.is_up()) {
-                Some(l) if l.send_raw(frame.clone()) => Stats::add(&self.stats.sync_frames_sent, 1),
-                _ => Stats::add(&self.stats.sync_frames_dropped, 1),
+        let dropped = self.outbox.take_dropped();
+        if dropped > 0 {
+            Stats::add(&self.stats.sync_records_dropped, dropped);
+            warn!(
+                records = dropped,
+                "sync outbox full; records left to anti-entropy"
+            );
+        }
+        while let Some((count, frame)) = self.outbox.take_frame() {
+            Stats::add(&self.stats.sync_records_sent, count as u64);
+            for m in &self.members {
+                match m.data_link().filter(|_| m.is_up()) {
+                    Some(l) if l.send_raw(frame.clone()) => {
+                        Stats::add(&self.stats.sync_frames_sent, 1)
+                    }
+                    _ => Stats::add(&self.stats.sync_frames_dropped, 1),
+                }
             }
         }
     }
@@ -454,7 +469,7 @@ impl Cluster {
                     // behind the digest must be answered within the member timeout, or the
                     // call closes the link and the prober redials it.
                     let ping = Message::Ping(self.now_ms());
-                    tokio::spawn(async move {
+                    self.tracker.spawn(async move {
                         let _ = l.call(&ping, deadline).await;
                     });
                 }
@@ -522,7 +537,7 @@ impl Cluster {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             if let Err(e) = me.pull(&m, d.owner, d.view_hash, diff).await {
                 debug!(peer = %m.addr, error = %e, "pull failed");
             }
@@ -688,7 +703,7 @@ impl Cluster {
     async fn next_streamed(
         &self,
         link: &Link,
-        rx: &mut tokio::sync::mpsc::Receiver<Message>,
+        rx: &mut crate::net::StreamedAnswer,
         what: &'static str,
     ) -> Result<Option<Message>, PeerError> {
         let silent_max = Duration::from_millis(self.config.member_timeout_ms);
@@ -947,23 +962,6 @@ impl Cluster {
             instances: self.store.len() as u64,
             members,
         }
-    }
-
-    /// Frames answering a Pull or SnapshotRequest: `pieces` as Records frames, FLAG_MORE on all
-    /// but the last, and an empty last frame when there is nothing.
-    pub fn records_frames(request_id: u32, pieces: Vec<(u32, bytes::Bytes)>) -> Vec<bytes::Bytes> {
-        let n = pieces.len();
-        if n == 0 {
-            return vec![records_frame(Opcode::Records, request_id, 0, 0, &[])];
-        }
-        pieces
-            .into_iter()
-            .enumerate()
-            .map(|(i, (count, bytes))| {
-                let flags = if i + 1 < n { FLAG_MORE } else { 0 };
-                records_frame(Opcode::Records, request_id, flags, count, &bytes)
-            })
-            .collect()
     }
 }
 

@@ -1,5 +1,6 @@
 //! One client connection: a reader that decodes frames in order and turns each into a call of
-//! the request API, and a writer task that batches answers and pushes onto the socket.
+//! the request API, and the connection layer's writer ([`crate::net::writer`]) that batches
+//! answers and pushes onto the socket (the pushes are its [`Extra`] output).
 //!
 //! Requests are pipelined: the client may send many before reading answers; each answer carries
 //! its request's id. A frame that cannot be decoded is answered with an Error frame and the
@@ -13,15 +14,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::subscriptions::PushQueue;
 use crate::api::{Api, Rejection, Session, Write};
 use crate::model::BATCH_INSTANCES_MAX;
-use crate::net::{BoxStream, StreamWriter};
+use crate::net::{BoxStream, Extra, WriterConfig};
 use crate::wire::{
     ErrorBody, ErrorCode, FRAME_LEN_MAX, Frame, FrameCodec, HelloOk, Message, Opcode,
     PROTOCOL_VERSION, WireError, codec::encode_raw_frame_into, encode_frame,
@@ -54,11 +55,23 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let (tx, rx) = mpsc::channel(ANSWER_QUEUE_MAX);
     let session = api.open_session();
-    let writer = node.tracker.spawn(write_loop(
+    let pushes = Pushes {
+        queue: session.push_queue().clone(),
+        api: api.clone(),
+        delay: Duration::from_millis(node.config.push_delay_ms),
+    };
+    // Never stopped from here: the writer ends once the answers channel is closed and drained
+    // (the last answer, a ShuttingDown error, goes out), or a write fails.
+    let writer_config = WriterConfig {
+        batch_bytes: WRITE_BATCH_BYTES,
+        write_timeout: Some(WRITE_TIMEOUT),
+    };
+    let writer = node.tracker.spawn(crate::net::writer::run(
         wr,
         rx,
-        session.push_queue().clone(),
-        api.clone(),
+        writer_config,
+        CancellationToken::new(),
+        pushes,
     ));
     let mut c = Conn {
         api,
@@ -269,51 +282,28 @@ impl Conn {
     }
 }
 
-/// Writes answers and pushes, gathering whatever is ready into one socket write.
-async fn write_loop(
-    mut wr: StreamWriter,
-    mut answers: mpsc::Receiver<Bytes>,
-    push: Arc<PushQueue>,
+/// The pushes of a session, written by the connection's writer between its answers: when the
+/// push queue wakes, wait `push_delay_ms` more to coalesce, then encode the current snapshot of
+/// every service with news.
+struct Pushes {
+    queue: Arc<PushQueue>,
     api: Api,
-) {
-    let push_delay = Duration::from_millis(api.node().config.push_delay_ms);
-    let mut buf = BytesMut::new();
-    loop {
-        tokio::select! {
-            biased;
-            a = answers.recv() => match a {
-                Some(b) => {
-                    buf.extend_from_slice(&b);
-                    crate::net::gather_queued(&mut buf, &mut answers, WRITE_BATCH_BYTES).await;
-                }
-                None => {
-                    if !buf.is_empty() {
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await;
-                    }
-                    let _ = wr.shutdown().await;
-                    return;
-                }
-            },
-            _ = push.wait() => {
-                if !push_delay.is_zero() {
-                    tokio::time::sleep(push_delay).await;
-                }
-                for snap in api.pushes(&push) {
-                    encode_raw_frame_into(&mut buf, Opcode::Push as u8, 0, 0, |b| {
-                        b.extend_from_slice(snap.body())
-                    });
-                }
-            }
+    delay: Duration,
+}
+
+impl Extra for Pushes {
+    async fn ready(&mut self) {
+        self.queue.wait().await
+    }
+
+    async fn fill(&mut self, buf: &mut BytesMut) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
         }
-        if buf.is_empty() {
-            continue;
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await {
-            Ok(Ok(())) => crate::net::recycle_write_buf(&mut buf),
-            _ => {
-                debug!("client write failed or timed out; dropping connection");
-                return;
-            }
+        for snap in self.api.pushes(&self.queue) {
+            encode_raw_frame_into(buf, Opcode::Push as u8, 0, 0, |b| {
+                b.extend_from_slice(snap.body())
+            });
         }
     }
 }
