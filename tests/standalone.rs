@@ -831,3 +831,33 @@ async fn a_request_beyond_the_wire_limits_is_refused_by_the_sdk_and_the_connecti
     c.close();
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_frame_is_split_and_an_answer_larger_than_a_frame_is_refused() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let svc = name("too-large-to-list");
+    // 2100 instances with 4 KiB of metadata each: some 8.7 MB, more than one frame takes.
+    let big: Vec<Instance> = (0..2100)
+        .map(|i| {
+            let mut inst = inst(&svc, &format!("10.7.{}.{}", i / 256, i % 256), 80);
+            inst.key.cluster = "big".into();
+            inst.metadata = vec![("blob".into(), "x".repeat(4096).into())];
+            inst
+        })
+        .collect();
+    c.register_batch(big).await.unwrap();
+    let mut small = inst(&svc, "10.7.99.1", 80);
+    small.key.cluster = "small".into();
+    c.register(small).await.unwrap();
+    assert_eq!(h.node.store.len(), 2101);
+    // The whole service does not fit one answer: refused with TooLarge, the connection stays.
+    match c.query(&svc, false).await {
+        Err(e) => assert_eq!(server_error_code(&e), Some(ErrorCode::TooLarge), "{e}"),
+        Ok(s) => panic!("a {}-instance answer in one frame", s.instances.len()),
+    }
+    let s = c.query_cluster(&svc, "small", false).await.unwrap();
+    assert_eq!(addrs_of(&s), ["10.7.99.1:80"]);
+    c.close();
+    h.stop().await;
+}

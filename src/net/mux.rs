@@ -97,12 +97,11 @@ struct Pending {
 }
 
 impl Pending {
-    /// Takes the entry `id` if it is still the one of `seq` (any entry when `seq` is None);
-    /// frees its slot.
-    fn remove(&self, id: u32, seq: Option<u64>) -> Option<Waiter> {
+    /// Takes the entry `id` if it is still the one of `seq`; frees its slot.
+    fn remove(&self, id: u32, seq: u64) -> Option<Waiter> {
         let mut t = self.table.lock().unwrap();
         match t.entries.get(&id) {
-            Some(e) if seq.is_none_or(|s| s == e.seq) => {}
+            Some(e) if e.seq == seq => {}
             _ => return None,
         }
         let e = t.entries.remove(&id).expect("just found");
@@ -218,12 +217,12 @@ impl Mux {
         let guard = self.enqueue(msg, Waiter::One(tx), deadline).await?;
         let answer = tokio::time::timeout_at(deadline, rx).await;
         match answer {
-            Ok(Ok(m)) => Ok(m),
-            Ok(Err(_)) => Err(MuxError::Closed),
-            Err(_) => {
-                drop(guard);
-                Err(MuxError::AnswerTimeout)
+            Ok(answered) => {
+                // The reader took the entry to answer it, or the end of the connection did.
+                guard.disarm();
+                answered.map_err(|_| MuxError::Closed)
             }
+            Err(_) => Err(MuxError::AnswerTimeout),
         }
     }
 
@@ -273,6 +272,7 @@ impl Mux {
             pending: self.pending.clone(),
             id,
             seq,
+            armed: true,
         };
         let mut frame = BytesMut::new();
         try_encode_frame_into(&mut frame, id, 0, msg).map_err(|e: WireError| {
@@ -305,11 +305,21 @@ struct EntryGuard {
     pending: Arc<Pending>,
     id: u32,
     seq: u64,
+    armed: bool,
+}
+
+impl EntryGuard {
+    /// The entry is gone already (answered, or the connection ended): nothing to remove.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for EntryGuard {
     fn drop(&mut self) {
-        self.pending.remove(self.id, Some(self.seq));
+        if self.armed {
+            self.pending.remove(self.id, self.seq);
+        }
     }
 }
 
@@ -326,6 +336,13 @@ impl StreamedAnswer {
     pub async fn recv(&mut self) -> Option<Message> {
         self.rx.recv().await
     }
+}
+
+/// What an answer frame's request id finds in the pending table.
+enum Found {
+    One(oneshot::Sender<Message>),
+    Stream(mpsc::Sender<Message>, u64),
+    Nothing,
 }
 
 struct Reader {
@@ -356,18 +373,30 @@ impl Reader {
                 continue;
             }
             let more = frame.flags & FLAG_MORE != 0;
-            let stream = {
-                let t = self.pending.table.lock().unwrap();
+            let found = {
+                let mut t = self.pending.table.lock().unwrap();
                 match t.entries.get(&frame.request_id) {
                     Some(Entry {
                         waiter: Waiter::Stream(tx),
                         seq,
-                    }) => Some((tx.clone(), *seq)),
-                    _ => None,
+                    }) => Found::Stream(tx.clone(), *seq),
+                    Some(_) => match t.entries.remove(&frame.request_id) {
+                        Some(Entry {
+                            waiter: Waiter::One(tx),
+                            ..
+                        }) => Found::One(tx),
+                        _ => unreachable!("the entry was just found"),
+                    },
+                    None => Found::Nothing,
                 }
             };
-            match stream {
-                Some((tx, seq)) => {
+            match found {
+                Found::One(tx) => {
+                    self.pending.slots.add_permits(1);
+                    let _ = tx.send(msg);
+                }
+                Found::Nothing => {}
+                Found::Stream(tx, seq) => {
                     // The consumer is slow: wait for it (bounded buffer) instead of queueing;
                     // stop waiting when the connection ends.
                     let delivered = tokio::select! {
@@ -377,12 +406,7 @@ impl Reader {
                     if !delivered || !more {
                         // The last frame, or a consumer that is gone: the stream ends when its
                         // sender is dropped.
-                        self.pending.remove(frame.request_id, Some(seq));
-                    }
-                }
-                None => {
-                    if let Some(Waiter::One(tx)) = self.pending.remove(frame.request_id, None) {
-                        let _ = tx.send(msg);
+                        self.pending.remove(frame.request_id, seq);
                     }
                 }
             }

@@ -25,7 +25,7 @@ use crate::model::BATCH_INSTANCES_MAX;
 use crate::net::{BoxStream, Extra, WriterConfig};
 use crate::wire::{
     ErrorBody, ErrorCode, FRAME_LEN_MAX, Frame, FrameCodec, HelloOk, Message, Opcode,
-    PROTOCOL_VERSION, WireError, codec::encode_raw_frame_into, encode_frame,
+    PROTOCOL_VERSION, WireError, encode_frame, try_encode_raw_frame_into,
 };
 
 /// Answers queued for the writer. When full the reader stops reading: a client that sends
@@ -270,11 +270,21 @@ impl Conn {
 
     /// Sends a frame whose body the store already encoded (query answers share the service's
     /// cached snapshot body).
+    /// An answer too large for one frame (a service of some hundred thousand instances) is
+    /// refused with `TooLarge` instead.
     async fn send_body(&self, request_id: u32, opcode: Opcode, body: &Bytes) -> Flow {
         let mut out = BytesMut::with_capacity(12 + body.len());
-        encode_raw_frame_into(&mut out, opcode as u8, request_id, 0, |b| {
-            b.extend_from_slice(body)
+        let framed = try_encode_raw_frame_into(&mut out, opcode as u8, request_id, 0, |b| {
+            b.extend_from_slice(body);
+            Ok(())
         });
+        if let Err(e) = framed {
+            let e = ErrorBody::new(
+                ErrorCode::TooLarge,
+                format!("the answer does not fit one frame ({e}); query one cluster at a time"),
+            );
+            return self.send_error(request_id, e).await;
+        }
         match self.answers.send(out.freeze()).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
@@ -301,9 +311,13 @@ impl Extra for Pushes {
             tokio::time::sleep(self.delay).await;
         }
         for snap in self.api.pushes(&self.queue) {
-            encode_raw_frame_into(buf, Opcode::Push as u8, 0, 0, |b| {
-                b.extend_from_slice(snap.body())
+            let framed = try_encode_raw_frame_into(buf, Opcode::Push as u8, 0, 0, |b| {
+                b.extend_from_slice(snap.body());
+                Ok(())
             });
+            if let Err(e) = framed {
+                tracing::warn!(error = %e, "a push does not fit one frame; not sent");
+            }
         }
     }
 }
