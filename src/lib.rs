@@ -18,8 +18,8 @@
 //!   task tracker) and its lease duty.
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
 //!   query, list, subscribe, owner, status; model types in, `Rejection` out.
-//! - [`frontend`]: the protocols clients speak, each translating to the request API (the
-//!   binary protocol's client sessions).
+//! - [`frontend`]: the protocols clients speak, each translating to the request API: the
+//!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`).
 //! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
 //! - [`net`]: the connection layer — the transport seam (tokio TCP in production, simulated

@@ -3,5 +3,7 @@
 //! the store or the cluster.
 //!
 //! - [`native`]: the binary protocol of `wire-spec.md` (the SDK, `distroctl`, `distro-bench`).
+//! - [`nacos`]: the Nacos naming API — HTTP v1/v2 and the 2.x gRPC protocol (`docs/nacos.md`).
 
+pub mod nacos;
 pub mod native;
