@@ -24,7 +24,8 @@
 //!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`).
 //! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
-//! - [`net`]: the transport seam (tokio TCP in production, simulated streams in tests).
+//! - [`net`]: the connection layer — the transport seam (tokio TCP in production, simulated
+//!   streams in tests), the accept loop, the socket writer, the request multiplexer.
 //! - [`hash`]: the node's hash maps, with one process-wide (settable) seed.
 //! - [`config`]: the node's settings (flags and TOML file) and their limits.
 

@@ -784,3 +784,80 @@ async fn a_node_that_is_not_ready_refuses_client_traffic_and_the_sdk_fails_over(
     h1.stop().await;
     h2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_every_task_of_the_client_and_its_session() {
+    let h = start().await;
+    let svc = name("close-ends-tasks");
+    let c = client(&[h.addr]).await;
+    c.register(inst(&svc, "10.9.9.1", 80)).await.unwrap();
+    let _sub = c.subscribe(&svc).await.unwrap();
+    c.close();
+    // The connection's reader and writer, the reconnect loop and the heartbeats all end.
+    tokio::time::timeout(Duration::from_secs(5), c.wait_closed())
+        .await
+        .expect("the client's tasks end after close");
+    assert!(matches!(
+        c.query(&svc, false).await,
+        Err(ClientError::Closed)
+    ));
+    // The node saw the connection end: the session-bound instance is marked unhealthy.
+    let s = eventually("the session's instance unhealthy", async || {
+        let s = h.node.store.query(&svc, "", false);
+        let s = ServiceSnapshot::decode_body(s).ok()?;
+        (!s.instances.is_empty() && !s.instances[0].healthy).then_some(s)
+    })
+    .await;
+    assert_eq!(addrs_of(&s), ["10.9.9.1:80"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beyond_the_wire_limits_is_refused_by_the_sdk_and_the_connection_stays() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let long = name(&"s".repeat(300));
+    match c.register(inst(&long, "10.9.9.2", 80)).await {
+        Err(ClientError::Invalid(reason)) => assert!(reason.contains("service"), "{reason}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(c.held_count(), 0);
+    // Nothing was sent, and the same connection goes on serving.
+    let at = c.connected_to().unwrap();
+    let svc = name("after-refusal");
+    c.register(inst(&svc, "10.9.9.3", 80)).await.unwrap();
+    assert_eq!(c.connected_to().unwrap(), at);
+    assert_eq!(h.node.store.len(), 1);
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_frame_is_split_and_an_answer_larger_than_a_frame_is_refused() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let svc = name("too-large-to-list");
+    // 2100 instances with 4 KiB of metadata each: some 8.7 MB, more than one frame takes.
+    let big: Vec<Instance> = (0..2100)
+        .map(|i| {
+            let mut inst = inst(&svc, &format!("10.7.{}.{}", i / 256, i % 256), 80);
+            inst.key.cluster = "big".into();
+            inst.metadata = vec![("blob".into(), "x".repeat(4096).into())];
+            inst
+        })
+        .collect();
+    c.register_batch(big).await.unwrap();
+    let mut small = inst(&svc, "10.7.99.1", 80);
+    small.key.cluster = "small".into();
+    c.register(small).await.unwrap();
+    assert_eq!(h.node.store.len(), 2101);
+    // The whole service does not fit one answer: refused with TooLarge, the connection stays.
+    match c.query(&svc, false).await {
+        Err(e) => assert_eq!(server_error_code(&e), Some(ErrorCode::TooLarge), "{e}"),
+        Ok(s) => panic!("a {}-instance answer in one frame", s.instances.len()),
+    }
+    let s = c.query_cluster(&svc, "small", false).await.unwrap();
+    assert_eq!(addrs_of(&s), ["10.7.99.1:80"]);
+    c.close();
+    h.stop().await;
+}

@@ -37,6 +37,7 @@ use std::time::Duration;
 use crate::hash::HashMap;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 pub use conn::Conn;
@@ -130,7 +131,10 @@ struct Inner {
     conn: watch::Sender<Option<Arc<Conn>>>,
     held: Mutex<HashMap<InstanceKey, Held>>,
     subs: Arc<SubTable>,
+    /// Cancelled by [`Client::close`]: ends the connection and every task of the client.
     closed: CancellationToken,
+    /// Every task of the client (connection reader and writer, reconnects, heartbeats).
+    tasks: TaskTracker,
     /// Woken on every registration, so that a beat interval shorter than the one the heartbeat
     /// loop is sleeping on takes effect at once, not after the old interval.
     beat_wake: tokio::sync::Notify,
@@ -160,6 +164,7 @@ impl Client {
             held: Mutex::new(HashMap::default()),
             subs: Arc::new(Mutex::new(HashMap::default())),
             closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             beat_wake: tokio::sync::Notify::new(),
             min_beat_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
@@ -172,8 +177,8 @@ impl Client {
             }
         };
         inner.conn.send_replace(Some(conn.clone()));
-        tokio::spawn(inner.clone().maintain(conn, start_at));
-        tokio::spawn(inner.clone().heartbeats());
+        inner.tasks.spawn(inner.clone().maintain(conn, start_at));
+        inner.tasks.spawn(inner.clone().heartbeats());
         Ok(Client { inner })
     }
 
@@ -196,14 +201,17 @@ impl Client {
             .map_or(500, |c| c.hello.lease_floor_ms)
     }
 
-    /// Stops heartbeats and closes the connection. Instances stay registered until their lease
-    /// runs out (session-bound ones are marked unhealthy at once); deregister first to remove
-    /// them now.
+    /// Stops heartbeats and closes the connection: every task of the client ends (see
+    /// [`Client::wait_closed`]). Instances stay registered until their lease runs out
+    /// (session-bound ones are marked unhealthy at once); deregister first to remove them now.
     pub fn close(&self) {
         self.inner.closed.cancel();
-        if let Some(c) = self.inner.conn.borrow().as_ref() {
-            c.close();
-        }
+        self.inner.tasks.close();
+    }
+
+    /// Waits until every task of the client has ended, after [`Client::close`].
+    pub async fn wait_closed(&self) {
+        self.inner.tasks.wait().await
     }
 
     /// Registers one instance and keeps it alive.
@@ -223,7 +231,7 @@ impl Client {
         instances: Vec<Instance>,
         session_bound: bool,
     ) -> Result<(), ClientError> {
-        for chunk in instances.chunks(BATCH_INSTANCES_MAX) {
+        for chunk in instance_frames(&instances) {
             let msg = Message::Register(Register {
                 session_bound,
                 instances: chunk.to_vec(),
@@ -264,7 +272,7 @@ impl Client {
     /// Deregisters instances; answers how many the node had.
     pub async fn deregister_batch(&self, keys: &[InstanceKey]) -> Result<u32, ClientError> {
         let mut removed = 0;
-        for chunk in keys.chunks(BATCH_INSTANCES_MAX) {
+        for chunk in key_frames(keys, BATCH_INSTANCES_MAX) {
             {
                 let mut held = self.inner.held.lock().unwrap();
                 for k in chunk {
@@ -493,6 +501,8 @@ impl Inner {
                 &self.config.client_name,
                 self.config.connect_timeout,
                 self.push_sink(),
+                &self.tasks,
+                &self.closed,
             )
             .await
             {
@@ -570,7 +580,7 @@ impl Inner {
                 .filter(|h| h.session_bound == bound)
                 .map(|h| h.instance.clone())
                 .collect();
-            for chunk in batch.chunks(BATCH_INSTANCES_MAX) {
+            for chunk in instance_frames(&batch) {
                 let msg = Message::Register(Register {
                     session_bound: bound,
                     instances: chunk.to_vec(),
@@ -599,7 +609,7 @@ impl Inner {
             return Ok(0);
         }
         let mut unknown = Vec::new();
-        for chunk in held.chunks(BEAT_KEYS_MAX) {
+        for chunk in key_frames(&held, BEAT_KEYS_MAX) {
             match conn
                 .call(&Message::Beat(chunk.to_vec()), self.config.request_timeout)
                 .await?
@@ -627,7 +637,7 @@ impl Inner {
                     .map(|h| h.instance.clone())
                     .collect()
             };
-            for chunk in again.chunks(BATCH_INSTANCES_MAX) {
+            for chunk in instance_frames(&again) {
                 let msg = Message::Register(Register {
                     session_bound: bound,
                     instances: chunk.to_vec(),
@@ -672,7 +682,7 @@ impl Inner {
                 continue;
             };
             let this = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = this.beat_once(&conn).await {
                     debug!(error = %e, "heartbeat failed");
                     if matches!(e, ClientError::Timeout { .. }) {
@@ -683,6 +693,47 @@ impl Inner {
             });
         }
     }
+}
+
+/// Bytes of a request body the SDK fills with instances or keys: the frame limit less the
+/// header and the body's fields before its list (a Register's options and count), so that a
+/// batch of large instances is split into frames the node accepts instead of being refused.
+const LIST_BODY_BYTES_MAX: usize = crate::wire::FRAME_LEN_MAX - crate::wire::HEADER_LEN - 16;
+
+/// Splits `items` into runs of at most `count_max` items and [`LIST_BODY_BYTES_MAX`] encoded
+/// bytes (an item larger than that alone goes in a run of its own, and is refused when sent).
+fn runs<T>(items: &[T], count_max: usize, len: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let n = len(item);
+        if i > start && (i - start == count_max || bytes + n > LIST_BODY_BYTES_MAX) {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+/// Register frames' worth of instances.
+fn instance_frames(instances: &[Instance]) -> Vec<&[Instance]> {
+    runs(instances, BATCH_INSTANCES_MAX, Instance::encoded_len)
+}
+
+/// Key lists of at most `count_max` keys that fit a frame.
+fn key_frames(keys: &[InstanceKey], count_max: usize) -> Vec<&[InstanceKey]> {
+    runs(keys, count_max, |k| {
+        InstanceKey::MIN_LEN
+            + k.service.namespace.len()
+            + k.service.group.len()
+            + k.service.service.len()
+            + k.cluster.len()
+            + k.ip.len()
+    })
 }
 
 /// Fills Nacos's defaults into empty parts of a name.
@@ -699,5 +750,24 @@ pub fn service_name(namespace: &str, group: &str, service: &str) -> ServiceName 
             group
         }),
         service: Text::from(service),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_respect_the_count_and_the_bytes() {
+        let items: Vec<usize> = vec![10; 10];
+        let lens = |r: Vec<&[usize]>| r.iter().map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(lens(runs(&items, 4, |&n| n)), [4, 4, 2]);
+        let big = LIST_BODY_BYTES_MAX / 3 + 1;
+        let items = vec![big; 5];
+        assert_eq!(lens(runs(&items, 100, |&n| n)), [2, 2, 1]);
+        // An item over the budget goes alone.
+        let items = vec![1, LIST_BODY_BYTES_MAX + 1, 1];
+        assert_eq!(lens(runs(&items, 100, |&n| n)), [1, 1, 1]);
+        assert!(runs(&[] as &[usize], 4, |&n| n).is_empty());
     }
 }

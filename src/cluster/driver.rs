@@ -102,7 +102,7 @@ impl Cluster {
         let dial_timeout = ms(timing.dial_timeout_ms());
         let control = match m.control_link() {
             Some(l) => l,
-            None => match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            None => match self.dial_link(m.addr, dial_timeout).await {
                 Ok(l) => {
                     self.engine().members_mut().on_handshake(m.addr, l.peer_id);
                     m.id.store(l.peer_id, Ordering::Relaxed);
@@ -126,7 +126,7 @@ impl Cluster {
             return Probe::PingLost { data_idle_ms };
         }
         if m.data_link().is_none() {
-            match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            match self.dial_link(m.addr, dial_timeout).await {
                 Ok(l) => *m.data.lock().unwrap() = Some(l),
                 Err(e) => {
                     debug!(peer = %m.addr, error = %e, "data link failed");
@@ -202,14 +202,23 @@ impl Cluster {
     }
 
     fn send_open_batch(&self) {
-        let Some((count, frame)) = self.outbox.take_frame() else {
-            return;
-        };
-        Stats::add(&self.stats.sync_records_sent, count as u64);
-        for m in &self.members {
-            match m.data_link().filter(|_| m.is_up()) {
-                Some(l) if l.send_raw(frame.clone()) => Stats::add(&self.stats.sync_frames_sent, 1),
-                _ => Stats::add(&self.stats.sync_frames_dropped, 1),
+        let dropped = self.outbox.take_dropped();
+        if dropped > 0 {
+            Stats::add(&self.stats.sync_records_dropped, dropped);
+            warn!(
+                records = dropped,
+                "sync outbox full; records left to anti-entropy"
+            );
+        }
+        while let Some((count, frame)) = self.outbox.take_frame() {
+            Stats::add(&self.stats.sync_records_sent, count as u64);
+            for m in &self.members {
+                match m.data_link().filter(|_| m.is_up()) {
+                    Some(l) if l.send_raw(frame.clone()) => {
+                        Stats::add(&self.stats.sync_frames_sent, 1)
+                    }
+                    _ => Stats::add(&self.stats.sync_frames_dropped, 1),
+                }
             }
         }
     }
@@ -429,7 +438,7 @@ impl Cluster {
     async fn next_streamed(
         &self,
         link: &Link,
-        rx: &mut tokio::sync::mpsc::Receiver<Message>,
+        rx: &mut crate::net::StreamedAnswer,
         what: &'static str,
     ) -> Result<Option<Message>, PeerError> {
         let silent_max = ms(self.config.member_timeout_ms);

@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::model::{ClusterStatus, MemberStatus, NodeId};
 use crate::net::{Dialer, Listener};
 use crate::store::Store;
-use crate::wire::{DigestMsg, FLAG_MORE, Message, Opcode, SyncRecord, encode_frame};
+use crate::wire::{DigestMsg, Message, SyncRecord, encode_frame};
 pub use auth::Identity;
 pub use engine::reconcile::UNKNOWN_RECORD_MARGIN_MS;
 pub use engine::verify::PULL_AT_ONCE_BUCKETS_MAX;
@@ -52,7 +52,7 @@ use engine::{Engine, Timing};
 pub use forward::ForwardError;
 use link::Link;
 use stats::Stats;
-use sync::{SyncOutbox, records_frame};
+use sync::SyncOutbox;
 
 /// Deadline of a forwarded write (the client's own deadline is usually longer, and the SDK
 /// retries a Timeout).
@@ -142,6 +142,8 @@ pub struct Cluster {
     gather: gather::Gather,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Pull and snapshot answers being streamed to peers (bounded).
+    serving: peer_session::Serving,
     pub stats: Stats,
 }
 
@@ -190,6 +192,7 @@ impl Cluster {
             gather: gather::Gather::default(),
             tracker,
             shutdown,
+            serving: peer_session::Serving::default(),
             stats: Stats::default(),
         })
     }
@@ -292,22 +295,5 @@ impl Cluster {
             instances: self.store.len() as u64,
             members,
         }
-    }
-
-    /// Frames answering a Pull or SnapshotRequest: `pieces` as Records frames, FLAG_MORE on all
-    /// but the last, and an empty last frame when there is nothing.
-    pub fn records_frames(request_id: u32, pieces: Vec<(u32, bytes::Bytes)>) -> Vec<bytes::Bytes> {
-        let n = pieces.len();
-        if n == 0 {
-            return vec![records_frame(Opcode::Records, request_id, 0, 0, &[])];
-        }
-        pieces
-            .into_iter()
-            .enumerate()
-            .map(|(i, (count, bytes))| {
-                let flags = if i + 1 < n { FLAG_MORE } else { 0 };
-                records_frame(Opcode::Records, request_id, flags, count, &bytes)
-            })
-            .collect()
     }
 }

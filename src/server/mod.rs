@@ -8,8 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::clock::Clock;
@@ -90,7 +89,15 @@ impl Server {
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
             c.start(l);
         }
-        accept_loop(&api, self.listener).await;
+        crate::net::accept_loop(
+            "client",
+            &*self.listener,
+            node.config.max_connections,
+            node.shutdown.clone(),
+            &node.tracker,
+            |stream, peer| crate::frontend::native::serve(api.clone(), stream, peer),
+        )
+        .await;
         node.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tracker.wait())
             .await
@@ -122,38 +129,5 @@ impl ServerHandle {
     pub async fn stop(self) {
         self.node.shutdown.cancel();
         let _ = self.task.await;
-    }
-}
-
-/// Accepts connections while slots are free; backs off on accept errors (out of file
-/// descriptors, ...) instead of spinning.
-async fn accept_loop(api: &Api, listener: Box<dyn Listener>) {
-    let node = api.node();
-    let slots = Arc::new(Semaphore::new(node.config.max_connections));
-    let mut backoff_ms = 1u64;
-    loop {
-        let permit = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff_ms = 1;
-                let api = api.clone();
-                node.tracker.spawn(async move {
-                    crate::frontend::native::serve(api, stream, peer).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                error!(error = %e, backoff_ms, "accept failed");
-                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                backoff_ms = (backoff_ms * 2).min(1_000);
-            }
-        }
     }
 }

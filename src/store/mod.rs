@@ -16,9 +16,11 @@
 //!   canonical key hash.
 //! - [`instances`]: one service's records, with no hash-table slack for small services.
 //! - [`name`]: a service's name as a map key, its three parts in one allocation.
+//! - [`chunks`]: records encoded a chunk at a time, for pull and snapshot answers.
 //! - [`digest`]: order-independent bucket digests.
 //! - [`invariants`]: `Store::check_invariants`, a from-scratch recheck for tests and fuzzing.
 
+pub mod chunks;
 pub mod digest;
 mod instances;
 pub mod invariants;
@@ -1042,13 +1044,21 @@ impl Store {
         d
     }
 
-    /// Records (tombstones included) owned by `owner` in the given buckets, encoded.
+    /// Records (tombstones included) owned by `owner` in the given buckets, encoded, all at once
+    /// (tests and tools; a pull's answer is streamed with [`chunks::RecordChunks`]).
     pub fn records_in_buckets(&self, owner: NodeId, buckets: &digest::BucketSet) -> RecordBatch {
+        let selection = chunks::Selection::Owned {
+            owner,
+            buckets: buckets.clone(),
+        };
+        self.collect_chunks(chunks::RecordChunks::new(selection))
+    }
+
+    fn collect_chunks(&self, mut walk: chunks::RecordChunks) -> RecordBatch {
         let mut batch = RecordBatch::default();
-        self.for_each_matching(
-            |r| r.owner == owner && buckets.contains(digest::bucket_of(r.key_hash)),
-            |name, id, r| batch.push(name, id, r),
-        );
+        while let Some(chunk) = walk.next_chunk(self) {
+            batch.append(chunk);
+        }
         batch
     }
 
@@ -1117,17 +1127,11 @@ impl Store {
         removed
     }
 
-    /// Encodes every record of one shard (for the streamed snapshot a joining node loads).
+    /// Encodes every record of one shard, all at once (tests and fuzzing; a snapshot is
+    /// streamed with [`chunks::RecordChunks`]).
     pub fn encode_shard(&self, shard: usize) -> RecordBatch {
-        let mut batch = RecordBatch::default();
-        let shard = self.shards[shard].read().unwrap();
-        for (name, svc) in &shard.services {
-            let name = name.to_name();
-            for (id, r) in &svc.instances {
-                batch.push(&name, id_text(&svc.clusters, id).view(), r);
-            }
-        }
-        batch
+        let walk = chunks::RecordChunks::of_shards(chunks::Selection::All, shard..shard + 1);
+        self.collect_chunks(walk)
     }
 
     /// Visits every record under read locks, one shard at a time.
@@ -1196,9 +1200,28 @@ pub fn encode_record(out: &mut BytesMut, name: &ServiceName, id: InstanceIdRef, 
     );
 }
 
+/// Bytes of [`encode_record`]'s output less those of the service name (`6 +` its parts).
+fn record_len_after_name(cluster: &str, ip: &str, rec: &Record) -> usize {
+    const TAIL: usize = 8 + 2 + 1 + 8 + 12 + 8;
+    let meta: usize = if rec.alive {
+        rec.meta().iter().map(|(k, v)| 4 + k.len() + v.len()).sum()
+    } else {
+        0
+    };
+    2 + cluster.len() + 2 + ip.len() + 2 + TAIL + 2 + meta
+}
+
 impl RecordBatch {
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Appends the records of `other`.
+    pub fn append(&mut self, other: RecordBatch) {
+        let base = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+        self.count += other.count;
     }
 
     /// Appends one record.

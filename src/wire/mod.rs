@@ -20,7 +20,10 @@ pub mod msg;
 pub mod peer;
 
 pub use buf::Reader;
-pub use codec::{Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into};
+pub use codec::{
+    Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into, set_frame_flags,
+    try_encode_frame_into, try_encode_raw_frame_into,
+};
 pub use error::WireError;
 pub use msg::*;
 pub use peer::*;

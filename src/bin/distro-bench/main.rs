@@ -639,14 +639,25 @@ fn no_push() -> Arc<dyn Fn(ServiceSnapshot) + Send + Sync> {
     Arc::new(|_| {})
 }
 
-/// One SDK connection over TCP.
+/// One SDK connection over TCP. Its tasks live until it is closed (or the bench exits).
 async fn dial(
     addr: &str,
     name: &str,
     timeout: Duration,
     on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
 ) -> Result<Arc<Conn>, distro::client::ClientError> {
-    Conn::open(&distro::net::Tcp, addr, name, timeout, on_push).await
+    let tasks = tokio_util::task::TaskTracker::new();
+    let owner = CancellationToken::new();
+    Conn::open(
+        &distro::net::Tcp,
+        addr,
+        name,
+        timeout,
+        on_push,
+        &tasks,
+        &owner,
+    )
+    .await
 }
 
 /// `n` connections, round-robin over `servers`, each to a ready node.
