@@ -14,6 +14,8 @@
 //!   logical clock that versions every write.
 //! - [`cluster`]: the Distro protocol between nodes — membership, forwarding, batched sync,
 //!   digest verify and pull, streamed load, handoff.
+//! - [`metrics`]: the node's metrics — one registry, counted where the work happens, exposed
+//!   by the admin port in the Prometheus text format.
 //! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
 //!   task tracker) and its lease duty.
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
@@ -37,6 +39,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod frontend;
 pub mod hash;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod model;
 pub mod net;
 #[cfg(feature = "server")]

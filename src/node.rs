@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
+use crate::metrics::{Metrics, NodeCollector};
 use crate::model::{ClusterStatus, MemberStatus, ServiceName};
 use crate::net::Dialer;
 use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
@@ -30,6 +31,8 @@ pub struct Node {
     pub subs: Arc<Subscriptions>,
     /// The cluster machinery; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
+    /// Every part of the node counts into these; the admin port exposes them.
+    pub metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     next_session: AtomicU64,
     pub shutdown: CancellationToken,
@@ -74,17 +77,36 @@ impl Node {
         let store = Arc::new(Store::new(config.node_id, clock, observer));
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
+        let metrics = Arc::new(Metrics::new());
         let cluster = outbox.map(|outbox| {
-            Cluster::new(config.clone(), store.clone(), ready.clone(), outbox, dialer)
+            Cluster::new(
+                config.clone(),
+                store.clone(),
+                ready.clone(),
+                outbox,
+                dialer,
+                metrics.clone(),
+            )
         });
+        let shutdown = CancellationToken::new();
+        metrics.register_collector(NodeCollector::new(
+            &metrics,
+            store.clone(),
+            cluster.as_ref().map(Arc::downgrade),
+            subs.clone(),
+            ready.clone(),
+            shutdown.clone(),
+            config.node_id,
+        ));
         Arc::new(Node {
+            metrics,
             ready,
             cluster,
             config,
             store,
             subs,
             next_session: AtomicU64::new(1),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tracker: TaskTracker::new(),
         })
     }
@@ -150,6 +172,7 @@ impl Node {
             last = now;
             for shard in 0..crate::store::SHARDS {
                 let s = self.store.lease_pass_shard(shard);
+                self.metrics.expired(s.lapsed, s.expired);
                 if s.expired + s.lapsed > 0 {
                     tracing::debug!(expired = s.expired, lapsed = s.lapsed, "lease pass");
                 }

@@ -135,6 +135,7 @@ pub struct Cluster {
     forwards: Semaphore,
     gather: gather::Gather,
     pub stats: Stats,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Cluster {
@@ -144,6 +145,7 @@ impl Cluster {
         ready: Arc<AtomicBool>,
         outbox: Arc<SyncOutbox>,
         dialer: Arc<dyn Dialer>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Cluster> {
         let identity = Identity {
             node_id: config.node_id,
@@ -184,6 +186,7 @@ impl Cluster {
             forwards: Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
             gather: gather::Gather::default(),
             stats: Stats::default(),
+            metrics,
         })
     }
 
@@ -412,8 +415,14 @@ impl Cluster {
         Stats::add(&self.stats.sync_records_sent, count as u64);
         for m in &self.members {
             match m.data_link().filter(|_| m.is_up()) {
-                Some(l) if l.send_raw(frame.clone()) => Stats::add(&self.stats.sync_frames_sent, 1),
-                _ => Stats::add(&self.stats.sync_frames_dropped, 1),
+                Some(l) if l.send_raw(frame.clone()) => {
+                    Stats::add(&self.stats.sync_frames_sent, 1);
+                    self.metrics.peer(m.id()).sync_sent(count, frame.len());
+                }
+                _ => {
+                    Stats::add(&self.stats.sync_frames_dropped, 1);
+                    self.metrics.peer(m.id()).sync_dropped_batches.inc();
+                }
             }
         }
     }
@@ -423,6 +432,14 @@ impl Cluster {
         let applied = self.store.merge_batch(records);
         Stats::add(&self.stats.records_applied, applied as u64);
         applied
+    }
+
+    /// Applies a SyncBatch that `peer` sent, counting it for that peer.
+    pub fn apply_sync_batch(&self, peer: NodeId, records: &[SyncRecord]) {
+        let applied = self.apply_records(records);
+        self.metrics
+            .peer(peer)
+            .sync_applied(records, applied, self.now_ms(), peer);
     }
 
     // ---- verify -----------------------------------------------------------------------
@@ -441,6 +458,7 @@ impl Cluster {
                 continue;
             }
             let frame = self.digest_frame();
+            self.metrics.digest_rounds.inc();
             let deadline = Duration::from_millis(self.config.member_timeout_ms);
             for m in self.members.iter().filter(|m| m.is_up()) {
                 if let Some(l) = m.data_link()
@@ -497,6 +515,10 @@ impl Cluster {
         let Some(m) = self.member_by_id(d.owner).cloned() else {
             return;
         };
+        self.metrics
+            .peer(d.owner)
+            .digest_mismatched_buckets
+            .inc_by(diff.len() as u64);
         let previous = m.last_diff.lock().unwrap().replace(diff.clone());
         if diff.is_empty() {
             Stats::add(&self.stats.digests_matched, 1);
@@ -576,6 +598,10 @@ impl Cluster {
             return Err(PeerError::Closed);
         }
         Stats::add(&self.stats.records_repaired, repaired as u64);
+        self.metrics
+            .peer(owner)
+            .repaired_records
+            .inc_by(repaired as u64);
         // Records this node holds at a newer version than the owner's (a write or delete whose
         // handoff to the owner was lost, the other side of a healed partition): last writer
         // wins, so they go to the owner, whose next digest spreads them. Without this the owner
@@ -652,8 +678,10 @@ impl Cluster {
             // of the cluster's data).
             let mut loading = 0;
             for m in &up {
+                let started = tokio::time::Instant::now();
                 match self.load_from(m).await {
                     Ok(n) => {
+                        self.metrics.snapshot_loaded(started.elapsed());
                         self.ready.store(true, Ordering::Release);
                         info!(peer = %m.addr, records = n, "loaded the cluster's data; ready");
                         return;
@@ -741,21 +769,25 @@ impl Cluster {
             .try_acquire()
             .map_err(|_| ForwardError::Overloaded)?;
         Stats::add(&self.stats.forwards, 1);
+        self.metrics.peer(owner).forwards_sent.inc();
         let link = self
             .member_by_id(owner)
             .and_then(|m| m.data_link())
             .ok_or_else(|| {
                 Stats::add(&self.stats.forward_errors, 1);
+                self.metrics.peer(owner).forward_errors.inc();
                 ForwardError::Unreachable { owner }
             })?;
         match link.call(&msg, FORWARD_TIMEOUT).await {
             Ok(Message::Error(error)) | Err(PeerError::Remote(error)) => {
                 Stats::add(&self.stats.forward_errors, 1);
+                self.metrics.peer(owner).forward_errors.inc();
                 Err(ForwardError::Refused { owner, error })
             }
             Ok(answer) => Ok(answer),
             Err(other) => {
                 Stats::add(&self.stats.forward_errors, 1);
+                self.metrics.peer(owner).forward_errors.inc();
                 Err(ForwardError::Failed {
                     owner,
                     reason: other.to_string(),

@@ -134,7 +134,11 @@ async fn serve(
                 break;
             }
         };
-        if !handle(&cluster, rid, msg, &tx).await {
+        cluster
+            .metrics
+            .peer(peer_id)
+            .frame_received(frame.opcode, frame.body.len());
+        if !handle(&cluster, peer_id, rid, msg, &tx).await {
             break;
         }
     }
@@ -215,7 +219,13 @@ async fn handshake(
 }
 
 /// Handles one request; false closes the connection.
-async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sender<Bytes>) -> bool {
+async fn handle(
+    cluster: &Arc<Cluster>,
+    peer: u16,
+    rid: u32,
+    msg: Message,
+    tx: &mpsc::Sender<Bytes>,
+) -> bool {
     let store = cluster.store();
     let answer = match msg {
         Message::Ping(n) => Message::Pong(n),
@@ -243,7 +253,7 @@ async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sende
         ),
         Message::SyncBatch(records) => {
             super::stats::Stats::add(&cluster.stats.sync_frames_received, 1);
-            cluster.apply_records(&records);
+            cluster.apply_sync_batch(peer, &records);
             return true;
         }
         Message::Digest(d) => {
@@ -259,6 +269,8 @@ async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sende
                 let set: BucketSet = p.buckets.iter().map(|&b| b as usize).collect();
                 let batch = c.store().records_in_buckets(p.owner, &set);
                 let frames = Cluster::records_frames(rid, batch.pieces(RECORDS_FRAME_BYTES));
+                let bytes: usize = frames.iter().map(|f| f.len()).sum();
+                c.metrics.peer(peer).pull_served_bytes.inc_by(bytes as u64);
                 send_all(&tx, frames).await;
             });
             return true;

@@ -3,5 +3,7 @@
 //! the store or the cluster.
 //!
 //! - [`native`]: the binary protocol of `wire-spec.md` (the SDK, `distroctl`, `distro-bench`).
+//! - [`admin`]: the admin HTTP port — Prometheus metrics, probes, JSON and the web console.
 
+pub mod admin;
 pub mod native;

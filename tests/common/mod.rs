@@ -26,13 +26,16 @@ use tokio_util::codec::Decoder;
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The settings every test server starts from: loopback port 0 (and a port-0 peer address, so
-/// parallel tests never collide), a low lease floor and a quick lease duty so short leases work.
+/// parallel tests never collide), no admin port, a low lease floor and a quick lease duty so
+/// short leases work.
 pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer_listen: "127.0.0.1:0".parse().unwrap(),
         lease_floor_ms: 100,
         lease_pass_ms: 50,
+        // No admin port unless a test asks for one (the default port would collide).
+        http: None,
         ..Config::default()
     }
 }

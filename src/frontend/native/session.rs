@@ -50,6 +50,7 @@ struct Conn {
 /// Serves one client connection until it closes, fails, idles out or the node shuts down.
 pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     let node = api.node().clone();
+    let _open = node.metrics.client_connection();
     let (rd, wr) = crate::net::split(stream);
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let (tx, rx) = mpsc::channel(ANSWER_QUEUE_MAX);
@@ -310,7 +311,10 @@ async fn write_loop(
         }
         match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await {
             Ok(Ok(())) => crate::net::recycle_write_buf(&mut buf),
-            _ => {
+            r => {
+                if r.is_err() {
+                    api.node().metrics.subscribers_dropped_lag.inc();
+                }
                 debug!("client write failed or timed out; dropping connection");
                 return;
             }
