@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
+    DescriptorEncoder, EncodeGaugeValue, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::exemplar::Exemplar;
@@ -629,12 +629,12 @@ impl std::fmt::Debug for NodeCollector {
     }
 }
 
-fn gauge(
+fn gauge<V: EncodeGaugeValue>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    v: f64,
+    v: V,
 ) -> Result<(), std::fmt::Error> {
     let m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     ConstGauge::new(v).encode(m)
@@ -656,7 +656,7 @@ fn gauge_family(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: impl Iterator<Item = (Labels, f64)>,
+    rows: impl Iterator<Item = (Labels, i64)>,
 ) -> Result<(), std::fmt::Error> {
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
     for (labels, v) in rows {
@@ -673,7 +673,7 @@ impl Collector for NodeCollector {
             "distro_ready",
             "1 while the node serves clients (loaded and not shutting down), else 0",
             None,
-            ready as u8 as f64,
+            ready as i64,
         )?;
         let info = enc.encode_descriptor(
             "distro_node",
@@ -694,7 +694,7 @@ impl Collector for NodeCollector {
             ns.iter().map(|n| {
                 (
                     vec![("namespace", n.namespace.to_string())],
-                    n.instances as f64,
+                    n.instances as i64,
                 )
             }),
         )?;
@@ -705,7 +705,7 @@ impl Collector for NodeCollector {
             ns.iter().map(|n| {
                 (
                     vec![("namespace", n.namespace.to_string())],
-                    n.healthy as f64,
+                    n.healthy as i64,
                 )
             }),
         )?;
@@ -716,7 +716,7 @@ impl Collector for NodeCollector {
             ns.iter().map(|n| {
                 (
                     vec![("namespace", n.namespace.to_string())],
-                    n.services as f64,
+                    n.services as i64,
                 )
             }),
         )?;
@@ -725,7 +725,7 @@ impl Collector for NodeCollector {
             "distro_subscriptions",
             "Subscriptions of connected clients, over all services",
             None,
-            self.subs.count() as f64,
+            self.subs.count() as i64,
         )?;
         gauge(
             &mut enc,
@@ -748,7 +748,7 @@ impl Collector for NodeCollector {
             peers().map(|m| {
                 (
                     vec![("peer", m.id.to_string()), ("addr", m.addr.to_string())],
-                    m.up as u8 as f64,
+                    m.up as i64,
                 )
             }),
         )?;
@@ -759,7 +759,7 @@ impl Collector for NodeCollector {
             status.members.iter().map(|m| {
                 (
                     vec![("peer", m.id.to_string()), ("addr", m.addr.to_string())],
-                    m.owned as f64,
+                    m.owned as i64,
                 )
             }),
         )?;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::api::Api;
@@ -19,6 +20,8 @@ use crate::node::Node;
 
 /// How long shutdown waits for connections and tasks to finish and flush.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the admin port, which stops last, may take to finish the requests in progress.
+const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// A bound client listener (and, in a cluster, peer listener; and the admin port's listener
 /// where there is one) and the node behind them.
@@ -120,11 +123,14 @@ impl Server {
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
             c.start(l, node.shutdown.clone(), &node.tracker);
         }
-        if let Some(l) = self.admin_listener {
-            let stop = node.shutdown.clone();
-            node.tracker
-                .spawn(crate::frontend::admin::serve(api.clone(), l, stop));
-        }
+        // The admin port outlives the rest of the node: while it stops, `/ready` answers 503
+        // (so that a load balancer or Kubernetes takes it out of rotation) and `/metrics` still
+        // answers.
+        let admin = self.admin_listener.map(|l| {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(crate::frontend::admin::serve(api.clone(), l, stop.clone()));
+            (stop, task)
+        });
         accept_loop(&api, self.listener).await;
         node.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tracker.wait())
@@ -132,6 +138,12 @@ impl Server {
             .is_err()
         {
             warn!("shutdown grace elapsed with tasks still running");
+        }
+        if let Some((stop, task)) = admin {
+            stop.cancel();
+            if tokio::time::timeout(ADMIN_STOP_GRACE, task).await.is_err() {
+                warn!("admin port did not stop within its grace");
+            }
         }
         info!("node stopped");
     }

@@ -324,3 +324,26 @@ impl AsyncWrite for Slotted {
         std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+    use crate::node::Node;
+
+    /// While a node stops, its readiness probe says so (the admin port outlives the rest of the
+    /// node, see `Server::run`).
+    #[tokio::test]
+    async fn a_stopping_node_is_not_ready() {
+        let api = Api::new(Node::new(Config::default(), Clock::system()));
+        assert_eq!(ready(State(api.clone())).await.status(), StatusCode::OK);
+        api.node().shutdown.cancel();
+        let r = ready(State(api.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 10).await.unwrap();
+        assert_eq!(&body[..], b"not ready: shutting down\n");
+        // Liveness stays up: the process still answers.
+        assert_eq!(health().await, "ok\n");
+    }
+}
