@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
-use tracing::info;
+use tracing::debug;
 
 use super::inflight::InFlight;
 use super::subscriptions::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
@@ -252,7 +252,8 @@ impl Session {
             return 0;
         }
         let n = keys.len();
-        info!(
+        // The front end logs the drop with the client's address; this is its detail.
+        debug!(
             session = self.id,
             instances = n,
             "session ended; its instances are reported unhealthy"

@@ -213,6 +213,9 @@ fn run(config: Config) -> anyhow::Result<()> {
     rt.block_on(async {
         let server = Server::bind(config.clone()).await?;
         let node = server.node();
+        // Installed before the node announces itself, so that a SIGTERM sent as soon as it
+        // serves (a supervisor, a test) stops it gracefully instead of killing it.
+        let signal = stop_signal()?;
         tracing::info!(
             listen = %server.local_addr(),
             http = %server.admin_addr().map_or("off".to_string(), |a| a.to_string()),
@@ -222,7 +225,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         );
         let stop = node.shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signal.await;
             tracing::info!("signal received; shutting down");
             stop.cancel();
         });
@@ -231,11 +234,15 @@ fn run(config: Config) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() {
+/// Completes on the first SIGINT or SIGTERM; the handlers are installed by this call.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -74,6 +74,8 @@ pub const UNKNOWN_RECORD_MARGIN_MS: u64 = 10_000;
 /// A digest that differs in at most this many buckets is repaired at once; beyond it, only the
 /// buckets that differed in the previous round too (see `Cluster::on_digest`).
 pub const PULL_AT_ONCE_BUCKETS_MAX: usize = 64;
+/// A long load logs how far it got this often.
+const LOAD_PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(2);
 /// Deadline for each frame of a streamed answer (snapshot, pull).
 pub const STREAM_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -647,13 +649,21 @@ impl Cluster {
                     .drop_missing(owner, &buckets, &kept, started_ms.saturating_sub(grace));
             Stats::add(&self.stats.records_dropped_by_pull, dropped as u64);
         }
-        info!(
-            owner,
-            buckets = buckets.len(),
-            repaired,
-            dropped,
-            "anti-entropy repair"
-        );
+        if repaired + dropped > 0 {
+            info!(
+                owner,
+                buckets = buckets.len(),
+                repaired,
+                dropped,
+                "anti-entropy repair"
+            );
+        } else {
+            debug!(
+                owner,
+                buckets = buckets.len(),
+                "anti-entropy pull changed nothing"
+            );
+        }
         Ok(())
     }
 
@@ -741,12 +751,18 @@ impl Cluster {
             .call_stream(&Message::SnapshotRequest, STREAM_FRAME_TIMEOUT)
             .await?;
         let mut total = 0;
+        info!(peer = %m.addr, "loading the cluster's data");
+        let mut progress = tokio::time::Instant::now();
         loop {
             let msg = self.next_streamed(&link, &mut rx, "snapshot").await?;
             match msg {
                 Some(Message::Records(recs)) => {
                     total += recs.len();
                     self.apply_records(&recs);
+                    if progress.elapsed() >= LOAD_PROGRESS_LOG_INTERVAL {
+                        progress = tokio::time::Instant::now();
+                        info!(peer = %m.addr, records = total, "loading the cluster's data");
+                    }
                 }
                 Some(Message::Error(e)) => return Err(PeerError::Remote(e)),
                 Some(other) => return Err(PeerError::Unexpected(format!("{:?}", other.opcode()))),
