@@ -44,6 +44,94 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
+/// A member's peer address: `IP:PORT`, or `HOST:PORT` with a DNS name that is resolved at
+/// every connect (so that a member whose IP changes, a restarted Kubernetes pod, is found
+/// again). The list of these is the cluster's identity: every member must be given the same
+/// list. An IP address is kept in its canonical form, so that `127.0.0.1:8859` is the same
+/// member however it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct PeerAddr(String);
+
+impl<'de> Deserialize<'de> for PeerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PeerAddr, D::Error> {
+        // A visitor (not `try_from`), so that the file's error points at the bad entry.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PeerAddr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a peer address, IP:PORT or HOST:PORT")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PeerAddr, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+impl PeerAddr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PeerAddr, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(PeerAddr(a.to_string()));
+        }
+        let bad = |why: &str| Err(format!("expected IP:PORT or HOST:PORT, got {s:?}: {why}"));
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return bad("no port");
+        };
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return bad("the port must be 1..=65535"),
+        }
+        // A DNS name (RFC 1123): dot-separated labels of letters, digits and dashes.
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return bad("not an IP address nor a host name");
+        }
+        Ok(PeerAddr(s.to_ascii_lowercase()))
+    }
+}
+
+impl TryFrom<String> for PeerAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<PeerAddr, String> {
+        s.parse()
+    }
+}
+
+impl From<PeerAddr> for String {
+    fn from(a: PeerAddr) -> String {
+        a.0
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(a: SocketAddr) -> PeerAddr {
+        PeerAddr(a.to_string())
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// How the node writes its log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +170,13 @@ pub struct Config {
     /// it. Listens on loopback by default: it is unauthenticated and read-only.
     #[serde(with = "http_addr")]
     pub http: Option<SocketAddr>,
-    /// Peer addresses of every member, this node's own included. Empty: standalone.
-    pub members: Vec<SocketAddr>,
+    /// Peer addresses (`IP:PORT` or `HOST:PORT`) of every member, this node's own included.
+    /// Empty: standalone.
+    pub members: Vec<PeerAddr>,
+    /// This node's own entry in `members`, as its peers reach it; `None`: `peer_listen`. Set it
+    /// where the node listens on a wildcard address or is known by a name (Kubernetes:
+    /// `distro-0.distro-peers:8859`).
+    pub peer_advertise: Option<PeerAddr>,
     /// Shared secret the members authenticate each other with.
     pub cluster_token: Option<String>,
     /// Client connections at once; the accept loop waits for a free slot beyond that.
@@ -118,6 +211,7 @@ impl Default for Config {
             peer_listen: "127.0.0.1:8859".parse().unwrap(),
             http: Some("127.0.0.1:8860".parse().unwrap()),
             members: Vec::new(),
+            peer_advertise: None,
             cluster_token: None,
             max_connections: 10_000,
             lease_floor_ms: 500,
@@ -312,11 +406,20 @@ impl Config {
         if self.members.len() > crate::model::MEMBERS_MAX {
             return invalid("members", "at most 256 members");
         }
-        if !self.members.is_empty() && !self.members.contains(&self.peer_listen) {
-            return invalid(
-                "members",
-                "must contain this node's own peer address (peer_listen)",
-            );
+        if !self.members.is_empty() && !self.members.contains(&self.own_peer_addr()) {
+            let key = if self.peer_advertise.is_some() {
+                "peer_advertise"
+            } else {
+                "members"
+            };
+            return Err(ConfigError::Invalid {
+                key,
+                reason: format!(
+                    "members must contain this node's own peer address {} (peer_advertise, \
+                     or else peer_listen)",
+                    self.own_peer_addr()
+                ),
+            });
         }
         if self.is_clustered()
             && self.cluster_token.is_none()
@@ -358,6 +461,13 @@ impl Config {
 
     pub fn is_clustered(&self) -> bool {
         self.members.len() > 1
+    }
+
+    /// This node's entry in `members`.
+    pub fn own_peer_addr(&self) -> PeerAddr {
+        self.peer_advertise
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.into())
     }
 
     /// Every key of the config file, in the order of [`Config`]'s fields.
@@ -406,7 +516,8 @@ mod tests {
         assert_eq!(
             err("node_id = 2\nlisen = \"127.0.0.1:9000\"\n"),
             "config file f.toml:2:1: key `lisen`: unknown field `lisen`, expected one of \
-             `node_id`, `listen`, `peer_listen`, `http`, `members`, `cluster_token`, \
+             `node_id`, `listen`, `peer_listen`, `http`, `members`, `peer_advertise`, \
+             `cluster_token`, \
              `max_connections`, `lease_floor_ms`, `push_delay_ms`, `lease_pass_ms`, \
              `client_idle_timeout_ms`, `sync_delay_ms`, `verify_interval_ms`, \
              `member_timeout_ms`, `log_level`, `log_format`"
@@ -418,7 +529,8 @@ mod tests {
         );
         assert_eq!(
             err("members = [\n  \"127.0.0.1:8859\",\n  \"nowhere\",\n]\n"),
-            "config file f.toml:3:3: key `members`: invalid socket address syntax"
+            "config file f.toml:3:3: key `members`: expected IP:PORT or HOST:PORT, got \
+             \"nowhere\": no port"
         );
         assert_eq!(
             err("lease_floor_ms = 5\n"),
@@ -438,6 +550,51 @@ mod tests {
             err("listen = \"127.0.0.1:1\"\nx = = 1\n"),
             "config file f.toml:2:5: extra `=`, expected nothing"
         );
+    }
+
+    #[test]
+    fn peer_addresses_are_ips_or_host_names() {
+        let ok = |s: &str| s.parse::<PeerAddr>().unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:8859"), "127.0.0.1:8859");
+        assert_eq!(ok("[::1]:8859"), "[::1]:8859");
+        assert_eq!(
+            ok("Distro-0.distro-peers.default.svc:8859"),
+            "distro-0.distro-peers.default.svc:8859"
+        );
+        for bad in [
+            "distro-0",
+            "distro-0:0",
+            "distro-0:x",
+            ":8859",
+            "a b:1",
+            "-a:1",
+            "a..b:1",
+        ] {
+            assert!(bad.parse::<PeerAddr>().is_err(), "{bad}");
+        }
+        // A node known by a name finds itself in the list by peer_advertise.
+        let members: Vec<PeerAddr> = ["distro-0.p:8859", "distro-1.p:8859"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let c = Config {
+            peer_listen: "0.0.0.0:8859".parse().unwrap(),
+            members: members.clone(),
+            cluster_token: Some("long-enough-token".into()),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("0.0.0.0:8859")
+        );
+        let c = Config {
+            peer_advertise: Some(members[1].clone()),
+            ..c
+        };
+        c.validate().unwrap();
+        assert_eq!(c.own_peer_addr(), members[1]);
     }
 
     #[test]

@@ -248,7 +248,7 @@ async fn a_loading_member_is_alive_but_not_ready() {
     let peer_addr = me.local_addr().unwrap();
     let mut cfg = common::test_config();
     cfg.peer_listen = peer_addr;
-    cfg.members = vec![peer_addr, common::dead_addr()];
+    cfg.members = vec![peer_addr.into(), common::dead_addr().into()];
     cfg.cluster_token = Some("test-token-123".into());
     // Alone only after twice the member timeout: far beyond this test.
     cfg.member_timeout_ms = 60_000;
@@ -310,7 +310,7 @@ async fn cluster_traffic_is_counted_per_peer() {
         cfg.node_id = i as u16 + 1;
         cfg.listen = client.local_addr().unwrap();
         cfg.peer_listen = peer.local_addr().unwrap();
-        cfg.members = members.clone();
+        cfg.members = members.iter().map(|&a| a.into()).collect();
         cfg.cluster_token = Some(token.into());
         cfg.member_timeout_ms = 600;
         cfg.verify_interval_ms = 300;

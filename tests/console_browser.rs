@@ -86,7 +86,7 @@ async fn start_cluster() -> (Vec<ServerHandle>, Vec<SocketAddr>) {
         cfg.node_id = i as u16 + 1;
         cfg.listen = client.local_addr().unwrap();
         cfg.peer_listen = peer.local_addr().unwrap();
-        cfg.members = members.clone();
+        cfg.members = members.iter().map(|&a| a.into()).collect();
         cfg.cluster_token = Some("test-token-123".into());
         cfg.member_timeout_ms = 1_000;
         cfg.verify_interval_ms = 500;

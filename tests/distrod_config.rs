@@ -152,7 +152,7 @@ fn bad_files_are_refused_with_the_key_and_its_position() {
         (
             "member.toml",
             "members = [\n  \"127.0.0.1:8859\",\n  \"10.0.0.2\",\n]\n",
-            ":3:3: key `members`: invalid socket address syntax",
+            ":3:3: key `members`: expected IP:PORT or HOST:PORT, got \"10.0.0.2\": no port",
         ),
         ("syntax.toml", "listen = \n", ":1:10: "),
         (
@@ -251,4 +251,84 @@ fn logs_are_text_or_json_at_the_level_asked_for() {
         "{line}"
     );
     assert_eq!(node.terminate(), 0);
+}
+
+/// Free loopback ports now (bound, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Members given by host name (as a Kubernetes StatefulSet's pods are: deploy/), each node
+/// finding itself in the list by `--peer-advertise`, listening on a wildcard peer address:
+/// the two nodes form one cluster and each shows the other by its name.
+#[test]
+fn members_given_by_host_name_form_a_cluster() {
+    let ports = free_ports(4);
+    let (peer1, peer2) = (ports[0], ports[1]);
+    let members = format!("localhost:{peer1},localhost:{peer2}");
+    let start = |id: u16, peer: u16, client: u16| {
+        let args = [
+            "--node-id".to_string(),
+            id.to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{client}"),
+            "--peer-listen".into(),
+            format!("0.0.0.0:{peer}"),
+            "--peer-advertise".into(),
+            format!("localhost:{peer}"),
+            "--members".into(),
+            members.clone(),
+            "--member-timeout-ms".into(),
+            "1000".into(),
+            "--http".into(),
+            "off".into(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Running::start(&args, &[("DISTRO_CLUSTER_TOKEN", "test-token-123")])
+    };
+    let a = start(1, peer1, ports[2]);
+    let b = start(2, peer2, ports[3]);
+    a.wait_for("distrod serving");
+    b.wait_for("distrod serving");
+    let deadline = std::time::Instant::now() + START_DEADLINE;
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_distroctl"))
+            .args([
+                "--server",
+                &format!("127.0.0.1:{}", ports[2]),
+                "cluster",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let up = v["members"]
+            .as_array()
+            .map(|m| m.iter().filter(|m| m["state"] == "up").count());
+        if v["ready"] == true && up == Some(2) {
+            let addrs: Vec<&str> = v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["addr"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                addrs,
+                [format!("localhost:{peer1}"), format!("localhost:{peer2}")]
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cluster formed: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(a.terminate(), 0);
+    assert_eq!(b.terminate(), 0);
 }

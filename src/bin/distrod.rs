@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use distro::config::{Config, ConfigError, KeyPositions, LogFormat};
+use distro::config::{Config, ConfigError, KeyPositions, LogFormat, PeerAddr};
 use distro::server::Server;
 
 #[global_allocator]
@@ -57,9 +57,13 @@ struct Args {
     /// Admin HTTP address (metrics, probes, console), or "off" [default: 127.0.0.1:8860].
     #[arg(long, value_parser = parse_http)]
     http: Option<HttpSetting>,
-    /// Peer addresses of all members, this node's included, comma-separated.
+    /// Peer addresses (IP:PORT or HOST:PORT) of all members, this node's included,
+    /// comma-separated.
     #[arg(long, value_delimiter = ',')]
-    members: Option<Vec<SocketAddr>>,
+    members: Option<Vec<PeerAddr>>,
+    /// This node's own entry in --members, as peers reach it [default: --peer-listen].
+    #[arg(long)]
+    peer_advertise: Option<PeerAddr>,
     /// Shared secret of the cluster's members.
     #[arg(long, env = "DISTRO_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
@@ -142,6 +146,10 @@ impl Args {
             log_level,
             log_format
         );
+        if self.peer_advertise.is_some() {
+            c.peer_advertise = self.peer_advertise;
+            from_flags.push("peer_advertise");
+        }
         if let Some(HttpSetting(http)) = self.http {
             c.http = http;
             from_flags.push("http");

@@ -5,7 +5,6 @@
 //! A link never blocks its callers on a slow peer beyond their deadline: the outbox is bounded
 //! and `send_raw` refuses when it is full (the caller counts the drop; anti-entropy repairs it).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -20,6 +19,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Identity};
+use crate::config::PeerAddr;
 use crate::net::{Dialer, StreamReader, StreamWriter};
 use crate::wire::{
     ErrorBody, FLAG_MORE, FRAME_LEN_MAX, FrameCodec, Message, PROTOCOL_VERSION, PeerHello,
@@ -33,13 +33,13 @@ pub const LINK_OUTBOX_FRAMES: usize = 256;
 #[derive(Debug, Error)]
 pub enum PeerError {
     #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    Connect { addr: PeerAddr, reason: String },
     #[error("{what} to peer timed out")]
     Timeout { what: &'static str },
     #[error("peer link closed")]
     Closed,
     #[error("peer {addr} failed authentication: {reason}")]
-    Unauthorized { addr: SocketAddr, reason: String },
+    Unauthorized { addr: PeerAddr, reason: String },
     #[error("peer answered with an error: {}", .0.message)]
     Remote(ErrorBody),
     #[error("peer sent an unexpected message: {0}")]
@@ -59,7 +59,7 @@ type Pending = Arc<std::sync::Mutex<HashMap<u32, Waiter>>>;
 pub struct Link {
     /// The peer's node id, learned in the handshake.
     pub peer_id: u16,
-    pub addr: SocketAddr,
+    pub addr: PeerAddr,
     outbox: mpsc::Sender<Bytes>,
     pending: Pending,
     next_id: AtomicU32,
@@ -79,7 +79,7 @@ impl Link {
     /// Connects, authenticates, and starts the link's reader and writer.
     pub async fn dial(
         dialer: &dyn Dialer,
-        addr: SocketAddr,
+        addr: &PeerAddr,
         me: &Identity,
         timeout: Duration,
     ) -> Result<Arc<Link>, PeerError> {
@@ -89,7 +89,7 @@ impl Link {
                     .connect(addr.to_string())
                     .await
                     .map_err(|e| PeerError::Connect {
-                        addr,
+                        addr: addr.clone(),
                         reason: e.to_string(),
                     })?;
             let (rd, mut wr) = crate::net::split(stream);
@@ -108,7 +108,7 @@ impl Link {
                 Message::PeerChallenge(c) => c,
                 Message::Error(e) => {
                     return Err(PeerError::Unauthorized {
-                        addr,
+                        addr: addr.clone(),
                         reason: e.message.to_string(),
                     });
                 }
@@ -123,7 +123,7 @@ impl Link {
                 &ch.mac,
             ) {
                 return Err(PeerError::Unauthorized {
-                    addr,
+                    addr: addr.clone(),
                     reason: "the peer does not know the cluster token".into(),
                 });
             }
@@ -141,7 +141,7 @@ impl Link {
                 Message::Ack(_) => {}
                 Message::Error(e) => {
                     return Err(PeerError::Unauthorized {
-                        addr,
+                        addr: addr.clone(),
                         reason: e.message.to_string(),
                     });
                 }
@@ -152,11 +152,11 @@ impl Link {
         let (frames, wr, peer_id) = tokio::time::timeout(timeout, fut)
             .await
             .map_err(|_| PeerError::Timeout { what: "handshake" })??;
-        Ok(Link::start(addr, peer_id, frames, wr))
+        Ok(Link::start(addr.clone(), peer_id, frames, wr))
     }
 
     fn start(
-        addr: SocketAddr,
+        addr: PeerAddr,
         peer_id: u16,
         mut frames: FramedRead<StreamReader, FrameCodec>,
         wr: StreamWriter,

@@ -20,7 +20,6 @@ pub mod peer_session;
 pub mod stats;
 pub mod sync;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,7 +30,7 @@ use thiserror::Error;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
+use crate::config::{Config, PeerAddr};
 use crate::model::NodeId;
 use crate::model::key_hash;
 use crate::model::{ClusterStatus, Instance, InstanceKey, MemberStatus};
@@ -81,7 +80,7 @@ pub const STREAM_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One other member of the cluster, as this node sees it.
 pub struct Member {
-    pub addr: SocketAddr,
+    pub addr: PeerAddr,
     /// Learned in the handshake; 0 until then.
     id: AtomicU16,
     up: AtomicBool,
@@ -158,13 +157,14 @@ impl Cluster {
                 .unwrap_or_default()
                 .into_bytes(),
         };
+        let me = config.own_peer_addr();
         let members = config
             .members
             .iter()
-            .filter(|a| **a != config.peer_listen)
-            .map(|&addr| {
+            .filter(|a| **a != me)
+            .map(|addr| {
                 Arc::new(Member {
-                    addr,
+                    addr: addr.clone(),
                     id: AtomicU16::new(0),
                     up: AtomicBool::new(false),
                     last_ok_ms: AtomicU64::new(0),
@@ -279,7 +279,7 @@ impl Cluster {
     async fn probe(&self, m: &Member, dial_timeout: Duration, ping_timeout: Duration) -> bool {
         let control = match Member::link(&m.control) {
             Some(l) => l,
-            None => match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            None => match Link::dial(&*self.dialer, &m.addr, &self.identity, dial_timeout).await {
                 Ok(l) => {
                     self.learn_id(m, l.peer_id);
                     *m.control.lock().unwrap() = Some(l.clone());
@@ -318,7 +318,7 @@ impl Cluster {
             return false;
         }
         if m.data_link().is_none() {
-            match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            match Link::dial(&*self.dialer, &m.addr, &self.identity, dial_timeout).await {
                 Ok(l) => *m.data.lock().unwrap() = Some(l),
                 Err(e) => {
                     debug!(peer = %m.addr, error = %e, "data link failed");
@@ -973,14 +973,14 @@ impl Cluster {
         let owned = self.store.owned_counts();
         let mut members = vec![MemberStatus {
             id: self.config.node_id,
-            addr: self.config.peer_listen.to_string().into(),
+            addr: self.config.own_peer_addr().as_str().into(),
             up: true,
             owned: *owned.get(&self.config.node_id).unwrap_or(&0) as u64,
         }];
         for m in &self.members {
             members.push(MemberStatus {
                 id: m.id(),
-                addr: m.addr.to_string().into(),
+                addr: m.addr.as_str().into(),
                 up: m.is_up(),
                 owned: if m.is_up() {
                     *owned.get(&m.id()).unwrap_or(&0) as u64
