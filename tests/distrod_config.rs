@@ -332,3 +332,47 @@ fn members_given_by_host_name_form_a_cluster() {
     assert_eq!(a.terminate(), 0);
     assert_eq!(b.terminate(), 0);
 }
+
+/// The Kubernetes manifest's config (deploy/kubernetes/distro.yaml, its ConfigMap) is one that
+/// distrod accepts for every pod of the StatefulSet, with the node id and advertised name the
+/// pod's command gives it, and its member list has as many entries as the StatefulSet has
+/// replicas.
+#[test]
+fn the_kubernetes_manifest_configures_every_pod_validly() {
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/distro.yaml"
+    ))
+    .unwrap();
+    // The ConfigMap's distrod.toml: the block indented under `distrod.toml: |`.
+    let toml: String = manifest
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("distrod.toml: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.trim().is_empty())
+        .map(|l| format!("{}\n", l.get(4..).unwrap_or("")))
+        .collect();
+    let (base, _) = distro::config::Config::parse_str("distro.yaml", &toml).unwrap();
+    let replicas: usize = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("replicas: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(base.members.len(), replicas);
+    assert!(manifest.contains(r#"--node-id "$(( ${POD_NAME##*-} + 1 ))""#));
+    assert!(manifest.contains(r#"--peer-advertise "${POD_NAME}.distro-peers:8859""#));
+    for ordinal in 0..replicas {
+        let mut c = base.clone();
+        c.node_id = ordinal as u16 + 1;
+        c.peer_advertise = Some(
+            format!("distro-{ordinal}.distro-peers:8859")
+                .parse()
+                .unwrap(),
+        );
+        c.cluster_token = Some("a-token-from-the-secret".into());
+        c.validate()
+            .unwrap_or_else(|e| panic!("pod distro-{ordinal}: {e}"));
+        assert!(c.is_clustered() && c.http.is_some());
+    }
+}
