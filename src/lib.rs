@@ -21,7 +21,7 @@
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
 //!   query, list, subscribe, owner, status; model types in, `Rejection` out.
 //! - [`frontend`]: the protocols clients speak, each translating to the request API (the
-//!   binary protocol's client sessions).
+//!   binary protocol's client sessions; the admin HTTP port: metrics, probes, JSON, console).
 //! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
 //! - [`net`]: the transport seam (tokio TCP in production, simulated streams in tests).
