@@ -592,12 +592,12 @@ impl Drop for GaugeGuard {
 /// readiness, subscriptions, and the cluster's own counters ([`crate::cluster::stats`]). Holds
 /// the cluster weakly: the cluster holds the metrics.
 pub struct NodeCollector {
-    pub store: Arc<Store>,
-    pub cluster: Option<Weak<Cluster>>,
-    pub subs: Arc<Subscriptions>,
-    pub ready: Arc<AtomicBool>,
-    pub shutdown: CancellationToken,
-    pub node_id: NodeId,
+    store: Arc<Store>,
+    cluster: Option<Weak<Cluster>>,
+    subs: Arc<Subscriptions>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    node_id: NodeId,
     snapshot_load_ms: Gauge,
 }
 

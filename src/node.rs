@@ -172,8 +172,8 @@ impl Node {
             last = now;
             for shard in 0..crate::store::SHARDS {
                 let s = self.store.lease_pass_shard(shard);
-                self.metrics.expired(s.lapsed, s.expired);
                 if s.expired + s.lapsed > 0 {
+                    self.metrics.expired(s.lapsed, s.expired);
                     tracing::debug!(expired = s.expired, lapsed = s.lapsed, "lease pass");
                 }
                 tokio::task::yield_now().await;
