@@ -171,8 +171,12 @@ function renderInstances() {
       el("td", {}, i.enabled ? "yes" : el("span", { class: "badge warn" }, "disabled")),
       el(
         "td",
-        { class: "meta" },
-        ...Object.entries(i.metadata).map(([k, v]) => el("span", { class: "kv" }, el("b", {}, k), v))
+        {},
+        el(
+          "div",
+          { class: "meta" },
+          ...Object.entries(i.metadata).map(([k, v]) => el("span", { class: "kv" }, el("b", {}, k), v))
+        )
       )
     )
   );
