@@ -12,16 +12,19 @@
 //! - [`ownership`]: which node is responsible for an instance (rendezvous hashing, xxh3).
 //! - [`clock`]: the millisecond clock (through tokio, so simulated time works) and the hybrid
 //!   logical clock that versions every write.
-//! - [`cluster`]: the Distro protocol between nodes — membership, forwarding, batched sync,
-//!   digest verify and pull, streamed load, handoff.
+//! - [`cluster`]: the Distro protocol between nodes — its decisions in a sans-IO engine
+//!   (membership and failure detection, handoff, digest verify and pull, load and readiness,
+//!   the peer handshake) and the async driver that runs them over the links; forwarding and
+//!   batched sync.
 //! - [`metrics`]: the node's metrics — one registry, counted where the work happens, exposed
 //!   by the admin port in the Prometheus text format.
 //! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
 //!   task tracker) and its lease duty.
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
 //!   query, list, subscribe, owner, status; model types in, `Rejection` out.
-//! - [`frontend`]: the protocols clients speak, each translating to the request API (the
-//!   binary protocol's client sessions; the admin HTTP port: metrics, probes, JSON, console).
+//! - [`frontend`]: the protocols clients speak, each translating to the request API: the
+//!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`), the
+//!   admin HTTP port (metrics, probes, JSON, console).
 //! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
 //! - [`net`]: the transport seam (tokio TCP in production, simulated streams in tests).

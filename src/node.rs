@@ -78,6 +78,8 @@ impl Node {
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
         let metrics = Arc::new(Metrics::new());
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
         let cluster = outbox.map(|outbox| {
             Cluster::new(
                 config.clone(),
@@ -85,10 +87,11 @@ impl Node {
                 ready.clone(),
                 outbox,
                 dialer,
+                tracker.clone(),
+                shutdown.clone(),
                 metrics.clone(),
             )
         });
-        let shutdown = CancellationToken::new();
         metrics.register_collector(NodeCollector::new(
             &metrics,
             store.clone(),
@@ -107,7 +110,7 @@ impl Node {
             subs,
             next_session: AtomicU64::new(1),
             shutdown,
-            tracker: TaskTracker::new(),
+            tracker,
         })
     }
 

@@ -121,7 +121,7 @@ impl Server {
         node.tracker.spawn(node.clone().lease_duty());
         let api = Api::new(node.clone());
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
-            c.start(l, node.shutdown.clone(), &node.tracker);
+            c.start(l);
         }
         // The admin port outlives the rest of the node: while it stops, `/ready` answers 503
         // (so that a load balancer or Kubernetes takes it out of rotation) and `/metrics` still

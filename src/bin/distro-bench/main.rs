@@ -1,13 +1,15 @@
-//! `distro-bench`: the load generator. Speaks the native protocol through the SDK
-//! ([`distro::client::Conn`] for raw pipelined load, [`distro::client::Client`] where the SDK's
-//! own behaviour is what is measured, e.g. batched heartbeats).
+//! `distro-bench`: the load generator. Speaks the native protocol: the measured requests go
+//! over raw pipelined connections ([`raw`]: frames encoded once or in place, answers checked by
+//! header and the fields a scenario counts), so that the generator costs less than what it
+//! measures; setup (loading data sets, reading the nodes' status) goes through the SDK
+//! ([`distro::client::Conn`]).
 //!
 //! ```text
 //! distro-bench [--servers ADDR,...] [--spawn N] <scenario> [options]
 //!   register --instances N [--services M] [--connections C] [--pipeline P] [--batch B]
 //!   query    --instances N [--services M] --duration-s S [--connections C] [--pipeline P]
 //!   beat     --instances N --duration-s S [--connections C]
-//!   converge --writes N [--rate R]
+//!   converge --writes N [--rate R] [--services M | --service-size S] [--connections C]
 //! ```
 //!
 //! Latencies go into hdrhistograms in microseconds, measured from the *intended* send time: for
@@ -16,8 +18,15 @@
 //! answer is in, so no send is ever postponed behind a slow answer). Only requests the node
 //! acknowledged count as ops; failures count as errors. A progress line goes to stderr about
 //! once a second; the last line of stdout is one JSON object with the results.
+//!
+//! Every scenario reports the CPU it and (with `--spawn`) the nodes used over its measured
+//! phase: `generator_cpu_s`, `nodes_cpu_s` and `generator_cpu_share`, the generator's part of
+//! the two. The generator shares the machine with the nodes; it should take at most a third.
+
+mod raw;
 
 use std::fs::File;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -25,14 +34,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use bytes::{Bytes, BytesMut};
 use clap::{Parser, Subcommand};
-use distro::client::{Client, ClientConfig, Conn};
+use distro::client::Conn;
 use distro::model::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot,
-    Text,
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, Lease, ServiceName,
+    ServiceSnapshot, Text,
 };
-use distro::wire::{Message, Query, Register};
+use distro::wire::{Message, Opcode, Query, Register, encode_frame, encode_frame_into};
 use hdrhistogram::Histogram;
+use raw::RawConn;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -53,13 +64,15 @@ const LATENCY_MAX_US: u64 = 3_600_000_000;
 /// that cost the generator ~13% of its CPU.)
 const LATENCY_SIGFIG: u8 = 2;
 /// The lease of every bench instance. Long, so that instances registered without heartbeats
-/// (the raw load) do not expire during a run, and so that the SDK clients of `beat` do not
-/// heartbeat by themselves: only the measured `beat_now` calls renew.
+/// (nothing heartbeats them outside the measured Beat frames) do not expire during a run.
 const BENCH_LEASE: Lease = Lease {
     beat_ms: 3_600_000,
     unhealthy_ms: 3_600_000,
     expire_ms: 3_600_000,
 };
+/// How often a joining node is asked whether it serves yet (a new connection each time: the
+/// node may not listen yet).
+const JOIN_POLL: Duration = Duration::from_millis(10);
 /// How often the nodes' instance counts are read while waiting for them to hold the data.
 /// ClusterStatus sums the per-owner digests (O(shards × buckets)): cheap, but not free.
 const STATUS_POLL: Duration = Duration::from_millis(100);
@@ -131,8 +144,9 @@ enum Scenario {
         #[arg(long, default_value_t = 16)]
         pipeline: usize,
     },
-    /// Registers N instances over C SDK clients, then renews them with batched heartbeats
-    /// (`Client::beat_now`, back to back) for S seconds.
+    /// Registers N instances, then renews them for S seconds over C connections, each sending
+    /// its share's keys in Beat frames of up to 16,384 keys back to back, one in flight (as an
+    /// SDK client's batched heartbeat round does).
     Beat {
         #[arg(long)]
         instances: u64,
@@ -151,12 +165,27 @@ enum Scenario {
         writes: u64,
         #[arg(long, default_value_t = 5_000.0)]
         rate: f64,
-        /// Services the writes are spread over (each subscribed at every node).
-        #[arg(long, default_value_t = 1_000)]
-        services: u64,
+        /// Services the writes are spread over, write k to service k mod M (each subscribed at
+        /// every node) [default: 1000]
+        #[arg(long, conflicts_with = "service_size")]
+        services: Option<u64>,
+        /// Instances per service once every write is in: the writes are spread over
+        /// writes / S services (rounded up), each growing from 0 to S over the run.
+        #[arg(long)]
+        service_size: Option<u64>,
         /// Connections the writes go out on (all to the first node).
         #[arg(long, default_value_t = 8)]
         connections: usize,
+    },
+    /// With --spawn N (N >= 2): starts N - 1 nodes, loads N instances over M services into
+    /// them, then starts node N and measures how long it takes to load the cluster's data
+    /// (streamed from a peer) until it serves, holding every instance.
+    Join {
+        #[arg(long)]
+        instances: u64,
+        /// [default: instances / 10, at least 1]
+        #[arg(long)]
+        services: Option<u64>,
     },
 }
 
@@ -184,17 +213,22 @@ fn fail(e: &anyhow::Error) -> ! {
 async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     validate(&cli.scenario)?;
     // The guard stops the spawned nodes whichever way this function is left.
-    let cluster = match cli.spawn {
-        Some(n) => Some(SpawnedCluster::start(n, cli.distrod.as_deref()).await?),
+    let joining = matches!(cli.scenario, Scenario::Join { .. });
+    if joining && cli.spawn.is_none_or(|n| n < 2) {
+        bail!("join needs --spawn N with N >= 2 (the last node joins)");
+    }
+    let mut cluster = match cli.spawn {
+        Some(n) => Some(SpawnedCluster::start(n, joining as usize, cli.distrod.as_deref()).await?),
         None => None,
     };
     let servers = match &cluster {
-        Some(c) => c.client_addrs.clone(),
+        Some(c) => c.started_addrs(),
         None => cli.servers.clone(),
     };
     if servers.is_empty() {
         bail!("no server address given");
     }
+    let pids = cluster.as_ref().map(|c| c.pids()).unwrap_or_default();
     let rss = cluster.as_ref().map(|c| RssMonitor::start(c.pids()));
     let cpu_before = cluster.as_ref().map(|c| cpu_seconds(&c.pids()));
     let self_cpu_before = proc_cpu_seconds("self");
@@ -207,7 +241,16 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             batch,
         } => {
             let services = services.unwrap_or((instances / 10).max(1));
-            register(&servers, instances, services, connections, pipeline, batch).await?
+            register(
+                &servers,
+                &pids,
+                instances,
+                services,
+                connections,
+                pipeline,
+                batch,
+            )
+            .await?
         }
         Scenario::Query {
             instances,
@@ -219,6 +262,7 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             let services = services.unwrap_or((instances / 10).max(1));
             query(
                 &servers,
+                &pids,
                 instances,
                 services,
                 duration_s,
@@ -234,16 +278,37 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             connections,
         } => {
             let services = services.unwrap_or((instances / 10).max(1));
-            beat(&servers, instances, services, duration_s, connections).await?
+            beat(
+                &servers,
+                &pids,
+                instances,
+                services,
+                duration_s,
+                connections,
+            )
+            .await?
         }
         Scenario::Converge {
             writes,
             rate,
             services,
+            service_size,
             connections,
-        } => converge(&servers, writes, rate, services, connections).await?,
+        } => {
+            let services = converge_services(writes, services, service_size);
+            converge(&servers, &pids, writes, rate, services, connections).await?
+        }
+        Scenario::Join {
+            instances,
+            services,
+        } => {
+            let services = services.unwrap_or((instances / 10).max(1));
+            let c = cluster.as_mut().expect("join runs on a spawned cluster");
+            join(c, instances, services).await?
+        }
     };
-    out.insert("nodes".into(), json!(servers.len()));
+    let nodes = cluster.as_ref().map_or(servers.len(), |c| c.children.len());
+    out.insert("nodes".into(), json!(nodes));
     if let Some(c) = &cluster {
         if !(0.0..=3600.0).contains(&cli.settle_s) {
             bail!("--settle-s must be 0..=3600 seconds");
@@ -335,20 +400,47 @@ fn validate(s: &Scenario) -> anyhow::Result<()> {
             writes,
             rate,
             services,
+            service_size,
             connections,
         } => {
             positive("writes", *writes)?;
-            positive("services", *services)?;
+            positive("services", services.unwrap_or(1))?;
+            positive("service-size", service_size.unwrap_or(1))?;
             positive("connections", *connections as u64)?;
+            if *writes >= u32::MAX as u64 {
+                // Write k goes out with request id k + 1.
+                bail!("--writes must be below {}", u32::MAX);
+            }
             if !(rate.is_finite() && *rate > 0.0) {
                 bail!("--rate must be a positive number of writes per second");
             }
-            if *services as usize > SUBSCRIPTIONS_PER_CONNECTION_MAX {
-                bail!("--services must be at most {SUBSCRIPTIONS_PER_CONNECTION_MAX}");
+            let n = converge_services(*writes, *services, *service_size);
+            if n as usize > SUBSCRIPTIONS_PER_CONNECTION_MAX {
+                bail!(
+                    "converge subscribes to {n} services at each node, more than the \
+                     {SUBSCRIPTIONS_PER_CONNECTION_MAX} one connection may hold: give fewer \
+                     --services or a larger --service-size"
+                );
             }
+        }
+        Scenario::Join {
+            instances,
+            services,
+        } => {
+            positive("instances", *instances)?;
+            positive("services", services.unwrap_or(1))?;
         }
     }
     Ok(())
+}
+
+/// The services `converge` spreads its writes over.
+fn converge_services(writes: u64, services: Option<u64>, service_size: Option<u64>) -> u64 {
+    match (services, service_size) {
+        (Some(m), _) => m,
+        (None, Some(size)) => writes.div_ceil(size.max(1)),
+        (None, None) => 1_000,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -730,8 +822,55 @@ async fn load_data_set(
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
+/// `n` raw connections, round-robin over `servers` (connection j to node j mod n).
+async fn open_raw(servers: &[String], n: usize) -> anyhow::Result<Vec<RawConn>> {
+    let mut conns = Vec::with_capacity(n);
+    for j in 0..n {
+        conns.push(RawConn::open(&servers[j % servers.len()], "distro-bench").await?);
+    }
+    Ok(conns)
+}
+
+/// `register`: frames of `batch` new instances each, drawn from one shared counter by every
+/// connection; each answer must be Ack(instances in its frame).
+struct RegisterWork {
+    next: Arc<AtomicU64>,
+    frames: u64,
+    instances: u64,
+    batch: u64,
+    names: Arc<Vec<ServiceName>>,
+    /// The instance count of the frame in flight in each slot.
+    expected: Vec<u32>,
+}
+
+impl raw::Workload for RegisterWork {
+    fn request(&mut self, out: &mut BytesMut, slot: usize, request_id: u32) -> bool {
+        let f = self.next.fetch_add(1, Ordering::Relaxed);
+        if f >= self.frames {
+            return false;
+        }
+        let lo = f * self.batch;
+        let hi = (lo + self.batch).min(self.instances);
+        let msg = Message::Register(Register {
+            session_bound: false,
+            instances: (lo..hi).map(|i| bench_instance(i, &self.names)).collect(),
+        });
+        encode_frame_into(out, request_id, 0, &msg);
+        self.expected[slot] = (hi - lo) as u32;
+        true
+    }
+
+    fn answer(&mut self, slot: usize, opcode: u8, body: &[u8]) -> Result<u64, String> {
+        match raw::ack_count(opcode, body) {
+            Some(n) if n == self.expected[slot] => Ok(n as u64),
+            _ => Err(raw::unexpected(opcode, body)),
+        }
+    }
+}
+
 async fn register(
     servers: &[String],
+    pids: &[u32],
     instances: u64,
     services: u64,
     connections: usize,
@@ -739,7 +878,7 @@ async fn register(
     batch: usize,
 ) -> anyhow::Result<Map<String, Value>> {
     let names = Arc::new(service_names(services));
-    let conns = open_conns(servers, connections).await?;
+    let conns = open_raw(servers, connections).await?;
     let status = NodeStatus::open(servers).await?;
     let baseline: Vec<u64> = status.counts().await.into_iter().flatten().collect();
     if baseline.len() != servers.len() {
@@ -750,6 +889,7 @@ async fn register(
     let progress = Progress::start("register", counters.clone(), extra.clone());
     let frames = instances.div_ceil(batch as u64);
     let next = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
 
     // Watches the nodes while the load runs: the hold time may come before the last ack.
@@ -777,42 +917,19 @@ async fn register(
     };
 
     let mut tasks = Vec::new();
-    for conn in &conns {
-        for _ in 0..pipeline {
-            let (conn, next, names, counters) =
-                (conn.clone(), next.clone(), names.clone(), counters.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut hist = new_histogram();
-                loop {
-                    let f = next.fetch_add(1, Ordering::Relaxed);
-                    if f >= frames {
-                        break;
-                    }
-                    let lo = f * batch as u64;
-                    let hi = (lo + batch as u64).min(instances);
-                    let msg = Message::Register(Register {
-                        session_bound: false,
-                        instances: (lo..hi).map(|i| bench_instance(i, &names)).collect(),
-                    });
-                    let sent = Instant::now();
-                    match call(&conn, &msg).await {
-                        Ok(Message::Ack(n)) if n as u64 == hi - lo => {
-                            hist.saturating_record(micros(sent.elapsed()));
-                            counters.ops.fetch_add(hi - lo, Ordering::Relaxed);
-                        }
-                        Ok(other) => {
-                            counters.error(format!("unexpected answer {:?}", other.opcode()))
-                        }
-                        Err(e) => counters.error(e),
-                    }
-                    if conn.is_closed() {
-                        counters.error(format!("connection to {} lost", conn.addr));
-                        break;
-                    }
-                }
-                hist
-            }));
-        }
+    for conn in conns {
+        let mut work = RegisterWork {
+            next: next.clone(),
+            frames,
+            instances,
+            batch: batch as u64,
+            names: names.clone(),
+            expected: vec![0; pipeline],
+        };
+        let counters = counters.clone();
+        tasks.push(tokio::spawn(async move {
+            raw::run_pipelined(conn, pipeline, None, &mut work, &counters).await
+        }));
     }
     let mut hist = new_histogram();
     for t in tasks {
@@ -839,11 +956,41 @@ async fn register(
     out.insert("batch".into(), json!(batch));
     out.insert("frames".into(), json!(frames));
     out.insert("all_nodes_hold_s".into(), json!(hold_s.map(round3)));
+    // Until every node holds the data: the nodes' share includes the sync the load caused.
+    cpu.report(&mut out);
     Ok(out)
+}
+
+/// `query`: a Query frame per service, encoded once; each request is a random service's.
+struct QueryWork {
+    frames: Arc<Vec<Bytes>>,
+    rng: Rng,
+    /// Instances in all answers, and answers with none.
+    returned: u64,
+    empty: u64,
+}
+
+impl raw::Workload for QueryWork {
+    fn request(&mut self, out: &mut BytesMut, _slot: usize, request_id: u32) -> bool {
+        let f = &self.frames[self.rng.below(self.frames.len() as u64) as usize];
+        raw::put_frame(out, f, request_id);
+        true
+    }
+
+    fn answer(&mut self, _slot: usize, opcode: u8, body: &[u8]) -> Result<u64, String> {
+        if opcode != Opcode::QueryResult as u8 {
+            return Err(raw::unexpected(opcode, body));
+        }
+        let n = raw::snapshot_instance_count(body).ok_or("malformed QueryResult")?;
+        self.returned += n as u64;
+        self.empty += (n == 0) as u64;
+        Ok(1)
+    }
 }
 
 async fn query(
     servers: &[String],
+    pids: &[u32],
     instances: u64,
     services: u64,
     duration_s: f64,
@@ -851,76 +998,67 @@ async fn query(
     pipeline: usize,
 ) -> anyhow::Result<Map<String, Value>> {
     let names = Arc::new(service_names(services));
-    let conns = open_conns(servers, connections).await?;
     let status = NodeStatus::open(servers).await?;
     let baseline: Vec<u64> = status.counts().await.into_iter().flatten().collect();
     let load_start = Instant::now();
-    let loaded = load_data_set(&conns, instances, &names).await?;
+    let loaded = {
+        let conns = open_conns(servers, connections).await?;
+        let loaded = load_data_set(&conns, instances, &names).await?;
+        conns.iter().for_each(|c| c.close());
+        loaded
+    };
     let target: Vec<u64> = baseline.iter().map(|b| b + loaded).collect();
     let load_s = status
         .wait_hold(load_start, &target, CONVERGE_WAIT, &Mutex::default())
         .await
         .context("the nodes did not all hold the data set in time")?;
     eprintln!("distro-bench: loaded {loaded} instances; every node holds them after {load_s:.2}s");
+    let frames: Arc<Vec<Bytes>> = Arc::new(
+        names
+            .iter()
+            .map(|name| {
+                let q = Message::Query(Query {
+                    name: name.clone(),
+                    cluster: Text::default(),
+                    healthy_only: false,
+                });
+                encode_frame(0, 0, &q)
+            })
+            .collect(),
+    );
+    let conns = open_raw(servers, connections).await?;
 
     let counters = Arc::new(Counters::default());
     let progress = Progress::start("query", counters.clone(), Default::default());
-    let returned = Arc::new(AtomicU64::new(0));
-    let empty = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(duration_s);
     let mut tasks = Vec::new();
-    for (j, conn) in conns.iter().enumerate() {
-        for p in 0..pipeline {
-            let (conn, names, counters, returned, empty) = (
-                conn.clone(),
-                names.clone(),
-                counters.clone(),
-                returned.clone(),
-                empty.clone(),
-            );
-            let mut rng = Rng::new((j * pipeline + p + 1) as u64);
-            tasks.push(tokio::spawn(async move {
-                let mut hist = new_histogram();
-                while Instant::now() < deadline {
-                    let name = &names[rng.below(names.len() as u64) as usize];
-                    let msg = Message::Query(Query {
-                        name: name.clone(),
-                        cluster: Text::default(),
-                        healthy_only: false,
-                    });
-                    let sent = Instant::now();
-                    match call(&conn, &msg).await {
-                        Ok(Message::QueryResult(s)) => {
-                            hist.saturating_record(micros(sent.elapsed()));
-                            counters.ops.fetch_add(1, Ordering::Relaxed);
-                            returned.fetch_add(s.instances.len() as u64, Ordering::Relaxed);
-                            if s.instances.is_empty() {
-                                empty.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Ok(other) => {
-                            counters.error(format!("unexpected answer {:?}", other.opcode()))
-                        }
-                        Err(e) => counters.error(e),
-                    }
-                    if conn.is_closed() {
-                        counters.error(format!("connection to {} lost", conn.addr));
-                        break;
-                    }
-                }
-                hist
-            }));
-        }
+    for (j, conn) in conns.into_iter().enumerate() {
+        let mut work = QueryWork {
+            frames: frames.clone(),
+            rng: Rng::new(j as u64 + 1),
+            returned: 0,
+            empty: 0,
+        };
+        let counters = counters.clone();
+        tasks.push(tokio::spawn(async move {
+            let hist = raw::run_pipelined(conn, pipeline, Some(deadline), &mut work, &counters);
+            (hist.await, work.returned, work.empty)
+        }));
     }
     let mut hist = new_histogram();
+    let (mut returned, mut empty) = (0, 0);
     for t in tasks {
-        hist.add(t.await.context("query task panicked")?)
-            .expect("same bounds");
+        let (h, r, e) = t.await.context("query task panicked")?;
+        hist.add(h).expect("same bounds");
+        returned += r;
+        empty += e;
     }
     let seconds = start.elapsed().as_secs_f64();
     drop(progress);
     let mut out = summary("query", &counters, seconds, &hist);
+    cpu.report(&mut out);
     out.insert("instances".into(), json!(instances));
     out.insert("services".into(), json!(services));
     out.insert("connections".into(), json!(connections));
@@ -929,59 +1067,60 @@ async fn query(
     let ops = counters.ops().max(1);
     out.insert(
         "instances_per_result".into(),
-        json!(round3(returned.load(Ordering::Relaxed) as f64 / ops as f64)),
+        json!(round3(returned as f64 / ops as f64)),
     );
-    out.insert("empty_results".into(), json!(empty.load(Ordering::Relaxed)));
+    out.insert("empty_results".into(), json!(empty));
     Ok(out)
+}
+
+/// `beat`: one connection's instances as Beat frames of at most [`BEAT_KEYS_MAX`] keys, encoded
+/// once and sent in turn, one at a time (as the SDK's batched heartbeat round sends them).
+struct BeatWork {
+    /// Each frame and how many keys it carries.
+    frames: Vec<(Bytes, u64)>,
+    next: usize,
+    /// The frame in flight in each slot.
+    in_slot: Vec<usize>,
+    /// Keys the node did not know (not renewed).
+    unknown: u64,
+}
+
+impl raw::Workload for BeatWork {
+    fn request(&mut self, out: &mut BytesMut, slot: usize, request_id: u32) -> bool {
+        raw::put_frame(out, &self.frames[self.next].0, request_id);
+        self.in_slot[slot] = self.next;
+        self.next = (self.next + 1) % self.frames.len();
+        true
+    }
+
+    fn answer(&mut self, slot: usize, opcode: u8, body: &[u8]) -> Result<u64, String> {
+        let keys = self.frames[self.in_slot[slot]].1;
+        let unknown = raw::beat_ack_unknown(opcode, body)
+            .filter(|u| (*u as u64) <= keys)
+            .ok_or_else(|| raw::unexpected(opcode, body))?;
+        self.unknown += unknown as u64;
+        Ok(keys - unknown as u64)
+    }
 }
 
 async fn beat(
     servers: &[String],
+    pids: &[u32],
     instances: u64,
     services: u64,
     duration_s: f64,
     connections: usize,
 ) -> anyhow::Result<Map<String, Value>> {
-    let names = service_names(services);
+    let names = Arc::new(service_names(services));
     let status = NodeStatus::open(servers).await?;
     let baseline: Vec<u64> = status.counts().await.into_iter().flatten().collect();
-    // C SDK clients, each holding an equal share; client j starts at server j (failover order).
-    let mut clients = Vec::with_capacity(connections);
-    for j in 0..connections {
-        let mut order = servers.to_vec();
-        order.rotate_left(j % servers.len());
-        let mut config = ClientConfig::new(order);
-        config.beat_interval = Duration::from_millis(BENCH_LEASE.beat_ms as u64);
-        config.session_bound = false;
-        config.request_timeout = REQUEST_TIMEOUT;
-        config.client_name = "distro-bench".into();
-        clients.push(Client::connect(config).await.context("SDK client")?);
-    }
     let load_start = Instant::now();
     {
-        let counters = Arc::new(Counters::default());
-        let _progress = Progress::start("load", counters.clone(), Default::default());
-        let mut tasks = Vec::new();
-        for (j, client) in clients.iter().enumerate() {
-            let share: Vec<Instance> = (j as u64..instances)
-                .step_by(connections)
-                .map(|i| bench_instance(i, &names))
-                .collect();
-            let (client, counters) = (client.clone(), counters.clone());
-            tasks.push(tokio::spawn(async move {
-                for chunk in share.chunks(LOAD_BATCH) {
-                    client.register_with(chunk.to_vec(), false).await?;
-                    counters
-                        .ops
-                        .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-                anyhow::Ok(())
-            }));
-        }
-        for t in tasks {
-            t.await
-                .context("load task panicked")?
-                .context("loading the data set failed")?;
+        let conns = open_conns(servers, connections).await?;
+        let loaded = load_data_set(&conns, instances, &names).await?;
+        conns.iter().for_each(|c| c.close());
+        if loaded != instances {
+            bail!("only {loaded} of {instances} instances were registered");
         }
     }
     let target: Vec<u64> = baseline.iter().map(|b| b + instances).collect();
@@ -989,69 +1128,76 @@ async fn beat(
         .wait_hold(load_start, &target, CONVERGE_WAIT, &Mutex::default())
         .await
         .context("the nodes did not all hold the data set in time")?;
+    // Connection j renews instances j, j + C, j + 2C, … (as the SDK client j that would hold
+    // them): its keys go to node j mod n, which renews those it owns and forwards the rest.
+    let conns = open_raw(servers, connections).await?;
+    let mut works = Vec::with_capacity(connections);
+    for j in 0..connections {
+        let keys: Vec<InstanceKey> = (j as u64..instances)
+            .step_by(connections)
+            .map(|i| bench_instance(i, &names).key)
+            .collect();
+        let frames: Vec<(Bytes, u64)> = keys
+            .chunks(BEAT_KEYS_MAX)
+            .map(|c| {
+                (
+                    encode_frame(0, 0, &Message::Beat(c.to_vec())),
+                    c.len() as u64,
+                )
+            })
+            .collect();
+        if frames.is_empty() {
+            bail!("--connections {connections} is more than --instances {instances}");
+        }
+        works.push(BeatWork {
+            frames,
+            next: 0,
+            in_slot: vec![0],
+            unknown: 0,
+        });
+    }
     eprintln!(
-        "distro-bench: {instances} instances held by {connections} clients; every node holds them after {load_s:.2}s"
+        "distro-bench: {instances} instances registered, renewed over {connections} connections; every node holds them after {load_s:.2}s"
     );
 
     let counters = Arc::new(Counters::default());
     let progress = Progress::start("beat", counters.clone(), Default::default());
-    let frames = Arc::new(AtomicU64::new(0));
-    let unknown = Arc::new(AtomicU64::new(0));
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(duration_s);
     let mut tasks = Vec::new();
-    for client in &clients {
-        let (client, counters, frames, unknown) = (
-            client.clone(),
-            counters.clone(),
-            frames.clone(),
-            unknown.clone(),
-        );
+    for (conn, mut work) in conns.into_iter().zip(works) {
+        let counters = counters.clone();
         tasks.push(tokio::spawn(async move {
-            let mut hist = new_histogram();
-            let held = client.held_count() as u64;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                match client.beat_now().await {
-                    Ok(n) => {
-                        hist.saturating_record(micros(sent.elapsed()));
-                        // Keys the node did not know were registered again, not renewed.
-                        counters
-                            .ops
-                            .fetch_add(held.saturating_sub(n as u64), Ordering::Relaxed);
-                        unknown.fetch_add(n as u64, Ordering::Relaxed);
-                        frames.fetch_add(held.div_ceil(BEAT_KEYS_MAX as u64), Ordering::Relaxed);
-                    }
-                    Err(e) => counters.error(e),
-                }
-            }
-            hist
+            let hist = raw::run_pipelined(conn, 1, Some(deadline), &mut work, &counters).await;
+            (hist, work.unknown)
         }));
     }
     let mut hist = new_histogram();
+    let mut unknown = 0;
     for t in tasks {
-        hist.add(t.await.context("beat task panicked")?)
-            .expect("same bounds");
+        let (h, u) = t.await.context("beat task panicked")?;
+        hist.add(h).expect("same bounds");
+        unknown += u;
     }
     let seconds = start.elapsed().as_secs_f64();
     drop(progress);
-    for c in &clients {
-        c.close();
-    }
     let mut out = summary("beat", &counters, seconds, &hist);
+    cpu.report(&mut out);
     out.insert("instances".into(), json!(instances));
     out.insert("connections".into(), json!(connections));
-    out.insert("beat_frames".into(), json!(frames.load(Ordering::Relaxed)));
+    out.insert("beat_frames".into(), json!(hist.len()));
+    out.insert("unknown_keys".into(), json!(unknown));
     out.insert(
-        "unknown_keys".into(),
-        json!(unknown.load(Ordering::Relaxed)),
+        "latency_per".into(),
+        json!(format!("Beat frame (up to {BEAT_KEYS_MAX} keys)")),
     );
-    out.insert("latency_per".into(), json!("beat_now call (all held keys)"));
     out.insert("load_s".into(), json!(round3(load_s)));
     Ok(out)
 }
 
-/// Which nodes have pushed each write, and the write → visible-everywhere latencies.
+/// Which nodes have pushed each write, the write → visible-everywhere latencies, and what the
+/// pushes cost on the wire.
 struct Visibility {
     start: Instant,
     interval_ns: f64,
@@ -1060,22 +1206,38 @@ struct Visibility {
     seen: Vec<AtomicU8>,
     visible: AtomicU64,
     hist: Mutex<Histogram<u64>>,
+    /// Push frames the subscribers received since the clock started, and their bytes on the
+    /// wire (length prefix and header included).
+    push_frames: AtomicU64,
+    push_bytes: AtomicU64,
+    /// Writes seen by a subscriber for the first time, summed over the subscribers: the changes
+    /// they observed.
+    observed: AtomicU64,
 }
 
 impl Visibility {
-    /// A push from node `node` arrived now.
-    fn push(&self, node: usize, snap: &ServiceSnapshot) {
+    /// When write `k` was due on the schedule.
+    fn intended(&self, k: u64) -> Instant {
+        self.start + Duration::from_nanos((k as f64 * self.interval_ns) as u64)
+    }
+
+    /// A Push frame of `len` bytes from node `node` arrived now.
+    fn push(&self, node: usize, len: usize, snap: &ServiceSnapshot) {
         let now = Instant::now();
+        self.push_frames.fetch_add(1, Ordering::Relaxed);
+        self.push_bytes.fetch_add(len as u64, Ordering::Relaxed);
         let bit = 1u8 << node;
         for v in &snap.instances {
             let Some(k) = bench_index(&v.ip, v.port).filter(|k| *k < self.writes) else {
                 continue;
             };
             let before = self.seen[k as usize].fetch_or(bit, Ordering::AcqRel);
-            if before & bit == 0 && before | bit == self.all {
-                let intended =
-                    self.start + Duration::from_nanos((k as f64 * self.interval_ns) as u64);
-                let lat = now.saturating_duration_since(intended);
+            if before & bit != 0 {
+                continue;
+            }
+            self.observed.fetch_add(1, Ordering::Relaxed);
+            if before | bit == self.all {
+                let lat = now.saturating_duration_since(self.intended(k));
                 self.hist.lock().unwrap().saturating_record(micros(lat));
                 self.visible.fetch_add(1, Ordering::Relaxed);
             }
@@ -1083,8 +1245,155 @@ impl Visibility {
     }
 }
 
+/// How many Subscribe frames a subscriber writes at a time.
+const SUBSCRIBE_CHUNK: usize = 256;
+
+/// Subscribes `conn` (to node `node`) to every service, reports on `subscribed` once every
+/// Subscribe is acknowledged, then hands each Push to the [`Visibility`] in `slot` (once one is
+/// there) until the connection ends or the task is aborted.
+async fn subscriber(
+    conn: RawConn,
+    node: usize,
+    names: Arc<Vec<ServiceName>>,
+    slot: Arc<Mutex<Option<Arc<Visibility>>>>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let (mut rd, mut wr) = conn.into_split();
+    let addr = rd.addr.clone();
+    // Written while the answers are read, so that neither side's buffers fill up and stop it.
+    let write = async {
+        for (c, chunk) in names.chunks(SUBSCRIBE_CHUNK).enumerate() {
+            for (i, name) in chunk.iter().enumerate() {
+                let id = (c * SUBSCRIBE_CHUNK + i + 1) as u32;
+                encode_frame_into(wr.buf(), id, 0, &Message::Subscribe(name.clone()));
+            }
+            wr.flush().await?;
+        }
+        anyhow::Ok(wr)
+    };
+    let read = async {
+        let mut acked = 0usize;
+        let mut subscribed = Some(subscribed);
+        let mut failed = None;
+        rd.for_each_frame(|id, opcode, frame| {
+            let body = raw::body(&frame);
+            if id != 0 {
+                if raw::ack_count(opcode, &body).is_none() {
+                    failed = Some(format!("subscribe: {}", raw::unexpected(opcode, &body)));
+                    return ControlFlow::Break(());
+                }
+                acked += 1;
+                if acked == names.len()
+                    && let Some(s) = subscribed.take()
+                {
+                    let _ = s.send(());
+                }
+                return ControlFlow::Continue(());
+            }
+            if opcode != Opcode::Push as u8 {
+                failed = Some(raw::unexpected(opcode, &body));
+                return ControlFlow::Break(());
+            }
+            let vis = slot.lock().unwrap().clone();
+            let Some(vis) = vis else {
+                // The initial snapshots, before the clock starts.
+                return ControlFlow::Continue(());
+            };
+            match Message::decode(Opcode::Push, body) {
+                Ok(Message::Push(snap)) => {
+                    vis.push(node, frame.len(), &snap);
+                    ControlFlow::Continue(())
+                }
+                Ok(_) => unreachable!("decoded as a Push"),
+                Err(e) => {
+                    failed = Some(format!("malformed Push: {e}"));
+                    ControlFlow::Break(())
+                }
+            }
+        })
+        .await?;
+        Err::<(), _>(anyhow::anyhow!(
+            failed.unwrap_or_else(|| "the node closed the connection".into())
+        ))
+    };
+    // The writer half is kept (not dropped) while reading: dropping it would shut the socket's
+    // write side down, and the node would close the session.
+    let (wr, read) = tokio::join!(write, read);
+    let _wr = wr.with_context(|| format!("subscriber of {addr}"))?;
+    read.with_context(|| format!("subscriber of {addr}"))
+}
+
+/// Sends writes `j`, `j + C`, `j + 2C`, … (C = `stride`) on `wr`, each at its slot of the
+/// schedule (or at once if the slot has passed: the schedule never waits for answers), with
+/// request id `k + 1` for write `k`. Returns how late the latest write went out.
+async fn converge_writer(
+    mut wr: raw::RawWriter,
+    j: u64,
+    stride: u64,
+    vis: Arc<Visibility>,
+    names: Arc<Vec<ServiceName>>,
+) -> std::io::Result<Duration> {
+    let mut late_max = Duration::ZERO;
+    let mut k = j;
+    while k < vis.writes {
+        let due = vis.intended(k);
+        let now = Instant::now();
+        if due > now {
+            wr.flush().await?;
+            tokio::time::sleep_until(due.into()).await;
+            continue;
+        }
+        late_max = late_max.max(now - due);
+        let msg = Message::Register(Register {
+            session_bound: false,
+            instances: vec![bench_instance(k, &names)],
+        });
+        encode_frame_into(wr.buf(), (k + 1) as u32, 0, &msg);
+        k += stride;
+    }
+    wr.flush().await?;
+    Ok(late_max)
+}
+
+/// Reads the answers to `converge_writer`'s writes (`expected` of them): each must be Ack(1);
+/// its latency runs from the write's slot on the schedule.
+async fn converge_acks(
+    mut rd: raw::RawReader,
+    expected: u64,
+    vis: Arc<Visibility>,
+    counters: Arc<Counters>,
+    hist: Arc<Mutex<Histogram<u64>>>,
+) {
+    let mut answered = 0;
+    let read = rd.for_each_frame(|id, opcode, frame| {
+        if id == 0 {
+            // A connection-level error: the node closes the connection next.
+            return ControlFlow::Continue(());
+        }
+        let body = raw::body(&frame);
+        match raw::ack_count(opcode, &body) {
+            Some(1) => {
+                let lat = Instant::now().saturating_duration_since(vis.intended(id as u64 - 1));
+                hist.lock().unwrap().saturating_record(micros(lat));
+                counters.ops.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => counters.error(raw::unexpected(opcode, &body)),
+        }
+        answered += 1;
+        if answered == expected {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
+    if let Err(e) = read.await {
+        counters.error(format!("connection to {} lost: {e}", rd.addr));
+    }
+}
+
 async fn converge(
     servers: &[String],
+    pids: &[u32],
     writes: u64,
     rate: f64,
     services: u64,
@@ -1096,40 +1405,28 @@ async fn converge(
     let names = Arc::new(service_names(services));
     // The subscribers see `vis` through a slot filled in once the schedule's start is known.
     let slot: Arc<Mutex<Option<Arc<Visibility>>>> = Arc::default();
-    let mut subscribers = Vec::new();
+    let mut subscribers = tokio::task::JoinSet::new();
     for (node, addr) in servers.iter().enumerate() {
-        let slot = slot.clone();
-        let on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync> = Arc::new(move |snap| {
-            let v = slot.lock().unwrap().clone();
-            if let Some(v) = v {
-                v.push(node, &snap);
-            }
-        });
-        let conn = open_ready(addr, on_push).await?;
-        let msgs: Vec<Message> = names
-            .iter()
-            .map(|n| Message::Subscribe(n.clone()))
-            .collect();
-        let subs = msgs.iter().map(|m| call(&conn, m));
-        for r in futures_util::future::join_all(subs).await {
-            match r {
-                Ok(Message::Ack(_)) => {}
-                Ok(other) => bail!(
-                    "subscribe at {addr}: unexpected answer {:?}",
-                    other.opcode()
-                ),
-                Err(e) => bail!("subscribe at {addr}: {e}"),
-            }
+        let conn = RawConn::open(addr, "distro-bench").await?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        subscribers.spawn(subscriber(conn, node, names.clone(), slot.clone(), tx));
+        let subscribed = tokio::time::timeout(CONVERGE_WAIT, rx);
+        if !matches!(subscribed.await, Ok(Ok(()))) {
+            let why = match subscribers.try_join_next() {
+                Some(Ok(Err(e))) => format!("{e:#}"),
+                _ => "no answer".into(),
+            };
+            bail!("subscribing at {addr} failed: {why}");
         }
-        subscribers.push(conn);
     }
     eprintln!(
         "distro-bench: subscribed to {services} services at each of {} nodes",
         servers.len()
     );
-    let conns = open_conns(&servers[..1], connections).await?;
+    let conns = open_raw(&servers[..1], connections).await?;
     // Let the initial (empty) snapshots drain before the clock starts.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let cpu = CpuMeter::start(pids);
     let start = Instant::now();
     let vis = Arc::new(Visibility {
         start,
@@ -1139,6 +1436,9 @@ async fn converge(
         seen: (0..writes).map(|_| AtomicU8::new(0)).collect(),
         visible: AtomicU64::new(0),
         hist: Mutex::new(new_histogram()),
+        push_frames: AtomicU64::new(0),
+        push_bytes: AtomicU64::new(0),
+        observed: AtomicU64::new(0),
     });
     *slot.lock().unwrap() = Some(vis.clone());
 
@@ -1147,49 +1447,48 @@ async fn converge(
     let progress = Progress::start("converge", counters.clone(), extra.clone());
     let ack_hist = Arc::new(Mutex::new(new_histogram()));
     // Open loop: write k goes out at its slot whatever the answers to earlier writes do, so a
-    // slow node cannot slow the schedule down (no coordinated omission). In-flight writes are
-    // bounded; if the bound is hit the schedule slips, and the latency (from the slot) shows it.
-    let inflight = Arc::new(tokio::sync::Semaphore::new(65_536));
-    let mut late_max = Duration::ZERO;
-    let mut tasks = tokio::task::JoinSet::new();
-    for k in 0..writes {
-        let intended = start + Duration::from_nanos((k as f64 * vis.interval_ns) as u64);
-        let now = Instant::now();
-        if intended > now {
-            tokio::time::sleep_until(intended.into()).await;
-        } else {
-            late_max = late_max.max(now - intended);
+    // slow node cannot slow the schedule down (no coordinated omission). If the node stops
+    // reading, the writes wait for TCP and the latency (from the slot) shows it.
+    let mut writers = tokio::task::JoinSet::new();
+    let mut readers = tokio::task::JoinSet::new();
+    for (j, conn) in conns.into_iter().enumerate() {
+        let (rd, wr) = conn.into_split();
+        let (j, stride) = (j as u64, connections as u64);
+        let expected = writes.saturating_sub(j).div_ceil(stride);
+        if expected == 0 {
+            // More connections than writes: this one has none to send.
+            continue;
         }
-        let permit = inflight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        let conn = conns[(k % connections as u64) as usize].clone();
-        let msg = Message::Register(Register {
-            session_bound: false,
-            instances: vec![bench_instance(k, &names)],
-        });
-        let (counters, ack_hist) = (counters.clone(), ack_hist.clone());
-        tasks.spawn(async move {
-            match call(&conn, &msg).await {
-                Ok(Message::Ack(1)) => {
-                    let lat = Instant::now().saturating_duration_since(intended);
-                    ack_hist.lock().unwrap().saturating_record(micros(lat));
-                    counters.ops.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(other) => counters.error(format!("unexpected answer {:?}", other.opcode())),
-                Err(e) => counters.error(e),
-            }
-            drop(permit);
-        });
-        if k % 1024 == 0 {
-            *extra.lock().unwrap() =
-                format!("visible everywhere {}", vis.visible.load(Ordering::Relaxed));
-            while tasks.try_join_next().is_some() {}
+        writers.spawn(converge_writer(wr, j, stride, vis.clone(), names.clone()));
+        readers.spawn(converge_acks(
+            rd,
+            expected,
+            vis.clone(),
+            counters.clone(),
+            ack_hist.clone(),
+        ));
+    }
+    let mut late_max = Duration::ZERO;
+    loop {
+        *extra.lock().unwrap() =
+            format!("visible everywhere {}", vis.visible.load(Ordering::Relaxed));
+        let next = tokio::time::timeout(Duration::from_millis(250), writers.join_next());
+        match next.await {
+            Ok(None) => break,
+            Ok(Some(Ok(Ok(late)))) => late_max = late_max.max(late),
+            Ok(Some(Ok(Err(e)))) => counters.error(format!("writing to {}: {e}", servers[0])),
+            Ok(Some(Err(e))) => bail!("writer task failed: {e}"),
+            Err(_) => {}
         }
     }
-    while tasks.join_next().await.is_some() {}
+    // The answers to the last writes: a write unanswered by then is an error.
+    let answers = async { while readers.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, answers).await;
+    readers.abort_all();
+    let unanswered = writes.saturating_sub(counters.ops() + counters.errors());
+    for _ in 0..unanswered {
+        counters.error(format!("no answer within {REQUEST_TIMEOUT:?}"));
+    }
     let seconds = start.elapsed().as_secs_f64();
     // Every acknowledged write must become visible at every node; wait for the stragglers.
     let acked = counters.ops();
@@ -1197,13 +1496,14 @@ async fn converge(
     while vis.visible.load(Ordering::Relaxed) < acked && Instant::now() < wait_until {
         *extra.lock().unwrap() =
             format!("visible everywhere {}", vis.visible.load(Ordering::Relaxed));
+        if let Some(Ok(Err(e))) = subscribers.try_join_next() {
+            bail!("{e:#}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     drop(progress);
     *slot.lock().unwrap() = None;
-    for c in subscribers.iter().chain(&conns) {
-        c.close();
-    }
+    subscribers.abort_all();
     let visible = vis.visible.load(Ordering::Relaxed);
     if visible < acked {
         eprintln!(
@@ -1212,9 +1512,12 @@ async fn converge(
     }
     let ack_hist = ack_hist.lock().unwrap().clone();
     let mut out = summary("converge", &counters, seconds, &ack_hist);
+    // Until every write was seen everywhere: the pushes' cost on both sides is in it.
+    cpu.report(&mut out);
     out.insert("writes".into(), json!(writes));
     out.insert("rate".into(), json!(rate));
     out.insert("services".into(), json!(services));
+    out.insert("service_size".into(), json!(writes.div_ceil(services)));
     out.insert("connections".into(), json!(connections));
     out.insert("visible".into(), json!(visible));
     insert_percentiles(&mut out, "visible_", &vis.hist.lock().unwrap());
@@ -1222,6 +1525,79 @@ async fn converge(
         "schedule_late_max_us".into(),
         json!(late_max.as_micros() as u64),
     );
+    let push_bytes = vis.push_bytes.load(Ordering::Relaxed);
+    let observed = vis.observed.load(Ordering::Relaxed);
+    out.insert(
+        "push_frames".into(),
+        json!(vis.push_frames.load(Ordering::Relaxed)),
+    );
+    out.insert("push_bytes".into(), json!(push_bytes));
+    out.insert("changes_observed".into(), json!(observed));
+    out.insert(
+        "push_bytes_per_change".into(),
+        if observed == 0 {
+            Value::Null
+        } else {
+            json!((push_bytes as f64 / observed as f64).round())
+        },
+    );
+    Ok(out)
+}
+
+/// Loads the data set into the running nodes, starts the last member, and times how long it
+/// takes to load the cluster's data (a snapshot streamed from a peer) until it serves.
+async fn join(
+    c: &mut SpawnedCluster,
+    instances: u64,
+    services: u64,
+) -> anyhow::Result<Map<String, Value>> {
+    let servers = c.started_addrs();
+    let names = Arc::new(service_names(services));
+    let conns = open_conns(&servers, servers.len()).await?;
+    let t = Instant::now();
+    let loaded = load_data_set(&conns, instances, &names).await?;
+    for conn in &conns {
+        conn.close();
+    }
+    let status = NodeStatus::open(&servers).await?;
+    let target = vec![loaded; servers.len()];
+    status
+        .wait_hold(t, &target, CONVERGE_WAIT, &Mutex::default())
+        .await
+        .context("the running nodes never held the whole data set")?;
+    let load_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "distro-bench: {loaded} instances on every node after {load_s:.2} s; starting the joiner"
+    );
+
+    let joiner = c.client_addrs[c.children.len()].clone();
+    let started = Instant::now();
+    c.start_next()?;
+    let deadline = started + CONVERGE_WAIT;
+    let (ready_s, holding) = loop {
+        if let Ok(s) = node_status(&joiner).await
+            && s.ready
+        {
+            break (started.elapsed().as_secs_f64(), s.instances);
+        }
+        if let Some(st) = c.children.last_mut().expect("just started").try_wait()? {
+            bail!("the joining node exited ({st}) before it served");
+        }
+        if Instant::now() >= deadline {
+            bail!("the joining node did not serve within {CONVERGE_WAIT:?}");
+        }
+        tokio::time::sleep(JOIN_POLL).await;
+    };
+    if holding < loaded {
+        bail!("the joining node served holding {holding} of the {loaded} instances");
+    }
+    let mut out = Map::new();
+    out.insert("scenario".into(), json!("join"));
+    out.insert("instances".into(), json!(loaded));
+    out.insert("services".into(), json!(services));
+    out.insert("load_s".into(), json!(round3(load_s)));
+    out.insert("join_ready_s".into(), json!(round3(ready_s)));
+    out.insert("join_holding".into(), json!(holding));
     Ok(out)
 }
 
@@ -1230,8 +1606,13 @@ async fn converge(
 
 /// Spawned `distrod` processes; dropping it kills them (also on error or panic).
 struct SpawnedCluster {
-    children: Vec<Child>,
+    exe: PathBuf,
+    /// Client and peer addresses of every member, started or not.
     client_addrs: Vec<String>,
+    peer_addrs: Vec<String>,
+    token: String,
+    /// The started nodes, in member order (node i + 1 is `children[i]`).
+    children: Vec<Child>,
     dir: PathBuf,
     logs: Vec<PathBuf>,
     /// Keep the nodes' logs (set unless the run succeeded).
@@ -1239,7 +1620,13 @@ struct SpawnedCluster {
 }
 
 impl SpawnedCluster {
-    async fn start(n: usize, distrod: Option<&Path>) -> anyhow::Result<SpawnedCluster> {
+    /// A cluster of `n` members, of which all but the last `held_back` are started now (the
+    /// others by [`SpawnedCluster::start_next`]); returns once the started ones serve.
+    async fn start(
+        n: usize,
+        held_back: usize,
+        distrod: Option<&Path>,
+    ) -> anyhow::Result<SpawnedCluster> {
         if n == 0 || n > 8 {
             bail!("--spawn must be 1..=8");
         }
@@ -1276,50 +1663,71 @@ impl SpawnedCluster {
         let dir = std::env::temp_dir().join(format!("distro-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cluster = SpawnedCluster {
+            exe,
+            client_addrs,
+            peer_addrs,
+            token,
             children: Vec::new(),
-            client_addrs: client_addrs.clone(),
             dir: dir.clone(),
             logs: Vec::new(),
             keep_logs: true,
         };
-        for i in 0..n {
-            let log = dir.join(format!("node-{}.log", i + 1));
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--node-id", &(i + 1).to_string()])
-                .args(["--listen", &client_addrs[i]])
-                .args(["--peer-listen", &peer_addrs[i]])
-                .args(["--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);
-            if n > 1 {
-                cmd.args(["--members", &peer_addrs.join(",")])
-                    // Through the environment, so the token does not show in process lists.
-                    .env("DISTRO_CLUSTER_TOKEN", &token);
-            }
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {}", exe.display()))?;
-            cluster.children.push(child);
-            cluster.logs.push(log);
+        for _ in held_back..n {
+            cluster.start_next()?;
         }
         cluster.wait_ready().await?;
         eprintln!(
-            "distro-bench: {n} distrod node(s) ready at {} (logs in {})",
-            client_addrs.join(","),
+            "distro-bench: {} distrod node(s) ready at {} (logs in {})",
+            cluster.children.len(),
+            cluster.started_addrs().join(","),
             dir.display()
         );
         Ok(cluster)
+    }
+
+    /// Starts the next member that is not running yet.
+    fn start_next(&mut self) -> anyhow::Result<()> {
+        let i = self.children.len();
+        let n = self.client_addrs.len();
+        if i == n {
+            bail!("every member is running already");
+        }
+        let log = self.dir.join(format!("node-{}.log", i + 1));
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["--node-id", &(i + 1).to_string()])
+            .args(["--listen", &self.client_addrs[i]])
+            .args(["--peer-listen", &self.peer_addrs[i]])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);
+        if n > 1 {
+            cmd.args(["--members", &self.peer_addrs.join(",")])
+                // Through the environment, so the token does not show in process lists.
+                .env("DISTRO_CLUSTER_TOKEN", &self.token);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        self.children.push(child);
+        self.logs.push(log);
+        Ok(())
+    }
+
+    /// Client addresses of the started nodes.
+    fn started_addrs(&self) -> Vec<String> {
+        self.client_addrs[..self.children.len()].to_vec()
     }
 
     fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|c| c.id()).collect()
     }
 
-    /// Until every node answers ClusterStatus as ready with every member up.
+    /// Until every started node answers ClusterStatus as ready, seeing every started member up.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + SPAWN_READY_TIMEOUT;
         let mut last = String::from("no answer yet");
+        let started = self.children.len();
         loop {
             for (i, child) in self.children.iter_mut().enumerate() {
                 if let Some(st) = child.try_wait()? {
@@ -1333,14 +1741,16 @@ impl SpawnedCluster {
                 }
             }
             let mut ready = 0;
-            for addr in &self.client_addrs {
-                match node_ready(addr).await {
-                    Ok(true) => ready += 1,
-                    Ok(false) => last = format!("{addr}: not ready or a member down"),
+            for addr in self.started_addrs() {
+                match node_status(&addr).await {
+                    Ok(s) if s.ready && s.members.iter().filter(|m| m.up).count() >= started => {
+                        ready += 1
+                    }
+                    Ok(_) => last = format!("{addr}: not ready or a member down"),
                     Err(e) => last = format!("{addr}: {e:#}"),
                 }
             }
-            if ready == self.client_addrs.len() {
+            if ready == started {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -1351,8 +1761,8 @@ impl SpawnedCluster {
     }
 }
 
-/// Ready, and every member up in its view.
-async fn node_ready(addr: &str) -> anyhow::Result<bool> {
+/// A node's view of the cluster, over a connection of its own.
+async fn node_status(addr: &str) -> anyhow::Result<ClusterStatus> {
     let c = dial(
         addr,
         "distro-bench-probe",
@@ -1363,7 +1773,7 @@ async fn node_ready(addr: &str) -> anyhow::Result<bool> {
     let r = call(&c, &Message::ClusterStatus).await;
     c.close();
     match r {
-        Ok(Message::ClusterStatusResult(s)) => Ok(s.ready && s.members.iter().all(|m| m.up)),
+        Ok(Message::ClusterStatusResult(s)) => Ok(s),
         Ok(other) => bail!("unexpected answer {:?}", other.opcode()),
         Err(e) => bail!("{e}"),
     }
@@ -1444,6 +1854,45 @@ fn status_kib(status: &str, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The CPU this process (the generator) and the spawned nodes used over one measured phase.
+///
+/// A load generator sharing the machine with what it measures takes CPU from it: the share it
+/// took is reported with every scenario (`generator_cpu_share`), so a figure can be judged by
+/// how much of the machine the nodes really had. Kernel work (loopback TCP) is counted for the
+/// process in whose system call or time slice it ran.
+struct CpuMeter {
+    pids: Vec<u32>,
+    generator_before_s: f64,
+    nodes_before_s: f64,
+}
+
+impl CpuMeter {
+    /// Starts measuring; `pids` are the nodes' (empty when the nodes were not spawned here).
+    fn start(pids: &[u32]) -> CpuMeter {
+        CpuMeter {
+            pids: pids.to_vec(),
+            generator_before_s: proc_cpu_seconds("self"),
+            nodes_before_s: cpu_seconds(pids),
+        }
+    }
+
+    /// Adds `generator_cpu_s`, `nodes_cpu_s` and `generator_cpu_share` (of the two together) for
+    /// the phase so far; the node figures are null when the nodes are not this run's children.
+    fn report(&self, out: &mut Map<String, Value>) {
+        let generator = proc_cpu_seconds("self") - self.generator_before_s;
+        out.insert("generator_cpu_s".into(), json!(round3(generator)));
+        if self.pids.is_empty() {
+            out.insert("nodes_cpu_s".into(), Value::Null);
+            out.insert("generator_cpu_share".into(), Value::Null);
+            return;
+        }
+        let nodes = cpu_seconds(&self.pids) - self.nodes_before_s;
+        out.insert("nodes_cpu_s".into(), json!(round3(nodes)));
+        let share = generator / (generator + nodes).max(1e-9);
+        out.insert("generator_cpu_share".into(), json!(round3(share)));
+    }
+}
+
 /// User + system CPU seconds of a process (`self` or a pid), from /proc/<pid>/stat.
 fn proc_cpu_seconds(pid: &str) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -1477,6 +1926,51 @@ mod tests {
         }
         assert_eq!(bench_index("192.168.0.1", 8080), None);
         assert_eq!(bench_index("10.0.0.1.2", 8080), None);
+    }
+
+    #[test]
+    fn converge_service_size_sets_the_service_count() {
+        assert_eq!(converge_services(100_000, None, None), 1_000);
+        assert_eq!(converge_services(100_000, Some(250), None), 250);
+        assert_eq!(converge_services(100_000, None, Some(10)), 10_000);
+        assert_eq!(converge_services(100_000, None, Some(1_000)), 100);
+        assert_eq!(converge_services(100_001, None, Some(1_000)), 101);
+        let cli = |args: &[&str]| Cli::try_parse_from(args.iter().copied());
+        let parsed = cli(&[
+            "distro-bench",
+            "converge",
+            "--writes",
+            "9",
+            "--service-size",
+            "3",
+        ]);
+        assert!(matches!(
+            parsed.unwrap().scenario,
+            Scenario::Converge {
+                services: None,
+                service_size: Some(3),
+                ..
+            }
+        ));
+        let both = ["--services", "2", "--service-size", "3"];
+        let args = [
+            &["distro-bench", "converge", "--writes", "9"][..],
+            &both[..],
+        ]
+        .concat();
+        assert!(
+            cli(&args).is_err(),
+            "--services and --service-size conflict"
+        );
+        let too_many = cli(&[
+            "distro-bench",
+            "converge",
+            "--writes",
+            "100000",
+            "--service-size",
+            "5",
+        ]);
+        assert!(validate(&too_many.unwrap().scenario).is_err());
     }
 
     #[test]
