@@ -16,12 +16,15 @@
 //!   (membership and failure detection, handoff, digest verify and pull, load and readiness,
 //!   the peer handshake) and the async driver that runs them over the links; forwarding and
 //!   batched sync.
+//! - [`metrics`]: the node's metrics — one registry, counted where the work happens, exposed
+//!   by the admin port in the Prometheus text format.
 //! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
 //!   task tracker) and its lease duty.
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
 //!   query, list, subscribe, owner, status; model types in, `Rejection` out.
 //! - [`frontend`]: the protocols clients speak, each translating to the request API: the
-//!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`).
+//!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`), the
+//!   admin HTTP port (metrics, probes, JSON, console).
 //! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
 //! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
 //! - [`net`]: the connection layer — the transport seam (tokio TCP in production, simulated
@@ -40,6 +43,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod frontend;
 pub mod hash;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod model;
 pub mod net;
 #[cfg(feature = "server")]

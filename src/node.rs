@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
+use crate::metrics::{Metrics, NodeCollector};
 use crate::model::{ClusterStatus, MemberStatus, ServiceName};
 use crate::net::Dialer;
 use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
@@ -30,6 +31,8 @@ pub struct Node {
     pub subs: Arc<Subscriptions>,
     /// The cluster machinery; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
+    /// Every part of the node counts into these; the admin port exposes them.
+    pub metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     next_session: AtomicU64,
     pub shutdown: CancellationToken,
@@ -74,6 +77,7 @@ impl Node {
         let store = Arc::new(Store::new(config.node_id, clock, observer));
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
+        let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let cluster = outbox.map(|outbox| {
@@ -85,9 +89,20 @@ impl Node {
                 dialer,
                 tracker.clone(),
                 shutdown.clone(),
+                metrics.clone(),
             )
         });
+        metrics.register_collector(NodeCollector::new(
+            &metrics,
+            store.clone(),
+            cluster.as_ref().map(Arc::downgrade),
+            subs.clone(),
+            ready.clone(),
+            shutdown.clone(),
+            config.node_id,
+        ));
         Arc::new(Node {
+            metrics,
             ready,
             cluster,
             config,
@@ -161,6 +176,7 @@ impl Node {
             for shard in 0..crate::store::SHARDS {
                 let s = self.store.lease_pass_shard(shard);
                 if s.expired + s.lapsed > 0 {
+                    self.metrics.expired(s.lapsed, s.expired);
                     tracing::debug!(expired = s.expired, lapsed = s.lapsed, "lease pass");
                 }
                 tokio::task::yield_now().await;

@@ -913,7 +913,7 @@ async fn a_peer_with_the_wrong_token_is_kept_out() {
                 .cluster(id)
                 .members()
                 .iter()
-                .find(|m| m.addr == impostor_addr)
+                .find(|m| m.addr == impostor_addr.into())
                 .unwrap();
             assert!(!m.is_up() && m.id() == 0, "node {id} let the impostor in");
         }

@@ -20,9 +20,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use tokio::time::Instant;
+
+use crate::metrics::Op;
 use crate::model::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView, NodeId,
-    PAGE_SIZE_MAX, ServiceList, ServiceName, ServiceSnapshot, Text,
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView,
+    NamespaceSummary, NodeId, PAGE_SIZE_MAX, ServiceList, ServiceName, ServiceSnapshot, Text,
 };
 use crate::node::Node;
 use crate::wire::Reader;
@@ -85,6 +88,18 @@ impl Api {
         self.node.config.lease_floor_ms
     }
 
+    /// Counts a request's outcome and its latency since `started` (every request the API
+    /// answers goes through here once).
+    fn counted<T>(
+        &self,
+        op: Op,
+        started: Instant,
+        r: Result<T, Rejection>,
+    ) -> Result<T, Rejection> {
+        self.node.metrics.request(op, started, r.as_ref().err());
+        r
+    }
+
     /// Requests are served only by a node that holds the cluster's data and is not stopping.
     fn admit(&self) -> Result<(), Rejection> {
         if self.node.shutdown.is_cancelled() {
@@ -128,20 +143,32 @@ impl Api {
     /// Registers instances that live on their lease (renewed by [`Api::beat`]); answers how
     /// many were registered. In a cluster each goes to its owner.
     pub async fn register(&self, instances: &[Instance]) -> Result<u32, Rejection> {
-        self.check_register(instances)?;
-        apply_register(&self.node, instances, 0).await
+        let started = Instant::now();
+        let r = match self.check_register(instances) {
+            Ok(()) => apply_register(&self.node, instances, 0).await,
+            Err(e) => Err(e),
+        };
+        self.counted(Op::Register, started, r)
     }
 
     /// Deletes instances; answers how many existed.
     pub async fn deregister(&self, keys: &[InstanceKey]) -> Result<u32, Rejection> {
-        self.check_deregister(keys)?;
-        apply_deregister(&self.node, keys).await
+        let started = Instant::now();
+        let r = match self.check_deregister(keys) {
+            Ok(()) => apply_deregister(&self.node, keys).await,
+            Err(e) => Err(e),
+        };
+        self.counted(Op::Deregister, started, r)
     }
 
     /// Renews leases; answers the indexes (into `keys`) of those no live instance has.
     pub async fn beat(&self, keys: &[InstanceKey]) -> Result<Vec<u16>, Rejection> {
-        self.check_beat(keys)?;
-        apply_beat(&self.node, keys).await
+        let started = Instant::now();
+        let r = match self.check_beat(keys) {
+            Ok(()) => apply_beat(&self.node, keys).await,
+            Err(e) => Err(e),
+        };
+        self.counted(Op::Beat, started, r)
     }
 
     /// A service's live instances, optionally of one cluster (`""`: all) and only those healthy
@@ -152,13 +179,21 @@ impl Api {
         cluster: &str,
         healthy_only: bool,
     ) -> Result<Snapshot, Rejection> {
-        self.admit()?;
-        Ok(Snapshot(self.node.store.query(name, cluster, healthy_only)))
+        let started = Instant::now();
+        let r = self
+            .admit()
+            .map(|()| Snapshot(self.node.store.query(name, cluster, healthy_only)));
+        self.counted(Op::Query, started, r)
     }
 
     /// One live instance.
     pub fn instance(&self, key: &InstanceKey) -> Result<InstanceView, Rejection> {
-        self.admit()?;
+        let started = Instant::now();
+        let r = self.admit().and_then(|()| self.find_instance(key));
+        self.counted(Op::Instance, started, r)
+    }
+
+    fn find_instance(&self, key: &InstanceKey) -> Result<InstanceView, Rejection> {
         match self.node.store.get(key) {
             Some(r) if r.alive => Ok(InstanceView {
                 cluster: key.cluster.clone(),
@@ -190,20 +225,44 @@ impl Api {
         page: u32,
         page_size: u16,
     ) -> Result<ServiceList, Rejection> {
-        self.admit()?;
-        if page_size == 0 || page_size as usize > PAGE_SIZE_MAX {
-            return Err(Rejection::InvalidArgument {
-                what: "page size",
-                reason: format!("must be 1..={PAGE_SIZE_MAX}"),
-            });
-        }
-        Ok(self.node.store.list_services(namespace, page, page_size))
+        let started = Instant::now();
+        let r = self.admit().and_then(|()| {
+            if page_size == 0 || page_size as usize > PAGE_SIZE_MAX {
+                return Err(Rejection::InvalidArgument {
+                    what: "page size",
+                    reason: format!("must be 1..={PAGE_SIZE_MAX}"),
+                });
+            }
+            Ok(self.node.store.list_services(namespace, page, page_size))
+        });
+        self.counted(Op::ListServices, started, r)
+    }
+
+    /// Every namespace that has live instances, sorted by name, with what it holds. Walks the
+    /// whole store: for operators (the admin port), not for clients' request paths.
+    pub fn list_namespaces(&self) -> Result<Vec<NamespaceSummary>, Rejection> {
+        let started = Instant::now();
+        let r = self.admit().map(|()| self.node.store.namespace_counts());
+        self.counted(Op::ListNamespaces, started, r)
     }
 
     /// The node responsible for `ip:port`, as this node sees the cluster.
     pub fn owner(&self, ip: &str, port: u16) -> Result<NodeId, Rejection> {
-        self.admit()?;
-        Ok(self.node.store.ownership().owner(ip, port))
+        let started = Instant::now();
+        let r = self
+            .admit()
+            .map(|()| self.node.store.ownership().owner(ip, port));
+        self.counted(Op::Owner, started, r)
+    }
+
+    /// Whether the node serves clients now: loaded, and not shutting down (the readiness probe).
+    pub fn is_serving(&self) -> bool {
+        self.admit().is_ok()
+    }
+
+    /// The node's metrics in the Prometheus text format ([`crate::metrics::CONTENT_TYPE`]).
+    pub fn metrics_text(&self) -> String {
+        self.node.metrics.encode()
     }
 
     /// This node's view of the cluster; answered also while loading or stopping.
@@ -219,14 +278,16 @@ impl Api {
     /// The snapshots a push queue's subscriber is owed now: the current snapshot of every
     /// service marked since the last call, newer than what was pushed to it before.
     pub fn pushes(&self, queue: &PushQueue) -> Vec<Snapshot> {
-        queue
+        let pushes: Vec<Snapshot> = queue
             .take()
             .into_iter()
             .filter_map(|name| {
                 let snap = Snapshot(self.node.store.query(&name, "", false));
                 queue.is_news(&name, snap.revision()).then_some(snap)
             })
-            .collect()
+            .collect();
+        self.node.metrics.pushes_sent.inc_by(pushes.len() as u64);
+        pushes
     }
 }
 

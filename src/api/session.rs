@@ -12,12 +12,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use tracing::info;
+use tokio::time::Instant;
+use tracing::debug;
 
 use super::inflight::InFlight;
 use super::subscriptions::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
 use super::{Api, Rejection, Snapshot, apply_beat, apply_deregister, apply_lapse, apply_register};
 use crate::hash::HashSet;
+use crate::metrics::{GaugeGuard, Op};
 use crate::model::{Instance, InstanceKey, ServiceName};
 
 /// Session-bound instances one session may hold; bounds what a drop has to lapse.
@@ -49,6 +51,8 @@ pub struct Session {
     subscribed: Mutex<HashSet<ServiceName>>,
     push: Arc<PushQueue>,
     inflight: Arc<InFlight>,
+    /// Counts this session in the open sessions while it lives.
+    _open: GaugeGuard,
 }
 
 impl Session {
@@ -57,6 +61,7 @@ impl Session {
         Session {
             id: node.new_session(),
             push: node.subs.new_queue(),
+            _open: GaugeGuard::new(node.metrics.client_sessions.clone()),
             api,
             bound: Mutex::default(),
             subscribed: Mutex::default(),
@@ -86,7 +91,15 @@ impl Session {
     /// Runs `op` as a write of this session: at once on a standalone node (which applies writes
     /// one at a time anyway); on a clustered node after the earlier writes of this session that
     /// touch one of `keys` have completed, as a pending write.
-    async fn write<T, F, Fut>(&self, keys: Option<Vec<u64>>, op: F) -> Write<T>
+    ///
+    /// The write is counted as request `what`, from `started` to its outcome.
+    async fn write<T, F, Fut>(
+        &self,
+        what: Op,
+        started: Instant,
+        keys: Option<Vec<u64>>,
+        op: F,
+    ) -> Write<T>
     where
         F: FnOnce(Arc<crate::node::Node>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, Rejection>> + Send + 'static,
@@ -94,31 +107,40 @@ impl Session {
     {
         let node = self.api.node().clone();
         if node.cluster.is_none() {
-            return Write::Done(op(node).await);
+            return Write::Done(self.api.counted(what, started, op(node).await));
         }
         let claim = self.inflight.claim(keys.unwrap_or_default()).await;
         Write::Pending(Box::pin(async move {
+            let metrics = node.metrics.clone();
             let r = op(node).await;
             drop(claim);
+            metrics.request(what, started, r.as_ref().err());
             r
         }))
+    }
+
+    /// A write refused before it started, counted as request `what`.
+    fn refused<T>(&self, what: Op, started: Instant, e: Rejection) -> Write<T> {
+        Write::Done(self.api.counted(what, started, Err(e)))
     }
 
     /// Registers instances; bound to this session if `session_bound`, else living on their
     /// lease. Checked whole before anything is applied.
     pub async fn register(&self, instances: Vec<Instance>, session_bound: bool) -> Write<u32> {
+        let started = Instant::now();
         if let Err(e) = self.api.check_register(&instances) {
-            return Write::Done(Err(e));
+            return self.refused(Op::Register, started, e);
         }
         {
             let mut bound = self.bound.lock().unwrap();
             if session_bound {
                 let new = instances.iter().filter(|i| !bound.contains(&i.key)).count();
                 if bound.len() + new > BOUND_PER_SESSION_MAX {
-                    return Write::Done(Err(Rejection::LimitExceeded {
+                    let e = Rejection::LimitExceeded {
                         what: "session-bound instances on one connection",
                         max: BOUND_PER_SESSION_MAX,
-                    }));
+                    };
+                    return self.refused(Op::Register, started, e);
                 }
             }
             // Tracked before the outcome is known: a key that failed to register stays in the
@@ -133,7 +155,7 @@ impl Session {
         }
         let session = if session_bound { self.id } else { 0 };
         let keys = InFlight::hashes(instances.iter().map(|i| &i.key));
-        self.write(Some(keys), move |node| async move {
+        self.write(Op::Register, started, Some(keys), move |node| async move {
             apply_register(&node, &instances, session).await
         })
         .await
@@ -141,8 +163,9 @@ impl Session {
 
     /// Deletes instances; answers how many existed.
     pub async fn deregister(&self, keys: Vec<InstanceKey>) -> Write<u32> {
+        let started = Instant::now();
         if let Err(e) = self.api.check_deregister(&keys) {
-            return Write::Done(Err(e));
+            return self.refused(Op::Deregister, started, e);
         }
         {
             let mut bound = self.bound.lock().unwrap();
@@ -151,29 +174,38 @@ impl Session {
             }
         }
         let hashes = InFlight::hashes(keys.iter());
-        self.write(Some(hashes), move |node| async move {
-            apply_deregister(&node, &keys).await
-        })
+        self.write(
+            Op::Deregister,
+            started,
+            Some(hashes),
+            move |node| async move { apply_deregister(&node, &keys).await },
+        )
         .await
     }
 
     /// Renews leases; answers the indexes of the keys no live instance has.
     pub async fn beat(&self, keys: Vec<InstanceKey>) -> Write<Vec<u16>> {
+        let started = Instant::now();
         if let Err(e) = self.api.check_beat(&keys) {
-            return Write::Done(Err(e));
+            return self.refused(Op::Beat, started, e);
         }
         // Beats claim no keys: they only renew, in any order, and one waiting on a forward to an
         // owner that stopped answering must not hold up the next beat of the same keys (which
         // renews those this node owns at once).
-        self.write(
-            None,
-            move |node| async move { apply_beat(&node, &keys).await },
-        )
+        self.write(Op::Beat, started, None, move |node| async move {
+            apply_beat(&node, &keys).await
+        })
         .await
     }
 
     /// Subscribes to a service: its current snapshot is pushed next, then every change.
     pub fn subscribe(&self, name: &ServiceName) -> Result<(), Rejection> {
+        let started = Instant::now();
+        let r = self.subscribe_now(name);
+        self.api.counted(Op::Subscribe, started, r)
+    }
+
+    fn subscribe_now(&self, name: &ServiceName) -> Result<(), Rejection> {
         self.api.admit()?;
         let name = name.compact();
         {
@@ -195,9 +227,12 @@ impl Session {
 
     /// Ends a subscription; false if there was none.
     pub fn unsubscribe(&self, name: &ServiceName) -> Result<bool, Rejection> {
-        self.api.admit()?;
-        self.api.node().subs.unsubscribe(name, &self.push);
-        Ok(self.subscribed.lock().unwrap().remove(name))
+        let started = Instant::now();
+        let r = self.api.admit().map(|()| {
+            self.api.node().subs.unsubscribe(name, &self.push);
+            self.subscribed.lock().unwrap().remove(name)
+        });
+        self.api.counted(Op::Unsubscribe, started, r)
     }
 
     /// Ends the session: drops its subscriptions, lets its writes in flight land, and — unless
@@ -217,7 +252,8 @@ impl Session {
             return 0;
         }
         let n = keys.len();
-        info!(
+        // The front end logs the drop with the client's address; this is its detail.
+        debug!(
             session = self.id,
             instances = n,
             "session ended; its instances are reported unhealthy"

@@ -6,7 +6,6 @@
 //! A link never blocks its callers on a slow peer beyond their deadline: the outbox is bounded
 //! and `send_raw` refuses when it is full (the caller counts the drop; anti-entropy repairs it).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use super::auth::{self, Identity};
 use super::engine::handshake::{Dialing, HandshakeError};
+use crate::config::PeerAddr;
 use crate::net::{Dialer, Mux, MuxConfig, MuxError, StreamReader, StreamedAnswer};
 use crate::wire::{ErrorBody, FRAME_LEN_MAX, FrameCodec, Message, WireError, encode_frame};
 
@@ -46,13 +46,13 @@ const MUX: MuxConfig = MuxConfig {
 #[derive(Debug, Error)]
 pub enum PeerError {
     #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    Connect { addr: PeerAddr, reason: String },
     #[error("{what} to peer timed out")]
     Timeout { what: &'static str },
     #[error("peer link closed")]
     Closed,
     #[error("peer {addr} failed authentication: {reason}")]
-    Unauthorized { addr: SocketAddr, reason: String },
+    Unauthorized { addr: PeerAddr, reason: String },
     #[error("peer answered with an error: {}", .0.message)]
     Remote(ErrorBody),
     #[error("peer sent an unexpected message: {0}")]
@@ -69,7 +69,7 @@ pub enum PeerError {
 pub struct Link {
     /// The peer's node id, learned in the handshake.
     pub peer_id: u16,
-    pub addr: SocketAddr,
+    pub addr: PeerAddr,
     mux: Arc<Mux>,
 }
 
@@ -83,7 +83,7 @@ impl Link {
     /// Its reader and writer run in `tasks`.
     pub async fn dial(
         dialer: &dyn Dialer,
-        addr: SocketAddr,
+        addr: &PeerAddr,
         me: &Identity,
         timeout: Duration,
         tasks: &TaskTracker,
@@ -94,13 +94,13 @@ impl Link {
                     .connect(addr.to_string())
                     .await
                     .map_err(|e| PeerError::Connect {
-                        addr,
+                        addr: addr.clone(),
                         reason: e.to_string(),
                     })?;
             let (rd, mut wr) = crate::net::split(stream);
             let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
             let handshake = Dialing::new(me, auth::nonce());
-            let refused = |e| refused(addr, e);
+            let refused = |e| refused(addr.clone(), e);
             wr.write_all(&encode_frame(0, 0, &handshake.hello()))
                 .await
                 .map_err(|_| PeerError::Closed)?;
@@ -118,7 +118,11 @@ impl Link {
             .await
             .map_err(|_| PeerError::Timeout { what: "handshake" })??;
         let mux = Mux::start(frames, wr, MUX, CancellationToken::new(), tasks, |_| {});
-        Ok(Arc::new(Link { peer_id, addr, mux }))
+        Ok(Arc::new(Link {
+            peer_id,
+            addr: addr.clone(),
+            mux,
+        }))
     }
 
     pub fn is_closed(&self) -> bool {
@@ -164,7 +168,7 @@ impl super::Cluster {
     /// Dials a link to the member at `addr`; its tasks run in the node's tracker.
     pub(super) async fn dial_link(
         &self,
-        addr: SocketAddr,
+        addr: &PeerAddr,
         timeout: Duration,
     ) -> Result<Arc<Link>, PeerError> {
         Link::dial(&*self.dialer, addr, &self.identity, timeout, &self.tracker).await
@@ -183,7 +187,7 @@ impl From<MuxError> for PeerError {
 }
 
 /// The dialer's handshake failed: the peer refused or could not prove itself.
-fn refused(addr: SocketAddr, e: HandshakeError) -> PeerError {
+fn refused(addr: PeerAddr, e: HandshakeError) -> PeerError {
     match e {
         HandshakeError::Unexpected { got, .. } => PeerError::Unexpected(format!("{got:?}")),
         other => PeerError::Unauthorized {

@@ -125,6 +125,7 @@ async fn serve(
     ));
     let conn = Conn {
         cluster: cluster.clone(),
+        peer: peer_id,
         answers: tx,
         shutdown: shutdown.clone(),
     };
@@ -166,6 +167,10 @@ async fn serve(
                 break;
             }
         };
+        cluster
+            .metrics
+            .peer(peer_id)
+            .frame_received(frame.opcode, frame.body.len());
         if !conn.handle(rid, msg).await {
             break;
         }
@@ -178,6 +183,8 @@ async fn serve(
 /// One authenticated peer connection.
 struct Conn {
     cluster: Arc<Cluster>,
+    /// The peer's node id (from the handshake).
+    peer: u16,
     answers: mpsc::Sender<Bytes>,
     shutdown: CancellationToken,
 }
@@ -245,7 +252,7 @@ impl Conn {
             ),
             Message::SyncBatch(records) => {
                 super::stats::Stats::add(&cluster.stats.sync_frames_received, 1);
-                cluster.apply_records(&records);
+                cluster.apply_sync_batch(self.peer, &records);
                 return true;
             }
             Message::Digest(d) => {
@@ -302,12 +309,13 @@ impl Conn {
                 .is_ok();
         };
         let cluster = self.cluster.clone();
+        let peer = self.peer;
         let out = StreamSender::new(self.answers.clone(), STREAM_WINDOW_FRAMES);
         let shutdown = self.shutdown.clone();
         self.cluster.tracker.spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
-                _ = send_records(&cluster, rid, selection, out) => {}
+                _ = send_records(&cluster, peer, rid, selection, out) => {}
             }
             drop(slot);
         });
@@ -319,6 +327,7 @@ impl Conn {
 /// the store at a time (see [`crate::store::chunks`]).
 async fn send_records(
     cluster: &Cluster,
+    peer: u16,
     rid: u32,
     selection: Selection,
     mut out: StreamSender,
@@ -326,8 +335,13 @@ async fn send_records(
     let mut walk = RecordChunks::new(selection);
     while let Some(chunk) = walk.next_chunk(cluster.store()) {
         for (count, bytes) in chunk.pieces(RECORDS_FRAME_BYTES) {
-            out.send(records_frame_mut(Opcode::Records, rid, 0, count, &bytes))
-                .await?;
+            let frame = records_frame_mut(Opcode::Records, rid, 0, count, &bytes);
+            cluster
+                .metrics
+                .peer(peer)
+                .pull_served_bytes
+                .inc_by(frame.len() as u64);
+            out.send(frame).await?;
         }
     }
     out.finish(|| records_frame_mut(Opcode::Records, rid, 0, 0, &[]))
@@ -368,7 +382,7 @@ mod tests {
     ) {
         let config = Config {
             node_id: 1,
-            members: vec![member(1), member(2), member(3)],
+            members: vec![member(1).into(), member(2).into(), member(3).into()],
             peer_listen: member(1),
             cluster_token: Some(TOKEN.into()),
             ..Config::default()

@@ -33,6 +33,18 @@ pub struct ServiceList {
     pub services: Vec<ServiceSummary>,
 }
 
+/// What one namespace holds on the answering node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceSummary {
+    pub namespace: Text,
+    /// Services with live instances.
+    pub services: u32,
+    /// Live instances.
+    pub instances: u64,
+    /// Of those, reported healthy (as in [`ServiceSummary::healthy`]).
+    pub healthy: u64,
+}
+
 /// One member as the answering node sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberStatus {

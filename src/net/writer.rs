@@ -58,6 +58,19 @@ impl Extra for NoExtra {
     async fn fill(&mut self, _buf: &mut BytesMut) {}
 }
 
+/// Why a writer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterEnd {
+    /// Everything queued was written and the queue closed.
+    Drained,
+    /// `stop` was cancelled.
+    Stopped,
+    /// A write failed (the connection is gone).
+    Failed,
+    /// The other side did not take a write within the write timeout (it stopped reading).
+    TimedOut,
+}
+
 /// Writes the frames queued on `rx` (and `extra`'s output) to `wr` until `rx` is closed and
 /// drained, a write fails or times out, or `stop` is cancelled (which also abandons a write in
 /// progress); then shuts the writer down. Cancels `stop` on the way out, so the connection's
@@ -68,12 +81,16 @@ pub async fn run(
     config: WriterConfig,
     stop: CancellationToken,
     mut extra: impl Extra,
-) {
+) -> WriterEnd {
     let mut buf = BytesMut::new();
+    let mut end = WriterEnd::Drained;
     loop {
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = stop.cancelled() => {
+                end = WriterEnd::Stopped;
+                break;
+            }
             f = rx.recv() => match f {
                 Some(first) => {
                     buf.extend_from_slice(&first);
@@ -88,26 +105,33 @@ pub async fn run(
             continue;
         }
         let written = tokio::select! {
-            _ = stop.cancelled() => false,
-            ok = write_within(&mut wr, &buf, config.write_timeout) => ok,
+            _ = stop.cancelled() => Err(WriterEnd::Stopped),
+            r = write_within(&mut wr, &buf, config.write_timeout) => r,
         };
-        if !written {
-            tracing::debug!("write failed, timed out or was stopped; closing the connection");
+        if let Err(e) = written {
+            tracing::debug!(end = ?e, "write failed, timed out or was stopped; closing the connection");
+            end = e;
             break;
         }
         recycle(&mut buf);
     }
     stop.cancel();
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
+    end
 }
 
-async fn write_within(wr: &mut StreamWriter, buf: &[u8], limit: Option<Duration>) -> bool {
+async fn write_within(
+    wr: &mut StreamWriter,
+    buf: &[u8],
+    limit: Option<Duration>,
+) -> Result<(), WriterEnd> {
     match limit {
-        Some(limit) => matches!(
-            tokio::time::timeout(limit, wr.write_all(buf)).await,
-            Ok(Ok(()))
-        ),
-        None => wr.write_all(buf).await.is_ok(),
+        Some(limit) => match tokio::time::timeout(limit, wr.write_all(buf)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(WriterEnd::Failed),
+            Err(_) => Err(WriterEnd::TimedOut),
+        },
+        None => wr.write_all(buf).await.map_err(|_| WriterEnd::Failed),
     }
 }
 

@@ -40,7 +40,8 @@ use crate::clock::{Clock, Hlc};
 use crate::model::NodeId;
 use crate::model::key_hash;
 use crate::model::{
-    Instance, InstanceKey, ServiceList, ServiceName, ServiceSnapshot, ServiceSummary, Text, Version,
+    Instance, InstanceKey, NamespaceSummary, ServiceList, ServiceName, ServiceSnapshot,
+    ServiceSummary, Text, Version,
 };
 use crate::ownership::Ownership;
 use crate::wire::{
@@ -813,6 +814,41 @@ impl Store {
             .take(page_size as usize)
             .collect();
         ServiceList { total, services }
+    }
+
+    /// Every namespace with live instances, sorted by name: its services, live and healthy
+    /// instances. Walks every record (a scrape or a console refresh, not a request path), one
+    /// shard's read lock at a time.
+    pub fn namespace_counts(&self) -> Vec<NamespaceSummary> {
+        let mut by_ns: std::collections::BTreeMap<String, NamespaceSummary> = Default::default();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap();
+            for (name, svc) in &shard.services {
+                let (mut instances, mut healthy) = (0u64, 0u64);
+                for r in svc.instances.values().filter(|r| r.alive) {
+                    instances += 1;
+                    healthy += r.reported_healthy() as u64;
+                }
+                if instances == 0 {
+                    continue;
+                }
+                let ns = match by_ns.get_mut(name.namespace()) {
+                    Some(ns) => ns,
+                    None => by_ns
+                        .entry(name.namespace().to_string())
+                        .or_insert_with(|| NamespaceSummary {
+                            namespace: Text::from(name.namespace()),
+                            services: 0,
+                            instances: 0,
+                            healthy: 0,
+                        }),
+                };
+                ns.services += 1;
+                ns.instances += instances;
+                ns.healthy += healthy;
+            }
+        }
+        by_ns.into_values().collect()
     }
 
     /// The lease duty for the records this node owns: lapse those past unhealthy-after, delete

@@ -26,13 +26,16 @@ use tokio_util::codec::Decoder;
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The settings every test server starts from: loopback port 0 (and a port-0 peer address, so
-/// parallel tests never collide), a low lease floor and a quick lease duty so short leases work.
+/// parallel tests never collide), no admin port, a low lease floor and a quick lease duty so
+/// short leases work.
 pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer_listen: "127.0.0.1:0".parse().unwrap(),
         lease_floor_ms: 100,
         lease_pass_ms: 50,
+        // No admin port unless a test asks for one (the default port would collide).
+        http: None,
         ..Config::default()
     }
 }
@@ -267,4 +270,85 @@ pub fn last_error(frames: &[Frame]) -> (u32, ErrorBody) {
         Message::Error(e) => (last.request_id, e),
         other => panic!("expected an Error frame last, got {other:?}"),
     }
+}
+
+/// An HTTP answer: status, content type and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One plain HTTP/1.1 GET of `path` on `addr` (`Connection: close`), within [`DEADLINE`].
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
+    let fut = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .expect("connect to the admin port");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(DEADLINE, fut)
+        .await
+        .expect("the admin port answers in time");
+    let text = String::from_utf8(raw).expect("a UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut content_type = String::new();
+    let mut chunked = false;
+    for l in lines {
+        let (k, v) = l.split_once(':').unwrap();
+        match k.to_ascii_lowercase().as_str() {
+            "content-type" => content_type = v.trim().to_string(),
+            "transfer-encoding" => chunked = v.trim().eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    HttpAnswer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// The value of the sample `series` (the metric name with its labels, as the text shows it)
+/// in Prometheus text `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
 }

@@ -572,7 +572,7 @@ fn node_config(i: usize, ips: &[IpAddr]) -> Config {
         peer_listen: SocketAddr::new(ips[i], PEER_PORT),
         members: ips
             .iter()
-            .map(|ip| SocketAddr::new(*ip, PEER_PORT))
+            .map(|ip| SocketAddr::new(*ip, PEER_PORT).into())
             .collect(),
         cluster_token: Some("sim-cluster-token".into()),
         member_timeout_ms: 600,

@@ -1709,6 +1709,8 @@ impl SpawnedCluster {
             .args(["--listen", &self.client_addrs[i]])
             .args(["--peer-listen", &self.peer_addrs[i]])
             .args(["--log-level", "warn"])
+            // Several nodes on one machine: the default admin port would collide.
+            .args(["--http", "off"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);

@@ -51,6 +51,7 @@ struct Conn {
 /// Serves one client connection until it closes, fails, idles out or the node shuts down.
 pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     let node = api.node().clone();
+    let _open = node.metrics.client_connection();
     let (rd, wr) = crate::net::split(stream);
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let (tx, rx) = mpsc::channel(ANSWER_QUEUE_MAX);
@@ -113,7 +114,11 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
         info!(%peer, instances = lapsed, "session dropped; instances marked unhealthy");
     }
     drop(c);
-    let _ = writer.await;
+    if let Ok(crate::net::writer::WriterEnd::TimedOut) = writer.await {
+        // The client stopped reading what it was sent (answers and pushes) for the write
+        // timeout: it is dropped rather than buffered for.
+        node.metrics.subscribers_dropped_lag.inc();
+    }
     debug!(%peer, "client disconnected");
 }
 
