@@ -867,9 +867,16 @@ impl Store {
 
     /// [`Store::lease_pass`] for one shard, so that a caller can yield between shards.
     pub fn lease_pass_shard(&self, index: usize) -> LeaseStats {
+        self.lease_pass_shard_at(index, self.clock.now_ms())
+    }
+
+    /// [`Store::lease_pass_shard`] judged at `now` (ms): the lease duty reads the time once,
+    /// checks it for a stall, and passes the same reading, so that a pause between the check
+    /// and the pass cannot expire what the check would have re-granted.
+    pub fn lease_pass_shard_at(&self, index: usize, now: u64) -> LeaseStats {
         let mut stats = LeaseStats::default();
         let shard = &self.shards[index];
-        if self.clock.now_ms() < self.next_due_ms[index].load(Ordering::Relaxed) {
+        if now < self.next_due_ms[index].load(Ordering::Relaxed) {
             return stats;
         }
         // Recomputed by this scan; writes meanwhile lower it again (fetch_min).
@@ -879,7 +886,6 @@ impl Store {
             // write lock is taken afresh, and a service may be dropped and made again meanwhile.
             let mut changes: Vec<(InstanceKey, Record, u64)> = Vec::new();
             let mut drop: Vec<InstanceKey> = Vec::new();
-            let now = self.clock.now_ms();
             {
                 let shard = shard.read().unwrap();
                 for (name, svc) in &shard.services {
