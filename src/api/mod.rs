@@ -22,12 +22,14 @@ use bytes::Bytes;
 
 use crate::model::{
     BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView, NodeId,
-    PAGE_SIZE_MAX, ServiceList, ServiceName, ServiceSnapshot, Text,
+    PAGE_SIZE_MAX, ServiceDelta, ServiceList, ServiceName, ServiceSnapshot, Text,
 };
 use crate::node::Node;
+use crate::store::PushBody;
 use crate::wire::Reader;
 pub use rejection::Rejection;
 pub use session::{Session, Write};
+pub use subscriptions::PushMode;
 use subscriptions::PushQueue;
 
 /// The request API of one node. Cheap to clone; every front end holds one.
@@ -59,6 +61,41 @@ impl Snapshot {
     pub fn decode(&self) -> ServiceSnapshot {
         ServiceSnapshot::decode_body(self.0.clone())
             .expect("the store encodes well-formed snapshots")
+    }
+}
+
+/// What changed in a service between the revision a subscriber held and a newer one: the
+/// PushDelta body in the binary protocol's encoding (wire-spec.md §6.10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta(Bytes);
+
+impl Delta {
+    /// The encoded PushDelta body.
+    pub fn body(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn decode(&self) -> ServiceDelta {
+        ServiceDelta::decode_body(self.0.clone()).expect("the store encodes well-formed deltas")
+    }
+}
+
+/// One push a subscriber is owed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// The whole list.
+    Full(Snapshot),
+    /// What changed since the last push (only to a [`PushMode::Deltas`] queue).
+    Delta(Delta),
+}
+
+impl Push {
+    /// The encoded body.
+    pub fn body(&self) -> &Bytes {
+        match self {
+            Push::Full(s) => s.body(),
+            Push::Delta(d) => d.body(),
+        }
     }
 }
 
@@ -211,22 +248,60 @@ impl Api {
         self.node.cluster_status()
     }
 
-    /// A new connection-bound client.
+    /// A new connection-bound client of the native protocol (pushed deltas).
     pub fn open_session(&self) -> Session {
-        Session::new(self.clone())
+        Session::new(self.clone(), PushMode::Deltas)
     }
 
-    /// The snapshots a push queue's subscriber is owed now: the current snapshot of every
-    /// service marked since the last call, newer than what was pushed to it before.
-    pub fn pushes(&self, queue: &PushQueue) -> Vec<Snapshot> {
-        queue
-            .take()
-            .into_iter()
-            .filter_map(|name| {
-                let snap = Snapshot(self.node.store.query(&name, "", false));
-                queue.is_news(&name, snap.revision()).then_some(snap)
-            })
-            .collect()
+    /// A new connection-bound client whose pushes are as `mode` says (a front end whose
+    /// clients take only whole lists asks for [`PushMode::FullOnly`]).
+    pub fn open_session_with(&self, mode: PushMode) -> Session {
+        Session::new(self.clone(), mode)
+    }
+
+    /// The pushes a queue's subscriber is owed now, oldest mark first, until they add up to
+    /// `budget_bytes` (at least one push, whatever its size): for each service marked since, what
+    /// changed since the revision the subscriber holds (a [`Push::Delta`], to a
+    /// [`PushMode::Deltas`] queue) or the whole list (a new subscription, a subscriber further
+    /// behind than the service's change log reaches, a full-only queue). Services left over stay
+    /// marked, and the queue wakes its writer again for them.
+    pub fn pushes(&self, queue: &PushQueue, budget_bytes: usize) -> Vec<Push> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while bytes < budget_bytes {
+            let Some((name, held)) = queue.next() else {
+                break;
+            };
+            let push = match queue.mode() {
+                PushMode::Deltas => match self.node.store.push_since(&name, held) {
+                    PushBody::Unchanged => continue,
+                    PushBody::Full { body, revision } => (Push::Full(Snapshot(body)), revision),
+                    PushBody::Delta { body, revision } => (Push::Delta(Delta(body)), revision),
+                },
+                PushMode::FullOnly => {
+                    let snap = Snapshot(self.node.store.query(&name, "", false));
+                    let revision = snap.revision();
+                    if held.is_some_and(|h| h >= revision) {
+                        continue;
+                    }
+                    (Push::Full(snap), revision)
+                }
+            };
+            let (push, revision) = push;
+            queue.pushed(&name, held, revision);
+            bytes += push.body().len();
+            out.push(push);
+        }
+        queue.rewake_if_pending();
+        out
+    }
+
+    /// Ends `queue`'s subscription to `name`; the service's change log goes with its last
+    /// subscriber on this node.
+    fn unsubscribe(&self, name: &ServiceName, queue: &PushQueue) {
+        if self.node.subs.unsubscribe(name, queue) {
+            self.node.store.unwatch(name);
+        }
     }
 }
 

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use distro::client::{Client, ClientConfig, Conn};
+use distro::client::{Client, ClientConfig, Conn, PushSink, Pushed};
 use distro::model::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot,
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, InstanceView, Lease, ServiceName,
     Text,
 };
 use distro::wire::{Message, Query, Register};
@@ -543,7 +543,7 @@ impl Rng {
 // ---------------------------------------------------------------------------------------------
 // Connections and node status
 
-fn no_push() -> Arc<dyn Fn(ServiceSnapshot) + Send + Sync> {
+fn no_push() -> PushSink {
     Arc::new(|_| {})
 }
 
@@ -552,7 +552,7 @@ async fn dial(
     addr: &str,
     name: &str,
     timeout: Duration,
-    on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
+    on_push: PushSink,
 ) -> Result<Arc<Conn>, distro::client::ClientError> {
     Conn::open(&distro::net::Tcp, addr, name, timeout, on_push).await
 }
@@ -566,10 +566,7 @@ async fn open_conns(servers: &[String], n: usize) -> anyhow::Result<Vec<Arc<Conn
     Ok(conns)
 }
 
-async fn open_ready(
-    addr: &str,
-    on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
-) -> anyhow::Result<Arc<Conn>> {
+async fn open_ready(addr: &str, on_push: PushSink) -> anyhow::Result<Arc<Conn>> {
     let c = dial(addr, "distro-bench", Duration::from_secs(5), on_push)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -1060,14 +1057,23 @@ struct Visibility {
     seen: Vec<AtomicU8>,
     visible: AtomicU64,
     hist: Mutex<Histogram<u64>>,
+    /// Pushes received: whole lists, and deltas (what changed since the last push).
+    full_pushes: AtomicU64,
+    delta_pushes: AtomicU64,
 }
 
 impl Visibility {
-    /// A push from node `node` arrived now.
-    fn push(&self, node: usize, snap: &ServiceSnapshot) {
+    /// A push from node `node` arrived now: the whole list, or the instances changed since the
+    /// last push.
+    fn push(&self, node: usize, push: &Pushed) {
+        let (views, counter): (&[InstanceView], _) = match push {
+            Pushed::Full(s) => (&s.instances, &self.full_pushes),
+            Pushed::Delta(d) => (&d.updated, &self.delta_pushes),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
         let now = Instant::now();
         let bit = 1u8 << node;
-        for v in &snap.instances {
+        for v in views {
             let Some(k) = bench_index(&v.ip, v.port).filter(|k| *k < self.writes) else {
                 continue;
             };
@@ -1099,10 +1105,10 @@ async fn converge(
     let mut subscribers = Vec::new();
     for (node, addr) in servers.iter().enumerate() {
         let slot = slot.clone();
-        let on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync> = Arc::new(move |snap| {
+        let on_push: PushSink = Arc::new(move |push| {
             let v = slot.lock().unwrap().clone();
             if let Some(v) = v {
-                v.push(node, &snap);
+                v.push(node, &push);
             }
         });
         let conn = open_ready(addr, on_push).await?;
@@ -1139,6 +1145,8 @@ async fn converge(
         seen: (0..writes).map(|_| AtomicU8::new(0)).collect(),
         visible: AtomicU64::new(0),
         hist: Mutex::new(new_histogram()),
+        full_pushes: AtomicU64::new(0),
+        delta_pushes: AtomicU64::new(0),
     });
     *slot.lock().unwrap() = Some(vis.clone());
 
@@ -1217,6 +1225,14 @@ async fn converge(
     out.insert("services".into(), json!(services));
     out.insert("connections".into(), json!(connections));
     out.insert("visible".into(), json!(visible));
+    out.insert(
+        "full_pushes".into(),
+        json!(vis.full_pushes.load(Ordering::Relaxed)),
+    );
+    out.insert(
+        "delta_pushes".into(),
+        json!(vis.delta_pushes.load(Ordering::Relaxed)),
+    );
     insert_percentiles(&mut out, "visible_", &vis.hist.lock().unwrap());
     out.insert(
         "schedule_late_max_us".into(),

@@ -13,7 +13,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::ClientError;
-use crate::model::ServiceSnapshot;
+use super::cache::{PushSink, Pushed};
 use crate::wire::{
     FRAME_LEN_MAX, FrameCodec, Hello, HelloOk, Message, PROTOCOL_VERSION, encode_frame_into,
 };
@@ -35,13 +35,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, says Hello, and starts the reader and writer. `on_push` gets every Push.
+    /// Connects, says Hello, and starts the reader and writer. `on_push` gets every Push and
+    /// PushDelta, in the order they came.
     pub async fn open(
         dialer: &dyn crate::net::Dialer,
         addr: &str,
         client_name: &str,
         timeout: Duration,
-        on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
+        on_push: PushSink,
     ) -> Result<Arc<Conn>, ClientError> {
         let ms = timeout.as_millis() as u64;
         let stream = tokio::time::timeout(timeout, dialer.connect(addr.to_string()))
@@ -75,7 +76,8 @@ impl Conn {
                 let Some(Ok(frame)) = next else { break };
                 let Ok(msg) = frame.message() else { break };
                 match msg {
-                    Message::Push(snap) if frame.request_id == 0 => on_push(snap),
+                    Message::Push(snap) if frame.request_id == 0 => on_push(Pushed::Full(snap)),
+                    Message::PushDelta(d) if frame.request_id == 0 => on_push(Pushed::Delta(d)),
                     // A connection-level error (request id 0): the node is closing this
                     // connection; the reader sees the end next.
                     Message::Error(_) if frame.request_id == 0 => {}

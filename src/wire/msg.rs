@@ -14,8 +14,8 @@ use super::peer::{
 };
 use super::*;
 use crate::model::{
-    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceList, ServiceName,
-    ServiceSnapshot, ServiceSummary, Text, Version, key, limits::*,
+    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceDelta, ServiceList,
+    ServiceName, ServiceSnapshot, ServiceSummary, Text, Version, ViewKey, key, limits::*,
 };
 
 impl ServiceName {
@@ -161,7 +161,7 @@ impl Instance {
 }
 
 impl InstanceView {
-    const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
+    pub const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
 
     pub fn encode(&self, out: &mut BytesMut) {
         encode_instance_view(
@@ -251,6 +251,85 @@ impl ServiceSnapshot {
             name,
             revision,
             instances,
+        })
+    }
+}
+
+impl ViewKey {
+    /// Smallest encoding: two empty strings and the port.
+    pub const MIN_LEN: usize = 2 + 2 + 2;
+
+    pub fn encode(&self, out: &mut BytesMut) {
+        encode_view_key(out, &self.cluster, &self.ip, self.port);
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ViewKey, WireError> {
+        Ok(ViewKey {
+            cluster: r.text("cluster", NAME_LEN_MAX)?,
+            ip: r.text("ip", IP_LEN_MAX)?,
+            port: r.u16("port")?,
+        })
+    }
+}
+
+/// Encodes one ViewKey from its parts (the store keeps them apart).
+pub fn encode_view_key(out: &mut BytesMut, cluster: &str, ip: &str, port: u16) {
+    put_text(out, cluster);
+    put_text(out, ip);
+    out.put_u16(port);
+}
+
+impl ServiceDelta {
+    /// Appends the part of a PushDelta body before its lists: the removed keys (a `u32` count,
+    /// then ViewKeys) and the updated instances (a `u32` count, then InstanceViews) follow.
+    pub fn encode_head(out: &mut BytesMut, name: &ServiceName, base_revision: u64, revision: u64) {
+        name.encode(out);
+        out.put_u64(base_revision);
+        out.put_u64(revision);
+    }
+
+    fn encode(&self, out: &mut BytesMut) {
+        Self::encode_head(out, &self.name, self.base_revision, self.revision);
+        out.put_u32(self.removed.len() as u32);
+        for k in &self.removed {
+            k.encode(out);
+        }
+        out.put_u32(self.updated.len() as u32);
+        for v in &self.updated {
+            v.encode(out);
+        }
+    }
+
+    /// Decodes a whole PushDelta body.
+    pub fn decode_body(body: Bytes) -> Result<ServiceDelta, WireError> {
+        let mut r = Reader::new(body);
+        let d = ServiceDelta::decode(&mut r)?;
+        r.finish()?;
+        Ok(d)
+    }
+
+    fn decode(r: &mut Reader) -> Result<ServiceDelta, WireError> {
+        let name = ServiceName::decode(r)?;
+        let base_revision = r.u64("base revision")?;
+        let revision = r.u64("revision")?;
+        let n = r.u32("removed count")? as usize;
+        let n = r.count(n, "removed instances", usize::MAX, ViewKey::MIN_LEN)?;
+        let mut removed = Vec::with_capacity(n);
+        for _ in 0..n {
+            removed.push(ViewKey::decode(r)?);
+        }
+        let n = r.u32("updated count")? as usize;
+        let n = r.count(n, "updated instances", usize::MAX, InstanceView::MIN_LEN)?;
+        let mut updated = Vec::with_capacity(n);
+        for _ in 0..n {
+            updated.push(InstanceView::decode(r)?);
+        }
+        Ok(ServiceDelta {
+            name,
+            base_revision,
+            revision,
+            removed,
+            updated,
         })
     }
 }
@@ -347,6 +426,8 @@ pub enum Message {
     Subscribe(ServiceName),
     Unsubscribe(ServiceName),
     Push(ServiceSnapshot),
+    /// What changed in a subscribed service since the last push (request id 0).
+    PushDelta(ServiceDelta),
     /// Asks a node for its view of the cluster (empty body).
     ClusterStatus,
     ClusterStatusResult(ClusterStatus),
@@ -401,6 +482,7 @@ impl Message {
             Message::Subscribe(_) => Opcode::Subscribe,
             Message::Unsubscribe(_) => Opcode::Unsubscribe,
             Message::Push(_) => Opcode::Push,
+            Message::PushDelta(_) => Opcode::PushDelta,
             Message::ClusterStatus => Opcode::ClusterStatus,
             Message::ClusterStatusResult(_) => Opcode::ClusterStatusResult,
             Message::Owner { .. } => Opcode::Owner,
@@ -461,6 +543,7 @@ impl Message {
                 out.put_u8(q.healthy_only as u8);
             }
             Message::QueryResult(s) | Message::Push(s) => s.encode(out),
+            Message::PushDelta(d) => d.encode(out),
             Message::ListServices(l) => {
                 put_text(out, &l.namespace);
                 out.put_u32(l.page);
@@ -571,6 +654,7 @@ impl Message {
             }),
             Opcode::QueryResult => Message::QueryResult(ServiceSnapshot::decode(&mut r)?),
             Opcode::Push => Message::Push(ServiceSnapshot::decode(&mut r)?),
+            Opcode::PushDelta => Message::PushDelta(ServiceDelta::decode(&mut r)?),
             Opcode::ListServices => Message::ListServices(ListServices {
                 namespace: r.text("namespace", NAME_LEN_MAX)?,
                 page: r.u32("page")?,

@@ -19,7 +19,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info};
 
 use crate::api::subscriptions::PushQueue;
-use crate::api::{Api, Rejection, Session, Write};
+use crate::api::{Api, Push, Rejection, Session, Write};
 use crate::model::BATCH_INSTANCES_MAX;
 use crate::net::{BoxStream, StreamWriter};
 use crate::wire::{
@@ -34,6 +34,12 @@ const ANSWER_QUEUE_MAX: usize = 1024;
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// A client that does not read what it is sent for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pushes one wake of a connection's writer sends add up to at most this many bytes (and
+/// at least one push); services left over stay marked for its next wake. Bounds the buffer one
+/// connection's pushes can take (a subscriber of thousands of large services, all owed whole
+/// lists after a resubscribe, would otherwise be handed all of them in one buffer) and lets
+/// answers to its requests go out between the pushes. The size of a gathered answer write.
+const PUSH_BYTES_PER_WAKE: usize = 256 << 10;
 
 enum Flow {
     Continue,
@@ -298,9 +304,13 @@ async fn write_loop(
                 if !push_delay.is_zero() {
                     tokio::time::sleep(push_delay).await;
                 }
-                for snap in api.pushes(&push) {
-                    encode_raw_frame_into(&mut buf, Opcode::Push as u8, 0, 0, |b| {
-                        b.extend_from_slice(snap.body())
+                for p in api.pushes(&push, PUSH_BYTES_PER_WAKE) {
+                    let opcode = match p {
+                        Push::Full(_) => Opcode::Push,
+                        Push::Delta(_) => Opcode::PushDelta,
+                    };
+                    encode_raw_frame_into(&mut buf, opcode as u8, 0, 0, |b| {
+                        b.extend_from_slice(p.body())
                     });
                 }
             }
