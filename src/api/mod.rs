@@ -351,3 +351,109 @@ async fn apply_lapse(node: &Node, session: u64, keys: Vec<InstanceKey>) {
         node.store.lapse_session(k, session);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+
+    fn api() -> Api {
+        Api::new(Node::new(Config::default(), Clock::starting_at(1_000_000)))
+    }
+
+    fn svc(n: &str) -> ServiceName {
+        ServiceName::new("public", "DEFAULT_GROUP", n)
+    }
+
+    fn instances(name: &ServiceName, n: u16) -> Vec<Instance> {
+        (1..=n)
+            .map(|p| {
+                Instance::new(InstanceKey {
+                    service: name.clone(),
+                    cluster: "DEFAULT".into(),
+                    ip: "10.0.0.1".into(),
+                    port: p,
+                })
+            })
+            .collect()
+    }
+
+    fn kinds(pushes: &[Push]) -> Vec<&'static str> {
+        pushes
+            .iter()
+            .map(|p| match p {
+                Push::Full(_) => "full",
+                Push::Delta(_) => "delta",
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_delta_session_gets_the_whole_list_then_deltas_a_full_only_one_whole_lists() {
+        let api = api();
+        let a = svc("a");
+        api.register(&instances(&a, 20)).await.unwrap();
+        let deltas = api.open_session();
+        let full = api.open_session_with(PushMode::FullOnly);
+        for s in [&deltas, &full] {
+            s.subscribe(&a).unwrap();
+            assert_eq!(kinds(&s.pushes(usize::MAX)), ["full"]);
+            assert!(s.pushes(usize::MAX).is_empty(), "nothing changed since");
+        }
+        api.register(&instances(&svc("a"), 21)[20..]).await.unwrap();
+        let d = deltas.pushes(usize::MAX);
+        assert_eq!(kinds(&d), ["delta"]);
+        let Push::Delta(delta) = &d[0] else {
+            unreachable!()
+        };
+        assert_eq!(delta.decode().updated.len(), 1);
+        let f = full.pushes(usize::MAX);
+        assert_eq!(kinds(&f), ["full"]);
+        let Push::Full(snap) = &f[0] else {
+            unreachable!()
+        };
+        assert_eq!(snap.decode().instances.len(), 21);
+        assert_eq!(snap, &api.query(&a, "", false).unwrap());
+    }
+
+    #[tokio::test]
+    async fn one_call_stops_at_the_byte_budget_and_leaves_the_rest_marked() {
+        let api = api();
+        let s = api.open_session();
+        let names: Vec<ServiceName> = (0..5).map(|i| svc(&format!("s{i}"))).collect();
+        for n in &names {
+            api.register(&instances(n, 30)).await.unwrap();
+            s.subscribe(n).unwrap();
+        }
+        // Each whole list is over a kilobyte: a 1-byte budget still sends one.
+        let mut got = Vec::new();
+        for _ in 0..names.len() {
+            let p = s.pushes(1);
+            assert_eq!(p.len(), 1, "one push per call at a 1-byte budget");
+            got.push(p[0].body().clone());
+        }
+        assert!(s.pushes(1).is_empty(), "all five sent, nothing left");
+        let lists: Vec<ServiceName> = got
+            .iter()
+            .map(|b| Snapshot(b.clone()).decode().name)
+            .collect();
+        assert_eq!(lists, names, "in the order they were marked");
+    }
+
+    #[tokio::test]
+    async fn the_change_log_of_a_service_goes_with_its_last_subscriber() {
+        let api = api();
+        let a = svc("a");
+        api.register(&instances(&a, 20)).await.unwrap();
+        let (s1, s2) = (api.open_session(), api.open_session());
+        for s in [&s1, &s2] {
+            s.subscribe(&a).unwrap();
+            s.pushes(usize::MAX);
+        }
+        assert!(s1.unsubscribe(&a).unwrap());
+        assert!(api.node().store.is_watched(&a), "s2 still subscribes");
+        s2.close(false).await;
+        assert!(!api.node().store.is_watched(&a));
+    }
+}

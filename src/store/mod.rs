@@ -913,6 +913,15 @@ impl Store {
         }
     }
 
+    /// Whether `name` keeps a change log (a subscriber asked for its changes).
+    pub fn is_watched(&self, name: &ServiceName) -> bool {
+        let shard = self.shard_of(name).read().unwrap();
+        shard
+            .services
+            .get(name)
+            .is_some_and(|s| s.log.get().is_some())
+    }
+
     /// Nobody on this node subscribes to `name` any more: its change log goes.
     pub fn unwatch(&self, name: &ServiceName) {
         let mut shard = self.shard_of(name).write().unwrap();
