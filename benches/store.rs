@@ -186,10 +186,11 @@ fn one_change(c: &mut Criterion) {
             panic!("a new subscriber is sent the whole list")
         };
         let mut w = 0u64;
+        // Each round over the service flips every instance's weight: always a real change.
         let mut change = |store: &distro::store::Store| {
             w += 1;
-            let mut i = all[(w * 7919 % n) as usize].clone();
-            i.weight = (w % 5) as f64 + 1.0;
+            let mut i = all[(w % n) as usize].clone();
+            i.weight = if (w / n) % 2 == 0 { 2.0 } else { 1.0 };
             store.register(&i, 0);
         };
         g.bench_function(format!("delta/{n}"), |b| {

@@ -841,6 +841,10 @@ async fn a_subscriber_of_a_large_service_is_sent_only_what_changed() {
     register_all(&mut writer, vec![changed]).await;
     let one = sub.push_seen().await;
     assert!(one.is_delta(), "one change travels as a delta");
+    eprintln!(
+        "one changed instance of a service of 5000: {} bytes pushed (the whole list: {} bytes)",
+        one.wire_bytes, first.wire_bytes
+    );
     assert!(
         one.wire_bytes <= 256,
         "{} bytes pushed for one changed instance of a service of 5000",

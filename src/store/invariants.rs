@@ -144,7 +144,7 @@ impl Store {
                 if let Some(cached) = svc.cache.get() {
                     check_snapshot(&mut p, svc, name, cached, &here);
                 }
-                if let Some(log) = svc.log.get() {
+                if let Some(log) = &svc.log {
                     check_log(&mut p, svc, log, &here);
                 }
             }

@@ -130,9 +130,9 @@ struct Service {
     revision: u64,
     /// The encoded snapshot body of all instances at `revision`, built on first read.
     cache: OnceLock<Bytes>,
-    /// Which instances changed lately, once a subscriber asked for this service's changes
-    /// (made under the read lock of that push; written under the write lock of each change).
-    log: OnceLock<Box<ChangeLog>>,
+    /// Which instances changed lately, once a subscriber asked for this service's changes (one
+    /// pointer for a service nobody watches).
+    log: Option<Box<ChangeLog>>,
 }
 
 /// What a subscriber holding a service at some revision is sent next (see
@@ -189,7 +189,7 @@ impl Service {
             clusters: Vec::new(),
             revision: 0,
             cache: OnceLock::new(),
-            log: OnceLock::new(),
+            log: None,
         }
     }
 
@@ -198,7 +198,7 @@ impl Service {
     fn changed(&mut self, revisions: &AtomicU64, ids: impl IntoIterator<Item = InstanceId>) {
         self.revision = revisions.fetch_add(1, Ordering::Relaxed) + 1;
         self.cache = OnceLock::new();
-        if let Some(log) = self.log.get_mut() {
+        if let Some(log) = &mut self.log {
             let cap = changes::cap(self.instances.len());
             for id in ids {
                 log.note(self.revision, id, cap);
@@ -264,6 +264,31 @@ impl Service {
             encode_view(&mut out, &t, r);
         }
         out.freeze()
+    }
+
+    /// What a subscriber holding this service at `held` is pushed next (see
+    /// [`Store::push_since`]).
+    fn push_since(&self, name: &ServiceName, held: Option<u64>) -> PushBody {
+        if held == Some(self.revision) {
+            return PushBody::Unchanged;
+        }
+        if let (Some(h), Some(log)) = (held, &self.log)
+            && h < self.revision
+            && let Some(body) = self.encode_delta(name, h, log)
+        {
+            return PushBody::Delta {
+                body,
+                revision: self.revision,
+            };
+        }
+        let body = self
+            .cache
+            .get_or_init(|| self.encode_snapshot(name, |_, _| true))
+            .clone();
+        PushBody::Full {
+            body,
+            revision: self.revision,
+        }
     }
 
     /// The PushDelta body that takes a subscriber from `base` to the current revision, from
@@ -874,59 +899,54 @@ impl Store {
     /// The first call for a service starts its change log, so that the pushes after the first
     /// full one are deltas; [`Store::unwatch`] ends it.
     pub fn push_since(&self, name: &ServiceName, held: Option<u64>) -> PushBody {
-        let shard = self.shard_of(name).read().unwrap();
-        let Some(svc) = shard.services.get(name) else {
-            // Emptied and dropped, or never seen: the empty list at the node's latest revision
-            // (see `query`), unless the subscriber is already there.
-            let revision = self.revisions.load(Ordering::Relaxed);
-            if held.is_some_and(|h| h >= revision) {
-                return PushBody::Unchanged;
+        {
+            let shard = self.shard_of(name).read().unwrap();
+            match shard.services.get(name) {
+                None => return self.push_of_unknown(name, held),
+                Some(svc) if svc.log.is_some() => return svc.push_since(name, held),
+                Some(_) => {}
             }
-            let mut body = BytesMut::new();
-            ServiceSnapshot::encode_head(&mut body, name, revision, 0);
-            return PushBody::Full {
-                body: body.freeze(),
-                revision,
-            };
-        };
-        if held == Some(svc.revision) {
+        }
+        // The first push of a service nobody watched: start its log (once per service).
+        let mut shard = self.shard_of(name).write().unwrap();
+        match shard.services.get_mut(name) {
+            None => self.push_of_unknown(name, held),
+            Some(svc) => {
+                let revision = svc.revision;
+                svc.log
+                    .get_or_insert_with(|| Box::new(ChangeLog::new(revision)));
+                svc.push_since(name, held)
+            }
+        }
+    }
+
+    /// [`Store::push_since`] for a service this node holds nothing of (emptied and dropped, or
+    /// never seen): the empty list at the node's latest revision (see [`Store::query`]), unless
+    /// the subscriber is already there.
+    fn push_of_unknown(&self, name: &ServiceName, held: Option<u64>) -> PushBody {
+        let revision = self.revisions.load(Ordering::Relaxed);
+        if held.is_some_and(|h| h >= revision) {
             return PushBody::Unchanged;
         }
-        let log = svc
-            .log
-            .get_or_init(|| Box::new(ChangeLog::new(svc.revision)));
-        if let Some(h) = held.filter(|&h| h < svc.revision)
-            && let Some(body) = svc.encode_delta(name, h, log)
-        {
-            return PushBody::Delta {
-                body,
-                revision: svc.revision,
-            };
-        }
-        let body = svc
-            .cache
-            .get_or_init(|| svc.encode_snapshot(name, |_, _| true))
-            .clone();
+        let mut body = BytesMut::new();
+        ServiceSnapshot::encode_head(&mut body, name, revision, 0);
         PushBody::Full {
-            body,
-            revision: svc.revision,
+            body: body.freeze(),
+            revision,
         }
     }
 
     /// Whether `name` keeps a change log (a subscriber asked for its changes).
     pub fn is_watched(&self, name: &ServiceName) -> bool {
         let shard = self.shard_of(name).read().unwrap();
-        shard
-            .services
-            .get(name)
-            .is_some_and(|s| s.log.get().is_some())
+        shard.services.get(name).is_some_and(|s| s.log.is_some())
     }
 
     /// Nobody on this node subscribes to `name` any more: its change log goes.
     pub fn unwatch(&self, name: &ServiceName) {
         let mut shard = self.shard_of(name).write().unwrap();
         if let Some(svc) = shard.services.get_mut(name) {
-            svc.log.take();
+            svc.log = None;
         }
     }
 
