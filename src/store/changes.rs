@@ -11,16 +11,18 @@ use std::collections::VecDeque;
 
 use super::record::InstanceId;
 
-/// Fewest entries a watched service's log keeps, whatever its size: a few bursts of changes to a
-/// small service still travel as deltas.
-const LOG_MIN: usize = 16;
-/// Most entries any log keeps (~40 KiB): a subscriber further behind than this many changes of
-/// one service is sent the whole list, which costs about as much as the delta would.
+/// Fewest entries a watched service's log keeps, whatever its size: a change or a few, coalesced
+/// into one push, still travel as a delta in a small service. Kept small because small services
+/// are many (a watched service of 10 pays at most 4 × 32 bytes for its log), and the whole list
+/// of a small service is small too.
+const LOG_MIN: usize = 4;
+/// Most entries any log keeps (32 KiB): a subscriber further behind than this many changes of
+/// one service is sent the whole list, which then costs about as much as the delta would.
 const LOG_MAX: usize = 1024;
 
 /// Entries the log of a service of `instances` records keeps: a quarter of the service (a delta
 /// naming more than that saves little over the whole list), within [`LOG_MIN`]..=[`LOG_MAX`].
-/// Per watched instance that is at most ~8 bytes (an entry is 32).
+/// Per watched instance that is at most 8 bytes (an entry is 32) beyond the smallest services.
 pub fn cap(instances: usize) -> usize {
     (instances / 4).clamp(LOG_MIN, LOG_MAX)
 }
@@ -118,6 +120,7 @@ mod tests {
     #[test]
     fn the_cap_follows_the_service_within_its_bounds() {
         assert_eq!(cap(0), LOG_MIN);
+        assert_eq!(cap(10), LOG_MIN);
         assert_eq!(cap(400), 100);
         assert_eq!(cap(1_000_000), LOG_MAX);
     }
