@@ -961,3 +961,74 @@ async fn the_sdk_hands_whole_lists_built_from_deltas() {
     assert_eq!(*c.cached(&svc).unwrap(), want);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_change_of_every_service_reaches_a_subscriber_of_thousands() {
+    // Many small services, each changed a few times by pipelined writes, then never again: a
+    // push lost on the way would leave a list stale for good, not only until the next change.
+    let h = start().await;
+    const SERVICES: u32 = 2_000;
+    let names: Vec<_> = (0..SERVICES)
+        .map(|s| name(&format!("many-{s:04}")))
+        .collect();
+    let (mut sub, _) = Raw::open(h.addr).await;
+    let mut frames = BytesMut::new();
+    for (i, n) in names.iter().enumerate() {
+        encode_frame_into(
+            &mut frames,
+            10 + i as u32,
+            0,
+            &Message::Subscribe(n.clone()),
+        );
+    }
+    sub.write(&frames).await;
+    let (mut writer, _) = Raw::open(h.addr).await;
+    let mut frames = BytesMut::new();
+    let mut rid = 100_000u32;
+    for round in 0..4u32 {
+        for (s, n) in names.iter().enumerate() {
+            let msg = if round == 3 && s % 3 == 0 {
+                Message::Deregister(vec![key(n, "DEFAULT", "10.5.0.1", 1)])
+            } else {
+                register_msg(false, vec![inst(n, "10.5.0.1", 1 + (round % 3) as u16)])
+            };
+            encode_frame_into(&mut frames, rid, 0, &msg);
+            rid += 1;
+        }
+    }
+    writer.write(&frames).await;
+    for _ in 0..4 * SERVICES {
+        writer.frame().await.expect("an answer");
+    }
+    let mut want = BTreeMap::new();
+    for n in &names {
+        want.insert(n.clone(), query_list(&mut writer, n).await);
+    }
+    // Read until the node has been quiet for a while, then compare; again while any is stale.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        while let Ok(f) = tokio::time::timeout(Duration::from_millis(300), sub.frame()).await {
+            let f = f.expect("the subscriber's connection stays open");
+            if f.request_id == 0 {
+                sub.pushes.push(f);
+                sub.push_seen().await;
+            }
+        }
+        let stale: Vec<_> = names
+            .iter()
+            .filter(|n| sub.lists.get(*n) != want.get(*n))
+            .collect();
+        if stale.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {SERVICES} services never got their last change pushed; {}: holds {:?}, want {:?}",
+            stale.len(),
+            stale[0],
+            sub.lists.get(stale[0]),
+            want.get(stale[0])
+        );
+    }
+    h.stop().await;
+}
