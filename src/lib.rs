@@ -8,7 +8,7 @@
 //!   limits and the validation rules; the canonical key bytes and hashes.
 //! - [`wire`]: the binary protocol — frames, message bodies, the codec (`wire-spec.md`).
 //! - [`store`]: the in-memory registry — sharded records with versions, tombstones, leases,
-//!   per-service snapshots and bucket digests.
+//!   per-service snapshots, the change logs delta pushes are made from, and bucket digests.
 //! - [`ownership`]: which node is responsible for an instance (rendezvous hashing, xxh3).
 //! - [`clock`]: the millisecond clock (through tokio, so simulated time works) and the hybrid
 //!   logical clock that versions every write.
@@ -26,7 +26,8 @@
 //!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`), the
 //!   admin HTTP port (metrics, probes, JSON, console).
 //! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
-//! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
+//! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions (a
+//!   local cache that applies the node's delta pushes).
 //! - [`net`]: the connection layer — the transport seam (tokio TCP in production, simulated
 //!   streams in tests), the accept loop, the socket writer, the request multiplexer.
 //! - [`hash`]: the node's hash maps, with one process-wide (settable) seed.

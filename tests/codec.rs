@@ -217,6 +217,32 @@ fn snapshot() -> BoxedStrategy<ServiceSnapshot> {
         .boxed()
 }
 
+fn view_key() -> BoxedStrategy<ViewKey> {
+    (text(NAME_LEN_MAX), text(IP_LEN_MAX), any::<u16>())
+        .prop_map(|(cluster, ip, port)| ViewKey { cluster, ip, port })
+        .boxed()
+}
+
+fn delta() -> BoxedStrategy<ServiceDelta> {
+    (
+        service_name(),
+        any::<u64>(),
+        any::<u64>(),
+        vec(view_key(), 0..4),
+        vec(instance_view(), 0..4),
+    )
+        .prop_map(
+            |(name, base_revision, revision, removed, updated)| ServiceDelta {
+                name,
+                base_revision,
+                revision,
+                removed,
+                updated,
+            },
+        )
+        .boxed()
+}
+
 fn version() -> BoxedStrategy<Version> {
     (any::<u64>(), any::<u16>())
         .prop_map(|(hlc, origin)| Version { hlc, origin })
@@ -365,6 +391,7 @@ fn message_of(op: Opcode) -> BoxedStrategy<Message> {
         Opcode::Subscribe => service_name().prop_map(Message::Subscribe).boxed(),
         Opcode::Unsubscribe => service_name().prop_map(Message::Unsubscribe).boxed(),
         Opcode::Push => snapshot().prop_map(Message::Push).boxed(),
+        Opcode::PushDelta => delta().prop_map(Message::PushDelta).boxed(),
         Opcode::ClusterStatus => Just(Message::ClusterStatus).boxed(),
         Opcode::ClusterStatusResult => (
             any::<u16>(),
@@ -894,6 +921,15 @@ fn a_count_larger_than_the_bytes_is_truncated_without_reserving() {
             claim(&name, &u32::MAX.to_be_bytes(), 16),
         ),
         (Opcode::Push, claim(&name, &u32::MAX.to_be_bytes(), 0)),
+        // A delta claiming u32::MAX removed keys, then (with none) u32::MAX updated views.
+        (
+            Opcode::PushDelta,
+            claim(&[&name[..], &[0; 8]].concat(), &u32::MAX.to_be_bytes(), 5),
+        ),
+        (
+            Opcode::PushDelta,
+            claim(&[&name[..], &[0; 12]].concat(), &u32::MAX.to_be_bytes(), 16),
+        ),
         (Opcode::Beat, claim(&[], &16384u16.to_be_bytes(), 11)),
         (Opcode::Deregister, claim(&[], &4096u16.to_be_bytes(), 11)),
         (Opcode::BeatAck, claim(&[], &16384u16.to_be_bytes(), 1)),

@@ -25,12 +25,15 @@ use tokio::time::Instant;
 use crate::metrics::Op;
 use crate::model::{
     BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView,
-    NamespaceSummary, NodeId, PAGE_SIZE_MAX, ServiceList, ServiceName, ServiceSnapshot, Text,
+    NamespaceSummary, NodeId, PAGE_SIZE_MAX, ServiceDelta, ServiceList, ServiceName,
+    ServiceSnapshot, Text,
 };
 use crate::node::Node;
+use crate::store::PushBody;
 use crate::wire::Reader;
 pub use rejection::Rejection;
 pub use session::{Session, Write};
+pub use subscriptions::PushMode;
 use subscriptions::PushQueue;
 
 /// The request API of one node. Cheap to clone; every front end holds one.
@@ -62,6 +65,41 @@ impl Snapshot {
     pub fn decode(&self) -> ServiceSnapshot {
         ServiceSnapshot::decode_body(self.0.clone())
             .expect("the store encodes well-formed snapshots")
+    }
+}
+
+/// What changed in a service between the revision a subscriber held and a newer one: the
+/// PushDelta body in the binary protocol's encoding (wire-spec.md §6.10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta(Bytes);
+
+impl Delta {
+    /// The encoded PushDelta body.
+    pub fn body(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn decode(&self) -> ServiceDelta {
+        ServiceDelta::decode_body(self.0.clone()).expect("the store encodes well-formed deltas")
+    }
+}
+
+/// One push a subscriber is owed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// The whole list.
+    Full(Snapshot),
+    /// What changed since the last push (only to a [`PushMode::Deltas`] queue).
+    Delta(Delta),
+}
+
+impl Push {
+    /// The encoded body.
+    pub fn body(&self) -> &Bytes {
+        match self {
+            Push::Full(s) => s.body(),
+            Push::Delta(d) => d.body(),
+        }
     }
 }
 
@@ -270,24 +308,61 @@ impl Api {
         self.node.cluster_status()
     }
 
-    /// A new connection-bound client.
+    /// A new connection-bound client of the native protocol (pushed deltas).
     pub fn open_session(&self) -> Session {
-        Session::new(self.clone())
+        Session::new(self.clone(), PushMode::Deltas)
     }
 
-    /// The snapshots a push queue's subscriber is owed now: the current snapshot of every
-    /// service marked since the last call, newer than what was pushed to it before.
-    pub fn pushes(&self, queue: &PushQueue) -> Vec<Snapshot> {
-        let pushes: Vec<Snapshot> = queue
-            .take()
-            .into_iter()
-            .filter_map(|name| {
-                let snap = Snapshot(self.node.store.query(&name, "", false));
-                queue.is_news(&name, snap.revision()).then_some(snap)
-            })
-            .collect();
-        self.node.metrics.pushes_sent.inc_by(pushes.len() as u64);
-        pushes
+    /// A new connection-bound client whose pushes are as `mode` says (a front end whose
+    /// clients take only whole lists asks for [`PushMode::FullOnly`]).
+    pub fn open_session_with(&self, mode: PushMode) -> Session {
+        Session::new(self.clone(), mode)
+    }
+
+    /// The pushes a queue's subscriber is owed now, oldest mark first, until they add up to
+    /// `budget_bytes` (at least one push, whatever its size): for each service marked since, what
+    /// changed since the revision the subscriber holds (a [`Push::Delta`], to a
+    /// [`PushMode::Deltas`] queue) or the whole list (a new subscription, a subscriber further
+    /// behind than the service's change log reaches, a full-only queue). Services left over stay
+    /// marked, and the queue wakes its writer again for them.
+    pub fn pushes(&self, queue: &PushQueue, budget_bytes: usize) -> Vec<Push> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while bytes < budget_bytes {
+            let Some((name, held)) = queue.next() else {
+                break;
+            };
+            let push = match queue.mode() {
+                PushMode::Deltas => match self.node.store.push_since(&name, held) {
+                    PushBody::Unchanged => continue,
+                    PushBody::Full { body, revision } => (Push::Full(Snapshot(body)), revision),
+                    PushBody::Delta { body, revision } => (Push::Delta(Delta(body)), revision),
+                },
+                PushMode::FullOnly => {
+                    let snap = Snapshot(self.node.store.query(&name, "", false));
+                    let revision = snap.revision();
+                    if held.is_some_and(|h| h >= revision) {
+                        continue;
+                    }
+                    (Push::Full(snap), revision)
+                }
+            };
+            let (push, revision) = push;
+            queue.pushed(&name, held, revision);
+            bytes += push.body().len();
+            out.push(push);
+        }
+        queue.rewake_if_pending();
+        self.node.metrics.pushes_sent.inc_by(out.len() as u64);
+        out
+    }
+
+    /// Ends `queue`'s subscription to `name`; the service's change log goes with its last
+    /// subscriber on this node.
+    fn unsubscribe(&self, name: &ServiceName, queue: &PushQueue) {
+        if self.node.subs.unsubscribe(name, queue) {
+            self.node.store.unwatch(name);
+        }
     }
 }
 
@@ -335,5 +410,111 @@ async fn apply_lapse(node: &Node, session: u64, keys: Vec<InstanceKey>) {
     }
     for k in &keys {
         node.store.lapse_session(k, session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+
+    fn api() -> Api {
+        Api::new(Node::new(Config::default(), Clock::starting_at(1_000_000)))
+    }
+
+    fn svc(n: &str) -> ServiceName {
+        ServiceName::new("public", "DEFAULT_GROUP", n)
+    }
+
+    fn instances(name: &ServiceName, n: u16) -> Vec<Instance> {
+        (1..=n)
+            .map(|p| {
+                Instance::new(InstanceKey {
+                    service: name.clone(),
+                    cluster: "DEFAULT".into(),
+                    ip: "10.0.0.1".into(),
+                    port: p,
+                })
+            })
+            .collect()
+    }
+
+    fn kinds(pushes: &[Push]) -> Vec<&'static str> {
+        pushes
+            .iter()
+            .map(|p| match p {
+                Push::Full(_) => "full",
+                Push::Delta(_) => "delta",
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_delta_session_gets_the_whole_list_then_deltas_a_full_only_one_whole_lists() {
+        let api = api();
+        let a = svc("a");
+        api.register(&instances(&a, 20)).await.unwrap();
+        let deltas = api.open_session();
+        let full = api.open_session_with(PushMode::FullOnly);
+        for s in [&deltas, &full] {
+            s.subscribe(&a).unwrap();
+            assert_eq!(kinds(&s.pushes(usize::MAX)), ["full"]);
+            assert!(s.pushes(usize::MAX).is_empty(), "nothing changed since");
+        }
+        api.register(&instances(&svc("a"), 21)[20..]).await.unwrap();
+        let d = deltas.pushes(usize::MAX);
+        assert_eq!(kinds(&d), ["delta"]);
+        let Push::Delta(delta) = &d[0] else {
+            unreachable!()
+        };
+        assert_eq!(delta.decode().updated.len(), 1);
+        let f = full.pushes(usize::MAX);
+        assert_eq!(kinds(&f), ["full"]);
+        let Push::Full(snap) = &f[0] else {
+            unreachable!()
+        };
+        assert_eq!(snap.decode().instances.len(), 21);
+        assert_eq!(snap, &api.query(&a, "", false).unwrap());
+    }
+
+    #[tokio::test]
+    async fn one_call_stops_at_the_byte_budget_and_leaves_the_rest_marked() {
+        let api = api();
+        let s = api.open_session();
+        let names: Vec<ServiceName> = (0..5).map(|i| svc(&format!("s{i}"))).collect();
+        for n in &names {
+            api.register(&instances(n, 30)).await.unwrap();
+            s.subscribe(n).unwrap();
+        }
+        // Each whole list is over a kilobyte: a 1-byte budget still sends one.
+        let mut got = Vec::new();
+        for _ in 0..names.len() {
+            let p = s.pushes(1);
+            assert_eq!(p.len(), 1, "one push per call at a 1-byte budget");
+            got.push(p[0].body().clone());
+        }
+        assert!(s.pushes(1).is_empty(), "all five sent, nothing left");
+        let lists: Vec<ServiceName> = got
+            .iter()
+            .map(|b| Snapshot(b.clone()).decode().name)
+            .collect();
+        assert_eq!(lists, names, "in the order they were marked");
+    }
+
+    #[tokio::test]
+    async fn the_change_log_of_a_service_goes_with_its_last_subscriber() {
+        let api = api();
+        let a = svc("a");
+        api.register(&instances(&a, 20)).await.unwrap();
+        let (s1, s2) = (api.open_session(), api.open_session());
+        for s in [&s1, &s2] {
+            s.subscribe(&a).unwrap();
+            s.pushes(usize::MAX);
+        }
+        assert!(s1.unsubscribe(&a).unwrap());
+        assert!(api.node().store.is_watched(&a), "s2 still subscribes");
+        s2.close(false).await;
+        assert!(!api.node().store.is_watched(&a));
     }
 }

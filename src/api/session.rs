@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::inflight::InFlight;
-use super::subscriptions::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
-use super::{Api, Rejection, Snapshot, apply_beat, apply_deregister, apply_lapse, apply_register};
+use super::subscriptions::{PushMode, PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
+use super::{Api, Push, Rejection, apply_beat, apply_deregister, apply_lapse, apply_register};
 use crate::hash::HashSet;
 use crate::metrics::{GaugeGuard, Op};
 use crate::model::{Instance, InstanceKey, ServiceName};
@@ -56,11 +56,11 @@ pub struct Session {
 }
 
 impl Session {
-    pub(super) fn new(api: Api) -> Session {
+    pub(super) fn new(api: Api, mode: PushMode) -> Session {
         let node = api.node();
         Session {
             id: node.new_session(),
-            push: node.subs.new_queue(),
+            push: node.subs.new_queue(mode),
             _open: GaugeGuard::new(node.metrics.client_sessions.clone()),
             api,
             bound: Mutex::default(),
@@ -83,9 +83,10 @@ impl Session {
         &self.push
     }
 
-    /// The snapshots this session's subscriber is owed now (see [`Api::pushes`]).
-    pub fn pushes(&self) -> Vec<Snapshot> {
-        self.api.pushes(&self.push)
+    /// The pushes this session's subscriber is owed now, up to `budget_bytes` (see
+    /// [`Api::pushes`]).
+    pub fn pushes(&self, budget_bytes: usize) -> Vec<Push> {
+        self.api.pushes(&self.push, budget_bytes)
     }
 
     /// Runs `op` as a write of this session: at once on a standalone node (which applies writes
@@ -198,7 +199,9 @@ impl Session {
         .await
     }
 
-    /// Subscribes to a service: its current snapshot is pushed next, then every change.
+    /// Subscribes to a service: its current snapshot is pushed next, then every change (as
+    /// deltas, unless the session is full-only). Subscribing again renews the subscription: the
+    /// whole list is pushed again.
     pub fn subscribe(&self, name: &ServiceName) -> Result<(), Rejection> {
         let started = Instant::now();
         let r = self.subscribe_now(name);
@@ -229,7 +232,7 @@ impl Session {
     pub fn unsubscribe(&self, name: &ServiceName) -> Result<bool, Rejection> {
         let started = Instant::now();
         let r = self.api.admit().map(|()| {
-            self.api.node().subs.unsubscribe(name, &self.push);
+            self.api.unsubscribe(name, &self.push);
             self.subscribed.lock().unwrap().remove(name)
         });
         self.api.counted(Op::Unsubscribe, started, r)
@@ -240,8 +243,9 @@ impl Session {
     /// Answers how many instances were lapsed.
     pub async fn close(&self, node_closing: bool) -> usize {
         let node = self.api.node();
-        for name in self.subscribed.lock().unwrap().drain() {
-            node.subs.unsubscribe(&name, &self.push);
+        let names: Vec<ServiceName> = self.subscribed.lock().unwrap().drain().collect();
+        for name in names {
+            self.api.unsubscribe(&name, &self.push);
         }
         // Let the writes still in flight land first (each has a forward deadline), so that a
         // register that completes after the drop is lapsed too.

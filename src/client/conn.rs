@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::ClientError;
-use crate::model::ServiceSnapshot;
+use super::cache::{PushSink, Pushed};
 use crate::net::{Mux, MuxConfig, MuxError};
 use crate::wire::{FRAME_LEN_MAX, FrameCodec, Hello, HelloOk, Message, PROTOCOL_VERSION};
 
@@ -40,13 +40,13 @@ pub struct Conn {
 
 impl Conn {
     /// Connects, says Hello, and starts the reader and writer in `tasks`. `on_push` gets every
-    /// Push. Cancelling `parent` closes the connection.
+    /// Push and PushDelta, in the order they came. Cancelling `parent` closes the connection.
     pub async fn open(
         dialer: &dyn crate::net::Dialer,
         addr: &str,
         client_name: &str,
         timeout: Duration,
-        on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
+        on_push: PushSink,
         tasks: &TaskTracker,
         parent: &CancellationToken,
     ) -> Result<Arc<Conn>, ClientError> {
@@ -67,8 +67,10 @@ impl Conn {
         let mux = Mux::start(frames, wr, MUX, closed.clone(), tasks, move |msg| {
             // A connection-level Error (request id 0) means the node is closing this
             // connection; the reader sees the end next.
-            if let Message::Push(snap) = msg {
-                on_push(snap)
+            match msg {
+                Message::Push(snap) => on_push(Pushed::Full(snap)),
+                Message::PushDelta(d) => on_push(Pushed::Delta(d)),
+                _ => {}
             }
         });
         let conn = Conn {

@@ -26,8 +26,11 @@
 //! - **Deadlines**: every request has one (`ClientConfig::request_timeout`); a request that
 //!   times out drops its connection, which is then redialed, so a wedged link cannot hang the
 //!   client.
-//! - **Subscriptions** keep the last snapshot of each service in a local cache.
+//! - **Subscriptions** keep the whole list of each service in a local cache, which the node's
+//!   pushes keep current: the whole list first, then what changed (deltas), applied here, so
+//!   that the application always gets whole lists (see [`cache`]).
 
+pub mod cache;
 mod conn;
 mod error;
 
@@ -35,11 +38,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::hash::HashMap;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub use cache::{PushSink, Pushed};
 pub use conn::Conn;
 pub use error::ClientError;
 
@@ -86,8 +90,9 @@ impl ClientConfig {
     }
 }
 
-/// A stream of snapshots of one service. The newest snapshot replaces an unread older one, so a
-/// slow reader sees the latest state, never a backlog.
+/// A stream of snapshots of one service: each the whole list, also when the node pushed only
+/// what changed. The newest snapshot replaces an unread older one, so a slow reader sees the
+/// latest state, never a backlog.
 pub struct Subscription {
     rx: watch::Receiver<Option<Arc<ServiceSnapshot>>>,
 }
@@ -123,14 +128,13 @@ struct Held {
     session_bound: bool,
 }
 
-/// Subscribed services and their latest snapshots (the local cache).
-type SubTable = Mutex<HashMap<ServiceName, watch::Sender<Option<Arc<ServiceSnapshot>>>>>;
-
 struct Inner {
     config: ClientConfig,
     conn: watch::Sender<Option<Arc<Conn>>>,
     held: Mutex<HashMap<InstanceKey, Held>>,
-    subs: Arc<SubTable>,
+    subs: Arc<cache::Cache>,
+    /// Numbers the connections this client opens, so that the cache tells their pushes apart.
+    conns_opened: std::sync::atomic::AtomicU64,
     /// Cancelled by [`Client::close`]: ends the connection and every task of the client.
     closed: CancellationToken,
     /// Every task of the client (connection reader and writer, reconnects, heartbeats).
@@ -158,11 +162,13 @@ impl Client {
             return Err(ClientError::Invalid("no server address given".into()));
         }
         let (conn, _) = watch::channel(None);
+        let (subs, resync) = cache::Cache::new();
         let inner = Arc::new(Inner {
             config,
             conn,
             held: Mutex::new(HashMap::default()),
-            subs: Arc::new(Mutex::new(HashMap::default())),
+            subs,
+            conns_opened: std::sync::atomic::AtomicU64::new(0),
             closed: CancellationToken::new(),
             tasks: TaskTracker::new(),
             beat_wake: tokio::sync::Notify::new(),
@@ -179,6 +185,7 @@ impl Client {
         inner.conn.send_replace(Some(conn.clone()));
         inner.tasks.spawn(inner.clone().maintain(conn, start_at));
         inner.tasks.spawn(inner.clone().heartbeats());
+        inner.tasks.spawn(inner.clone().resubscribe(resync));
         Ok(Client { inner })
     }
 
@@ -359,31 +366,21 @@ impl Client {
     /// Subscribes to a service: the stream yields its full instance list on every change, the
     /// first time right away. Survives reconnects (the client subscribes again by itself).
     pub async fn subscribe(&self, name: &ServiceName) -> Result<Subscription, ClientError> {
-        let rx = {
-            let mut subs = self.inner.subs.lock().unwrap();
-            subs.entry(name.clone())
-                .or_insert_with(|| watch::channel(None).0)
-                .subscribe()
-        };
+        let rx = self.inner.subs.watch(name);
         expect_ack(self.inner.call(&Message::Subscribe(name.clone())).await?)?;
         Ok(Subscription { rx })
     }
 
     /// Stops pushes for a service; its open [`Subscription`]s end.
     pub async fn unsubscribe(&self, name: &ServiceName) -> Result<(), ClientError> {
-        self.inner.subs.lock().unwrap().remove(name);
+        self.inner.subs.remove(name);
         expect_ack(self.inner.call(&Message::Unsubscribe(name.clone())).await?)?;
         Ok(())
     }
 
     /// The last snapshot pushed for a subscribed service, from the local cache.
     pub fn cached(&self, name: &ServiceName) -> Option<Arc<ServiceSnapshot>> {
-        self.inner
-            .subs
-            .lock()
-            .unwrap()
-            .get(name)
-            .and_then(|tx| tx.borrow().clone())
+        self.inner.subs.get(name)
     }
 
     /// Sends one Beat for every held instance now (the SDK also does this by itself on its
@@ -519,14 +516,41 @@ impl Inner {
         Err(ClientError::NoServer { tried: n, last })
     }
 
-    /// Where pushes go: the subscription's watch channel (the local cache).
-    fn push_sink(&self) -> Arc<dyn Fn(ServiceSnapshot) + Send + Sync> {
+    /// Where the pushes of a new connection go: the local cache, which tells them from those
+    /// of earlier connections.
+    fn push_sink(&self) -> PushSink {
         let subs = self.subs.clone();
-        Arc::new(move |snap: ServiceSnapshot| {
-            if let Some(tx) = subs.lock().unwrap().get(&snap.name) {
-                tx.send_replace(Some(Arc::new(snap)));
+        let conn = 1 + self
+            .conns_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(move |push: Pushed| subs.take(conn, push))
+    }
+
+    /// Subscribes again the services whose pushes lost continuity (see [`cache`]), so that the
+    /// node pushes their whole lists; retried until that list has come (a reconnect's redo
+    /// subscribes everything anyway).
+    async fn resubscribe(self: Arc<Self>, mut names: mpsc::UnboundedReceiver<ServiceName>) {
+        loop {
+            let name = tokio::select! {
+                _ = self.closed.cancelled() => return,
+                n = names.recv() => match n {
+                    Some(n) => n,
+                    None => return,
+                },
+            };
+            while self.subs.is_resyncing(&name) && !self.closed.is_cancelled() {
+                match self.call(&Message::Subscribe(name.clone())).await {
+                    Ok(Message::Ack(_)) => break,
+                    other => {
+                        debug!(service = %name, answer = ?other, "subscribing again failed; retrying");
+                        tokio::select! {
+                            _ = self.closed.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                }
             }
-        })
+        }
     }
 
     /// Keeps a connection up: when it drops, dials the next servers, then redoes registrations
@@ -588,7 +612,7 @@ impl Inner {
                 expect_ack(conn.call(&msg, self.config.request_timeout).await?)?;
             }
         }
-        let names: Vec<ServiceName> = self.subs.lock().unwrap().keys().cloned().collect();
+        let names: Vec<ServiceName> = self.subs.names();
         for name in names {
             expect_ack(
                 conn.call(&Message::Subscribe(name), self.config.request_timeout)

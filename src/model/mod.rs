@@ -7,7 +7,8 @@
 //! - [`instance`]: [`ServiceName`], [`InstanceKey`], [`Lease`], [`Instance`], [`InstanceView`],
 //!   [`Version`], [`NodeId`].
 //! - [`answers`]: what reads answer — [`ServiceSnapshot`], [`ServiceList`], [`ClusterStatus`],
-//!   [`NamespaceSummary`].
+//!   [`NamespaceSummary`] — and what changed between two revisions of a service
+//!   ([`ServiceDelta`]).
 //! - [`key`]: the canonical key bytes, the key hash and the owner key (the only encoders of the
 //!   bytes the protocol hashes).
 //! - [`limits`]: every bound of the model and of one request, with why.
@@ -21,7 +22,8 @@ pub mod text;
 pub mod validate;
 
 pub use answers::{
-    ClusterStatus, MemberStatus, NamespaceSummary, ServiceList, ServiceSnapshot, ServiceSummary,
+    ClusterStatus, DeltaMismatch, MemberStatus, NamespaceSummary, ServiceDelta, ServiceList,
+    ServiceSnapshot, ServiceSummary, ViewKey,
 };
 pub use instance::{
     Instance, InstanceKey, InstanceView, Lease, Metadata, NodeId, ServiceName, Version,

@@ -14,8 +14,8 @@ use super::peer::{
 };
 use super::*;
 use crate::model::{
-    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceList, ServiceName,
-    ServiceSnapshot, ServiceSummary, Text, Version, key, limits::*,
+    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceDelta, ServiceList,
+    ServiceName, ServiceSnapshot, ServiceSummary, Text, Version, ViewKey, key, limits::*,
 };
 
 impl ServiceName {
@@ -204,7 +204,7 @@ impl Instance {
 }
 
 impl InstanceView {
-    const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
+    pub const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
 
     /// # Panics
     /// If a field breaks a limit of the decoder (see [`InstanceView::try_encode`]).
@@ -331,6 +331,108 @@ impl ServiceSnapshot {
     }
 }
 
+impl ViewKey {
+    /// Smallest encoding: two empty strings and the port.
+    pub const MIN_LEN: usize = 2 + 2 + 2;
+
+    /// # Panics
+    /// If a part is longer than its limit (see [`ViewKey::try_encode`]).
+    pub fn encode(&self, out: &mut BytesMut) {
+        encode_view_key(out, &self.cluster, &self.ip, self.port);
+    }
+
+    /// Appends the ViewKey, or fails if a part is longer than its limit.
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        try_encode_view_key(out, &self.cluster, &self.ip, self.port)
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ViewKey, WireError> {
+        Ok(ViewKey {
+            cluster: r.text("cluster", NAME_LEN_MAX)?,
+            ip: r.text("ip", IP_LEN_MAX)?,
+            port: r.u16("port")?,
+        })
+    }
+}
+
+/// Encodes one ViewKey from its parts (the store keeps them apart).
+///
+/// # Panics
+/// If a part is longer than its limit (the store holds only validated keys).
+pub fn encode_view_key(out: &mut BytesMut, cluster: &str, ip: &str, port: u16) {
+    must(try_encode_view_key(out, cluster, ip, port), "a view key");
+}
+
+fn try_encode_view_key(
+    out: &mut BytesMut,
+    cluster: &str,
+    ip: &str,
+    port: u16,
+) -> Result<(), WireError> {
+    put_text(out, cluster, "cluster", NAME_LEN_MAX)?;
+    put_text(out, ip, "ip", IP_LEN_MAX)?;
+    out.put_u16(port);
+    Ok(())
+}
+
+impl ServiceDelta {
+    /// Appends the part of a PushDelta body before its lists: the removed keys (a `u32` count,
+    /// then ViewKeys) and the updated instances (a `u32` count, then InstanceViews) follow.
+    pub fn encode_head(out: &mut BytesMut, name: &ServiceName, base_revision: u64, revision: u64) {
+        name.encode(out);
+        out.put_u64(base_revision);
+        out.put_u64(revision);
+    }
+
+    fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        self.name.try_encode(out)?;
+        out.put_u64(self.base_revision);
+        out.put_u64(self.revision);
+        put_count_u32(out, self.removed.len(), "removed keys", usize::MAX)?;
+        for k in &self.removed {
+            k.try_encode(out)?;
+        }
+        put_count_u32(out, self.updated.len(), "updated instances", usize::MAX)?;
+        for v in &self.updated {
+            v.try_encode(out)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a whole PushDelta body.
+    pub fn decode_body(body: Bytes) -> Result<ServiceDelta, WireError> {
+        let mut r = Reader::new(body);
+        let d = ServiceDelta::decode(&mut r)?;
+        r.finish()?;
+        Ok(d)
+    }
+
+    fn decode(r: &mut Reader) -> Result<ServiceDelta, WireError> {
+        let name = ServiceName::decode(r)?;
+        let base_revision = r.u64("base revision")?;
+        let revision = r.u64("revision")?;
+        let n = r.u32("removed count")? as usize;
+        let n = r.count(n, "removed instances", usize::MAX, ViewKey::MIN_LEN)?;
+        let mut removed = Vec::with_capacity(n);
+        for _ in 0..n {
+            removed.push(ViewKey::decode(r)?);
+        }
+        let n = r.u32("updated count")? as usize;
+        let n = r.count(n, "updated instances", usize::MAX, InstanceView::MIN_LEN)?;
+        let mut updated = Vec::with_capacity(n);
+        for _ in 0..n {
+            updated.push(InstanceView::decode(r)?);
+        }
+        Ok(ServiceDelta {
+            name,
+            base_revision,
+            revision,
+            removed,
+            updated,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
     /// The highest protocol version the client speaks.
@@ -423,6 +525,8 @@ pub enum Message {
     Subscribe(ServiceName),
     Unsubscribe(ServiceName),
     Push(ServiceSnapshot),
+    /// What changed in a subscribed service since the last push (request id 0).
+    PushDelta(ServiceDelta),
     /// Asks a node for its view of the cluster (empty body).
     ClusterStatus,
     ClusterStatusResult(ClusterStatus),
@@ -477,6 +581,7 @@ impl Message {
             Message::Subscribe(_) => Opcode::Subscribe,
             Message::Unsubscribe(_) => Opcode::Unsubscribe,
             Message::Push(_) => Opcode::Push,
+            Message::PushDelta(_) => Opcode::PushDelta,
             Message::ClusterStatus => Opcode::ClusterStatus,
             Message::ClusterStatusResult(_) => Opcode::ClusterStatusResult,
             Message::Owner { .. } => Opcode::Owner,
@@ -545,6 +650,7 @@ impl Message {
                 out.put_u8(q.healthy_only as u8);
             }
             Message::QueryResult(s) | Message::Push(s) => s.try_encode(out)?,
+            Message::PushDelta(d) => d.try_encode(out)?,
             Message::ListServices(l) => {
                 put_text(out, &l.namespace, "namespace", NAME_LEN_MAX)?;
                 out.put_u32(l.page);
@@ -657,6 +763,7 @@ impl Message {
             }),
             Opcode::QueryResult => Message::QueryResult(ServiceSnapshot::decode(&mut r)?),
             Opcode::Push => Message::Push(ServiceSnapshot::decode(&mut r)?),
+            Opcode::PushDelta => Message::PushDelta(ServiceDelta::decode(&mut r)?),
             Opcode::ListServices => Message::ListServices(ListServices {
                 namespace: r.text("namespace", NAME_LEN_MAX)?,
                 page: r.u32("page")?,

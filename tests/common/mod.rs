@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -154,8 +155,25 @@ pub struct Raw {
     buf: BytesMut,
     codec: FrameCodec,
     next_id: u32,
-    /// Pushes that arrived while [`Raw::call`] waited for an answer, in order.
-    pub pushes: Vec<ServiceSnapshot>,
+    /// Push frames (Push, PushDelta) that arrived while [`Raw::call`] waited for an answer, in
+    /// order.
+    pub pushes: Vec<Frame>,
+    /// Per subscribed service, the whole list the pushes so far make (deltas applied).
+    pub lists: HashMap<ServiceName, ServiceSnapshot>,
+}
+
+/// One push as it came, and the whole list after it.
+pub struct PushSeen {
+    /// The frame's bytes on the wire (length prefix, header, body).
+    pub wire_bytes: usize,
+    pub message: Message,
+    pub list: ServiceSnapshot,
+}
+
+impl PushSeen {
+    pub fn is_delta(&self) -> bool {
+        matches!(self.message, Message::PushDelta(_))
+    }
 }
 
 impl Raw {
@@ -168,6 +186,7 @@ impl Raw {
             codec: FrameCodec::default(),
             next_id: 1,
             pushes: Vec::new(),
+            lists: HashMap::new(),
         }
     }
 
@@ -219,18 +238,41 @@ impl Raw {
         }
     }
 
-    /// The next push (request id 0), skipping nothing: any other frame fails the test.
+    /// The whole list after the next push (request id 0), skipping nothing: any other frame
+    /// fails the test.
     pub async fn push(&mut self) -> ServiceSnapshot {
-        if !self.pushes.is_empty() {
-            return self.pushes.remove(0);
-        }
-        let f = self
-            .frame()
-            .await
-            .expect("connection closed while waiting for a push");
-        match f.message().expect("decodable push") {
-            Message::Push(s) if f.request_id == 0 => s,
-            other => panic!("expected a push, got {other:?} (request {})", f.request_id),
+        self.push_seen().await.list
+    }
+
+    /// The next push (request id 0) as it came, applied to the list of its service: a delta must
+    /// follow on from the list the earlier pushes of this connection made.
+    pub async fn push_seen(&mut self) -> PushSeen {
+        let f = if self.pushes.is_empty() {
+            self.frame()
+                .await
+                .expect("connection closed while waiting for a push")
+        } else {
+            self.pushes.remove(0)
+        };
+        assert_eq!(f.request_id, 0, "a push carries request id 0: {f:?}");
+        let message = f.message().expect("decodable push");
+        let list = match &message {
+            Message::Push(s) => s.clone(),
+            Message::PushDelta(d) => {
+                let held = self
+                    .lists
+                    .get(&d.name)
+                    .unwrap_or_else(|| panic!("a delta of {} before any whole list", d.name));
+                held.apply(d)
+                    .unwrap_or_else(|e| panic!("a delta that does not follow on: {e}"))
+            }
+            other => panic!("expected a push, got {other:?}"),
+        };
+        self.lists.insert(list.name.clone(), list.clone());
+        PushSeen {
+            wire_bytes: 4 + 8 + f.body.len(),
+            message,
+            list,
         }
     }
 
@@ -244,7 +286,9 @@ impl Raw {
                 .unwrap_or_else(|| panic!("connection closed while waiting for answer {id}"));
             let m = f.message().expect("decodable answer");
             match m {
-                Message::Push(s) if f.request_id == 0 => self.pushes.push(s),
+                Message::Push(_) | Message::PushDelta(_) if f.request_id == 0 => {
+                    self.pushes.push(f)
+                }
                 m if f.request_id == id => return m,
                 other => panic!("unexpected frame {other:?} for request {}", f.request_id),
             }

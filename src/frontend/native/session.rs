@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::subscriptions::PushQueue;
-use crate::api::{Api, Rejection, Session, Write};
+use crate::api::{Api, Push, Rejection, Session, Write};
 use crate::model::BATCH_INSTANCES_MAX;
 use crate::net::{BoxStream, Extra, WriterConfig};
 use crate::wire::{
@@ -35,6 +35,12 @@ const ANSWER_QUEUE_MAX: usize = 1024;
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// A client that does not read what it is sent for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pushes one wake of a connection's writer sends add up to at most this many bytes (and
+/// at least one push); services left over stay marked for its next wake. Bounds the buffer one
+/// connection's pushes can take (a subscriber of thousands of large services, all owed whole
+/// lists after a resubscribe, would otherwise be handed all of them in one buffer) and lets
+/// answers to its requests go out between the pushes. The size of a gathered answer write.
+const PUSH_BYTES_PER_WAKE: usize = 256 << 10;
 
 enum Flow {
     Continue,
@@ -315,9 +321,13 @@ impl Extra for Pushes {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
-        for snap in self.api.pushes(&self.queue) {
-            let framed = try_encode_raw_frame_into(buf, Opcode::Push as u8, 0, 0, |b| {
-                b.extend_from_slice(snap.body());
+        for p in self.api.pushes(&self.queue, PUSH_BYTES_PER_WAKE) {
+            let opcode = match p {
+                Push::Full(_) => Opcode::Push,
+                Push::Delta(_) => Opcode::PushDelta,
+            };
+            let framed = try_encode_raw_frame_into(buf, opcode as u8, 0, 0, |b| {
+                b.extend_from_slice(p.body());
                 Ok(())
             });
             if let Err(e) = framed {
