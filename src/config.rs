@@ -57,6 +57,9 @@ pub struct Config {
     pub member_timeout_ms: u64,
     /// Log filter (tracing's env-filter syntax, e.g. `info` or `distro=debug`).
     pub log_level: String,
+    /// The Nacos HTTP API's address (`docs/nacos.md`); the Nacos gRPC protocol listens at its
+    /// port + 1000. Off when not set.
+    pub nacos_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -76,6 +79,7 @@ impl Default for Config {
             verify_interval_ms: 5_000,
             member_timeout_ms: 3_000,
             log_level: "info".into(),
+            nacos_listen: None,
         }
     }
 }
@@ -127,6 +131,14 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.member_timeout_ms) {
             return invalid("member_timeout_ms", "must be 100..=600000");
+        }
+        if let Some(a) = self.nacos_listen
+            && a.port() > u16::MAX - crate::frontend::nacos::GRPC_PORT_OFFSET
+        {
+            return invalid(
+                "nacos_listen",
+                "port must leave room for the gRPC port (port + 1000 <= 65535)",
+            );
         }
         if self.members.len() > crate::model::MEMBERS_MAX {
             return invalid("members", "at most 256 members");

@@ -78,6 +78,10 @@ struct Args {
     /// Anti-entropy (digest) interval, ms [default: 5000].
     #[arg(long)]
     verify_interval_ms: Option<u64>,
+    /// Serve the Nacos HTTP API at this address and Nacos gRPC at its port + 1000
+    /// (e.g. 127.0.0.1:8848) [default: off].
+    #[arg(long)]
+    nacos_listen: Option<SocketAddr>,
 }
 
 impl Args {
@@ -103,6 +107,9 @@ impl Args {
         );
         if self.cluster_token.is_some() {
             c.cluster_token = self.cluster_token;
+        }
+        if self.nacos_listen.is_some() {
+            c.nacos_listen = self.nacos_listen;
         }
         c.validate()?;
         Ok(c)
@@ -146,6 +153,13 @@ fn run(config: Config) -> anyhow::Result<()> {
             node = config.node_id,
             "distrod serving"
         );
+        if let Some(nacos) = server.nacos_addr() {
+            tracing::info!(
+                http = %nacos,
+                grpc_port = nacos.port() + distro::frontend::nacos::GRPC_PORT_OFFSET,
+                "Nacos API serving"
+            );
+        }
         let stop = node.shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;

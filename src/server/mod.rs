@@ -14,17 +14,20 @@ use tracing::{error, info, warn};
 use crate::api::Api;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::frontend::nacos::{NacosListeners, NacosSettings};
 use crate::net::{Dialer, Listener};
 use crate::node::Node;
 
 /// How long shutdown waits for connections and tasks to finish and flush.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A bound client listener (and, in a cluster, peer listener) and the node behind them.
+/// A bound client listener (and, in a cluster, peer listener; with the Nacos front end, its
+/// listeners) and the node behind them.
 pub struct Server {
     node: Arc<Node>,
     listener: Box<dyn Listener>,
     peer_listener: Option<Box<dyn Listener>>,
+    nacos: Option<(NacosListeners, NacosSettings)>,
 }
 
 impl Server {
@@ -37,7 +40,27 @@ impl Server {
         } else {
             None
         };
-        Ok(Server::from_listeners(config, listener, peer_listener))
+        let nacos = match config.nacos_listen {
+            Some(addr) => Some(NacosListeners::bind(addr).await?),
+            None => None,
+        };
+        let server = Server::from_listeners(config, listener, peer_listener);
+        Ok(match nacos {
+            Some(l) => server.with_nacos(l, NacosSettings::default()),
+            None => server,
+        })
+    }
+
+    /// Serves the Nacos HTTP and gRPC APIs on `listeners` too (`Server::bind` does this when
+    /// `nacos_listen` is set; tests bind their own).
+    pub fn with_nacos(mut self, listeners: NacosListeners, settings: NacosSettings) -> Server {
+        self.nacos = Some((listeners, settings));
+        self
+    }
+
+    /// The Nacos HTTP API's address, when it is served.
+    pub fn nacos_addr(&self) -> Option<SocketAddr> {
+        self.nacos.as_ref().map(|(l, _)| l.http_addr())
     }
 
     /// A server on listeners the caller bound (tests bind port 0 first to learn the peer
@@ -68,6 +91,7 @@ impl Server {
             node: Node::with_dialer(config, clock, dialer),
             listener,
             peer_listener,
+            nacos: None,
         }
     }
 
@@ -90,6 +114,13 @@ impl Server {
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
             c.start(l, node.shutdown.clone(), &node.tracker);
         }
+        if let Some((listeners, settings)) = self.nacos {
+            node.tracker.spawn(crate::frontend::nacos::serve(
+                api.clone(),
+                listeners,
+                settings,
+            ));
+        }
         accept_loop(&api, self.listener).await;
         node.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tracker.wait())
@@ -104,15 +135,23 @@ impl Server {
     /// Starts serving in the background; the handle stops it.
     pub fn spawn(self) -> ServerHandle {
         let addr = self.local_addr();
+        let nacos_addr = self.nacos_addr();
         let node = self.node.clone();
         let task = tokio::spawn(self.run());
-        ServerHandle { addr, node, task }
+        ServerHandle {
+            addr,
+            nacos_addr,
+            node,
+            task,
+        }
     }
 }
 
 /// A server running in the background (tests, the bench's in-process mode).
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// The Nacos HTTP API's address (gRPC at its port + 1000), when it is served.
+    pub nacos_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     task: tokio::task::JoinHandle<()>,
 }
