@@ -34,6 +34,9 @@ pub enum NacosError {
     /// The request body is larger than the front end reads.
     #[error("request body larger than {max} bytes")]
     BodyTooLarge { max: usize },
+    /// The request body did not arrive in time.
+    #[error("request body not received within {secs} s")]
+    BodyTimeout { secs: u64 },
     /// A gRPC request on a connection that has not set itself up on its stream (or whose stream
     /// has ended). Nacos's words.
     #[error("Connection is unregistered.")]
@@ -66,6 +69,7 @@ impl NacosError {
             }
             NacosError::NoSuchInstance => StatusCode::NOT_FOUND,
             NacosError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            NacosError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             NacosError::Unregistered | NacosError::WrongCall { .. } => StatusCode::BAD_REQUEST,
             NacosError::Rejected(r) => match r {
                 Rejection::NotReady

@@ -48,6 +48,10 @@ pub const HTTP_HEAD_BYTES_MAX: usize = PARAMS_BYTES_MAX + (16 << 10);
 /// requests at least every few seconds while they work, and reconnect when they need to.
 pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A request's body must arrive within this long (a client that declares a body and sends it
+/// slowly, or not at all, is answered 408 and its connection closed).
+pub const HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What every handler shares.
 pub(super) struct Http {
     pub api: Api,
@@ -172,9 +176,15 @@ pub(super) async fn params(req: Request) -> Result<RawParams, NacosError> {
     if declared.is_some_and(|n| n > HTTP_BODY_BYTES_MAX as u64) {
         return Err(too_large);
     }
-    let bytes = axum::body::to_bytes(body, HTTP_BODY_BYTES_MAX)
-        .await
-        .map_err(|_| too_large)?;
+    let bytes = tokio::time::timeout(
+        HTTP_BODY_TIMEOUT,
+        axum::body::to_bytes(body, HTTP_BODY_BYTES_MAX),
+    )
+    .await
+    .map_err(|_| NacosError::BodyTimeout {
+        secs: HTTP_BODY_TIMEOUT.as_secs(),
+    })?
+    .map_err(|_| too_large)?;
     // Nacos reads a body as parameters when it is a form; a body of another type (JSON, say) is
     // not a Nacos request's and is ignored. No content type: a form, as curl -d sends one.
     let is_form = match parts.headers.get(header::CONTENT_TYPE) {
