@@ -8,8 +8,9 @@
 //! - Coalesced per service: at most one push of a service is in flight on a connection; a
 //!   change meanwhile is sent, as one fresh snapshot, when the ack comes or the ack timeout
 //!   passes.
-//! - Bounded: the stream's send queue is bounded; a connection that leaves a push unacked, or
-//!   its queue full, past the stall bound is closed (it does not read its stream).
+//! - Bounded: the stream's send queue is bounded; a connection that acks nothing while a push
+//!   waits past the stall bound, or leaves its queue full that long, is closed (it does not
+//!   read its stream).
 //! - Never empty because of loading: while the node is not ready nothing is pushed; the pushes
 //!   wait until it is.
 
@@ -60,9 +61,21 @@ pub async fn run(reg: Arc<Registry>, conn: Arc<Connection>, tx: mpsc::Sender<Pay
     let mut owed: HashMap<ServiceName, ServiceSnapshot> = HashMap::default();
     let mut marked = false;
     let mut next_id: u64 = 0;
-    let mut check = tokio::time::interval(ack_timeout.min(stall) / 4);
-    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ack = Instant::now();
     loop {
+        // The next moment something times out: a busy service's ack, or the oldest unacked push
+        // past the stall bound. No timer at all while nothing is in flight.
+        let next_check = busy
+            .values()
+            .map(|sent| *sent + ack_timeout)
+            .chain(in_flight.values().map(|f| f.sent + stall))
+            .min();
+        let check = async {
+            match next_check {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = conn.stop.cancelled() => return,
             _ = queue.wait(), if !marked => {
@@ -71,7 +84,10 @@ pub async fn run(reg: Arc<Registry>, conn: Arc<Connection>, tx: mpsc::Sender<Pay
                     tokio::time::sleep(push_delay).await;
                 }
             }
+            // Owed pushes held back while the node is not ready: look again.
+            _ = tokio::time::sleep(NOT_READY_RECHECK), if marked => {}
             _ = conn.acked.notified() => {
+                last_ack = Instant::now();
                 for id in conn.take_acks() {
                     if let Some(f) = in_flight.remove(&id)
                         && busy.get(&f.name) == Some(&f.sent)
@@ -80,21 +96,22 @@ pub async fn run(reg: Arc<Registry>, conn: Arc<Connection>, tx: mpsc::Sender<Pay
                     }
                 }
             }
-            _ = check.tick() => {
+            _ = check => {
                 let now = Instant::now();
-                if in_flight.values().any(|f| now.duration_since(f.sent) > stall) {
-                    info!(conn = conn.id(), "Nacos client does not ack its pushes; closing");
-                    return reg.close(&conn, false).await;
+                if in_flight.values().any(|f| now.duration_since(f.sent) >= stall) {
+                    if now.duration_since(last_ack) >= stall {
+                        info!(conn = conn.id(), "Nacos client does not ack its pushes; closing");
+                        return reg.close(&conn, false).await;
+                    }
+                    // Acks come, this one's got lost: forget it.
+                    in_flight.retain(|_, f| now.duration_since(f.sent) < stall);
                 }
-                busy.retain(|_, sent| now.duration_since(*sent) <= ack_timeout);
+                busy.retain(|_, sent| now.duration_since(*sent) < ack_timeout);
             }
         }
-        if marked {
-            if !api.is_ready() {
-                // Never an empty snapshot because this node is still loading.
-                tokio::time::sleep(NOT_READY_RECHECK).await;
-                continue;
-            }
+        // Never an empty snapshot because this node is still loading: while it is not ready,
+        // what is owed waits.
+        if marked && api.is_ready() {
             marked = false;
             for snap in conn.session.pushes() {
                 let s = snap.decode();
