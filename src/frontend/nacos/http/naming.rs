@@ -20,7 +20,7 @@ use crate::frontend::nacos::model::names;
 use crate::frontend::nacos::model::params::{
     BeatParams, InstanceDetailParams, InstanceParams, ListParams, ServiceListParams,
 };
-use crate::model::Lease;
+use crate::model::{Instance, Lease};
 
 type St = State<Arc<Http>>;
 
@@ -37,7 +37,7 @@ pub async fn register<const V2: bool>(State(h): St, req: Request) -> Response {
             f.enabled,
             f.metadata,
         )?;
-        h.api.register(&[inst]).await?;
+        write_instance(&h, inst).await?;
         Ok(())
     }
     .await;
@@ -72,7 +72,7 @@ pub async fn update<const V2: bool>(State(h): St, req: Request) -> Response {
             },
             metadata,
         )?;
-        h.api.register(&[inst]).await?;
+        write_instance(&h, inst).await?;
         Ok(())
     }
     .await;
@@ -85,11 +85,32 @@ pub async fn deregister<const V2: bool>(State(h): St, req: Request) -> Response 
         let p: InstanceParams = params(req).await?.to();
         let key = convert::key(&p.key()?);
         p.check_ephemeral()?;
-        h.api.deregister(&[key]).await?;
+        let api = h.api.clone();
+        carried_out(&h, async move { api.deregister(&[key]).await }).await?;
         Ok(())
     }
     .await;
     ok::<V2>(r)
+}
+
+/// Runs a write to its end in a task of the node, so that a client that goes away mid-request
+/// (hyper then drops the handler) does not leave it half done: a write a node took in is
+/// carried out, acknowledged or not.
+async fn carried_out<T: Send + 'static>(
+    h: &Http,
+    write: impl Future<Output = Result<T, Rejection>> + Send + 'static,
+) -> Result<T, Rejection> {
+    h.api
+        .node()
+        .tracker
+        .spawn(write)
+        .await
+        .unwrap_or(Err(Rejection::ShuttingDown))
+}
+
+async fn write_instance(h: &Http, inst: Instance) -> Result<u32, Rejection> {
+    let api = h.api.clone();
+    carried_out(h, async move { api.register(&[inst]).await }).await
 }
 
 /// An API "not found" is Nacos's "no matched ip found!".
@@ -178,7 +199,10 @@ pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
         let info = p.info()?;
         let b = p.beat(info.as_ref())?;
         let key = convert::key(&b.key);
-        let unknown = !h.api.beat(std::slice::from_ref(&key)).await?.is_empty();
+        let (api, k) = (h.api.clone(), key.clone());
+        let unknown = !carried_out(&h, async move { api.beat(&[k]).await })
+            .await?
+            .is_empty();
         let default_interval = Lease::default().beat_ms;
         let answer = |code, interval_ms: u32| BeatAnswer {
             client_beat_interval: interval_ms as u64,
@@ -203,7 +227,7 @@ pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
             (true, Some(full)) => {
                 let inst = convert::instance(key, full.weight, true, true, full.metadata)?;
                 let interval = inst.lease.beat_ms;
-                h.api.register(&[inst]).await?;
+                write_instance(&h, inst).await?;
                 Ok(answer(BEAT_OK, interval))
             }
             (true, None) => Ok(answer(BEAT_UNKNOWN_INSTANCE, default_interval)),
