@@ -12,8 +12,10 @@
 //! - [`ownership`]: which node is responsible for an instance (rendezvous hashing, xxh3).
 //! - [`clock`]: the millisecond clock (through tokio, so simulated time works) and the hybrid
 //!   logical clock that versions every write.
-//! - [`cluster`]: the Distro protocol between nodes — membership, forwarding, batched sync,
-//!   digest verify and pull, streamed load, handoff.
+//! - [`cluster`]: the Distro protocol between nodes — its decisions in a sans-IO engine
+//!   (membership and failure detection, handoff, digest verify and pull, load and readiness,
+//!   the peer handshake) and the async driver that runs them over the links; forwarding and
+//!   batched sync.
 //! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
 //!   task tracker) and its lease duty.
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,

@@ -74,8 +74,18 @@ impl Node {
         let store = Arc::new(Store::new(config.node_id, clock, observer));
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
         let cluster = outbox.map(|outbox| {
-            Cluster::new(config.clone(), store.clone(), ready.clone(), outbox, dialer)
+            Cluster::new(
+                config.clone(),
+                store.clone(),
+                ready.clone(),
+                outbox,
+                dialer,
+                tracker.clone(),
+                shutdown.clone(),
+            )
         });
         Arc::new(Node {
             ready,
@@ -84,8 +94,8 @@ impl Node {
             store,
             subs,
             next_session: AtomicU64::new(1),
-            shutdown: CancellationToken::new(),
-            tracker: TaskTracker::new(),
+            shutdown,
+            tracker,
         })
     }
 

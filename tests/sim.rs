@@ -59,13 +59,14 @@ const FIXED_SEEDS: std::ops::Range<u64> = 0..64;
 ///   a half-open connection) stayed open and swallowed every later frame: a restarted node
 ///   waited on it for its snapshot and never became ready (29); syncs and digests to a peer
 ///   were lost for good, so dead clients' instances stayed there and the nodes never converged
-///   (38). Fixed in src/cluster/mod.rs: a lost ping drops both links to the peer, every digest
-///   is followed by a ping on the data link that must be answered within the member timeout,
-///   and a pull or snapshot load that times out closes its link.
+///   (38). Fixed in src/cluster (`engine/membership.rs`, `driver.rs`): a lost ping drops both
+///   links to the peer, every digest is followed by a ping on the data link that must be
+///   answered within the member timeout, and a pull or snapshot load that times out closes its
+///   link.
 /// - 118: the same wedge on the link a restarted node was loading its snapshot over, cut 30 ms
 ///   after it sent the request: the node waited the full 10 s frame deadline (pings do not
 ///   check a loading node's data links, and a link that had just received is not dropped on a
-///   lost ping) and was not ready 8 s after the faults ended. Fixed in src/cluster/mod.rs
+///   lost ping) and was not ready 8 s after the faults ended. Fixed in src/cluster/driver.rs
 ///   (`Cluster::next_streamed`): a streamed answer whose link receives nothing for a member
 ///   timeout closes the link.
 /// - 40, 42, 47, 53, 88, 95, 117, 133, 146, 184, 187, 198, 277, 322, 427 (of a soak of 0..1000):

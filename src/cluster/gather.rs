@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
-use super::{Cluster, ForwardError, expect_ack};
+use super::Cluster;
+use super::forward::{ForwardError, expect_ack};
 use crate::hash::HashMap;
 use crate::model::NodeId;
 use crate::model::{BATCH_INSTANCES_MAX, Instance};
@@ -62,7 +63,8 @@ impl Cluster {
         if opened {
             // Its own task: the batch must be sent even if this caller's future is dropped.
             let cluster = self.clone();
-            tokio::spawn(async move { cluster.send_gathered(owner, session).await });
+            self.tracker
+                .spawn(async move { cluster.send_gathered(owner, session).await });
         }
         answer.await.unwrap_or_else(|_| {
             Err(ForwardError::Failed {

@@ -20,10 +20,11 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{self, Identity};
+use super::engine::handshake::{Dialing, HandshakeError};
 use crate::net::{Dialer, StreamReader, StreamWriter};
 use crate::wire::{
-    ErrorBody, FLAG_MORE, FRAME_LEN_MAX, FrameCodec, Message, PROTOCOL_VERSION, PeerHello,
-    WireError, encode_frame, encode_frame_into,
+    ErrorBody, FLAG_MORE, FRAME_LEN_MAX, FrameCodec, Message, WireError, encode_frame,
+    encode_frame_into,
 };
 
 /// Frames queued for one peer link. Sync batches are up to ~1 MiB, so this bounds a link's
@@ -94,60 +95,20 @@ impl Link {
                     })?;
             let (rd, mut wr) = crate::net::split(stream);
             let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
-            let my_nonce = auth::nonce();
-            let hello = Message::PeerHello(PeerHello {
-                node_id: me.node_id,
-                max_version: PROTOCOL_VERSION,
-                members_hash: me.members_hash,
-                nonce: my_nonce,
-            });
-            wr.write_all(&encode_frame(0, 0, &hello))
+            let handshake = Dialing::new(me, auth::nonce());
+            let refused = |e| refused(addr, e);
+            wr.write_all(&encode_frame(0, 0, &handshake.hello()))
                 .await
                 .map_err(|_| PeerError::Closed)?;
-            let ch = match next_message(&mut frames).await? {
-                Message::PeerChallenge(c) => c,
-                Message::Error(e) => {
-                    return Err(PeerError::Unauthorized {
-                        addr,
-                        reason: e.message.to_string(),
-                    });
-                }
-                other => return Err(PeerError::Unexpected(format!("{:?}", other.opcode()))),
-            };
-            if !auth::verify(
-                &me.token,
-                auth::ACCEPTOR_LABEL,
-                &my_nonce,
-                &ch.nonce,
-                ch.node_id,
-                &ch.mac,
-            ) {
-                return Err(PeerError::Unauthorized {
-                    addr,
-                    reason: "the peer does not know the cluster token".into(),
-                });
-            }
-            let proof = auth::mac(
-                &me.token,
-                auth::DIALER_LABEL,
-                &ch.nonce,
-                &my_nonce,
-                me.node_id,
-            );
-            wr.write_all(&encode_frame(0, 0, &Message::PeerAuth(proof)))
+            let challenge = next_message(&mut frames).await?;
+            let (peer_id, proof) = handshake.on_challenge(challenge).map_err(refused)?;
+            wr.write_all(&encode_frame(0, 0, &proof))
                 .await
                 .map_err(|_| PeerError::Closed)?;
-            match next_message(&mut frames).await? {
-                Message::Ack(_) => {}
-                Message::Error(e) => {
-                    return Err(PeerError::Unauthorized {
-                        addr,
-                        reason: e.message.to_string(),
-                    });
-                }
-                other => return Err(PeerError::Unexpected(format!("{:?}", other.opcode()))),
-            }
-            Ok((frames, wr, ch.node_id))
+            handshake
+                .on_answer(next_message(&mut frames).await?)
+                .map_err(refused)?;
+            Ok::<_, PeerError>((frames, wr, peer_id))
         };
         let (frames, wr, peer_id) = tokio::time::timeout(timeout, fut)
             .await
@@ -290,6 +251,17 @@ impl Link {
         let (tx, rx) = mpsc::channel(8);
         self.enqueue(id, msg, Waiter::Stream(tx), timeout).await?;
         Ok(rx)
+    }
+}
+
+/// The dialer's handshake failed: the peer refused or could not prove itself.
+fn refused(addr: SocketAddr, e: HandshakeError) -> PeerError {
+    match e {
+        HandshakeError::Unexpected { got, .. } => PeerError::Unexpected(format!("{got:?}")),
+        other => PeerError::Unauthorized {
+            addr,
+            reason: other.to_string(),
+        },
     }
 }
 

@@ -17,13 +17,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth;
+use super::engine::handshake::Acceptor;
 use super::{Cluster, RECORDS_FRAME_BYTES};
 use crate::net::{BoxStream, Listener, StreamReader, StreamWriter};
 use crate::store::digest::BucketSet;
-use crate::wire::{
-    ErrorBody, ErrorCode, FRAME_LEN_MAX, FrameCodec, Message, PROTOCOL_VERSION, PeerChallenge,
-    encode_frame,
-};
+use crate::wire::{ErrorBody, ErrorCode, FRAME_LEN_MAX, FrameCodec, Message, encode_frame};
 
 /// Deadline of the whole handshake of an incoming peer connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -143,75 +141,35 @@ async fn serve(
     debug!(%peer, "peer disconnected");
 }
 
-/// Acceptor side of the handshake (see [`auth`]); answers the peer's node id.
+/// Acceptor side of the handshake (the checks are [`Acceptor`]'s); answers the peer's id.
 async fn handshake(
     cluster: &Cluster,
     frames: &mut FramedRead<StreamReader, FrameCodec>,
     wr: &mut StreamWriter,
 ) -> Result<u16, String> {
-    let me = &cluster.identity;
-    let hello = match frames.next().await {
-        Some(Ok(f)) => match f.message() {
-            Ok(Message::PeerHello(h)) => h,
-            Ok(other) => return Err(format!("expected PeerHello, got {:?}", other.opcode())),
-            Err(e) => return Err(e.to_string()),
-        },
-        Some(Err(e)) => return Err(e.to_string()),
-        None => return Err("closed before the handshake".into()),
-    };
-    if hello.max_version < PROTOCOL_VERSION {
-        return Err(format!(
-            "peer speaks version {}, this node {PROTOCOL_VERSION}",
-            hello.max_version
-        ));
-    }
-    if hello.members_hash != me.members_hash {
-        return Err("peer is configured with a different member list".into());
-    }
-    if hello.node_id == me.node_id || hello.node_id == 0 {
-        return Err(format!(
-            "peer claims node id {}, which is not a valid peer id here",
-            hello.node_id
-        ));
-    }
-    let my_nonce = auth::nonce();
-    let challenge = PeerChallenge {
-        node_id: me.node_id,
-        nonce: my_nonce,
-        mac: auth::mac(
-            &me.token,
-            auth::ACCEPTOR_LABEL,
-            &hello.nonce,
-            &my_nonce,
-            me.node_id,
-        ),
-    };
-    wr.write_all(&encode_frame(0, 0, &Message::PeerChallenge(challenge)))
+    let mut acceptor = Acceptor::new(&cluster.identity, auth::nonce());
+    let hello = next_message(frames, "closed before the handshake").await?;
+    let challenge = acceptor.on_hello(hello).map_err(|e| e.to_string())?;
+    wr.write_all(&encode_frame(0, 0, &challenge))
         .await
         .map_err(|e| e.to_string())?;
-    let proof = match frames.next().await {
-        Some(Ok(f)) => match f.message() {
-            Ok(Message::PeerAuth(mac)) => mac,
-            Ok(other) => return Err(format!("expected PeerAuth, got {:?}", other.opcode())),
-            Err(e) => return Err(e.to_string()),
-        },
-        Some(Err(e)) => return Err(e.to_string()),
-        None => return Err("closed during the handshake".into()),
-    };
-    if !auth::verify(
-        &me.token,
-        auth::DIALER_LABEL,
-        &my_nonce,
-        &hello.nonce,
-        hello.node_id,
-        &proof,
-    ) {
-        return Err("peer does not know the cluster token".into());
-    }
+    let proof = next_message(frames, "closed during the handshake").await?;
+    let peer_id = acceptor.on_auth(proof).map_err(|e| e.to_string())?;
     wr.write_all(&encode_frame(0, 0, &Message::Ack(0)))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(hello.node_id)
+    Ok(peer_id)
+}
+
+async fn next_message(
+    frames: &mut FramedRead<StreamReader, FrameCodec>,
+    closed: &str,
+) -> Result<Message, String> {
+    match frames.next().await {
+        Some(Ok(f)) => f.message().map_err(|e| e.to_string()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(closed.into()),
+    }
 }
 
 /// Handles one request; false closes the connection.

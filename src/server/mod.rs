@@ -112,7 +112,7 @@ impl Server {
         node.tracker.spawn(node.clone().lease_duty());
         let api = Api::new(node.clone());
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
-            c.start(l, node.shutdown.clone(), &node.tracker);
+            c.start(l);
         }
         if let Some((listeners, settings)) = self.nacos {
             node.tracker.spawn(crate::frontend::nacos::serve(

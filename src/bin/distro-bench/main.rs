@@ -38,8 +38,8 @@ use bytes::{Bytes, BytesMut};
 use clap::{Parser, Subcommand};
 use distro::client::Conn;
 use distro::model::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot,
-    Text,
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, Lease, ServiceName,
+    ServiceSnapshot, Text,
 };
 use distro::wire::{Message, Opcode, Query, Register, encode_frame, encode_frame_into};
 use hdrhistogram::Histogram;
@@ -70,6 +70,9 @@ const BENCH_LEASE: Lease = Lease {
     unhealthy_ms: 3_600_000,
     expire_ms: 3_600_000,
 };
+/// How often a joining node is asked whether it serves yet (a new connection each time: the
+/// node may not listen yet).
+const JOIN_POLL: Duration = Duration::from_millis(10);
 /// How often the nodes' instance counts are read while waiting for them to hold the data.
 /// ClusterStatus sums the per-owner digests (O(shards × buckets)): cheap, but not free.
 const STATUS_POLL: Duration = Duration::from_millis(100);
@@ -174,6 +177,16 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         connections: usize,
     },
+    /// With --spawn N (N >= 2): starts N - 1 nodes, loads N instances over M services into
+    /// them, then starts node N and measures how long it takes to load the cluster's data
+    /// (streamed from a peer) until it serves, holding every instance.
+    Join {
+        #[arg(long)]
+        instances: u64,
+        /// [default: instances / 10, at least 1]
+        #[arg(long)]
+        services: Option<u64>,
+    },
 }
 
 fn main() {
@@ -200,12 +213,16 @@ fn fail(e: &anyhow::Error) -> ! {
 async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     validate(&cli.scenario)?;
     // The guard stops the spawned nodes whichever way this function is left.
-    let cluster = match cli.spawn {
-        Some(n) => Some(SpawnedCluster::start(n, cli.distrod.as_deref()).await?),
+    let joining = matches!(cli.scenario, Scenario::Join { .. });
+    if joining && cli.spawn.is_none_or(|n| n < 2) {
+        bail!("join needs --spawn N with N >= 2 (the last node joins)");
+    }
+    let mut cluster = match cli.spawn {
+        Some(n) => Some(SpawnedCluster::start(n, joining as usize, cli.distrod.as_deref()).await?),
         None => None,
     };
     let servers = match &cluster {
-        Some(c) => c.client_addrs.clone(),
+        Some(c) => c.started_addrs(),
         None => cli.servers.clone(),
     };
     if servers.is_empty() {
@@ -281,8 +298,17 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             let services = converge_services(writes, services, service_size);
             converge(&servers, &pids, writes, rate, services, connections).await?
         }
+        Scenario::Join {
+            instances,
+            services,
+        } => {
+            let services = services.unwrap_or((instances / 10).max(1));
+            let c = cluster.as_mut().expect("join runs on a spawned cluster");
+            join(c, instances, services).await?
+        }
     };
-    out.insert("nodes".into(), json!(servers.len()));
+    let nodes = cluster.as_ref().map_or(servers.len(), |c| c.children.len());
+    out.insert("nodes".into(), json!(nodes));
     if let Some(c) = &cluster {
         if !(0.0..=3600.0).contains(&cli.settle_s) {
             bail!("--settle-s must be 0..=3600 seconds");
@@ -396,6 +422,13 @@ fn validate(s: &Scenario) -> anyhow::Result<()> {
                      --services or a larger --service-size"
                 );
             }
+        }
+        Scenario::Join {
+            instances,
+            services,
+        } => {
+            positive("instances", *instances)?;
+            positive("services", services.unwrap_or(1))?;
         }
     }
     Ok(())
@@ -1511,13 +1544,75 @@ async fn converge(
     Ok(out)
 }
 
+/// Loads the data set into the running nodes, starts the last member, and times how long it
+/// takes to load the cluster's data (a snapshot streamed from a peer) until it serves.
+async fn join(
+    c: &mut SpawnedCluster,
+    instances: u64,
+    services: u64,
+) -> anyhow::Result<Map<String, Value>> {
+    let servers = c.started_addrs();
+    let names = Arc::new(service_names(services));
+    let conns = open_conns(&servers, servers.len()).await?;
+    let t = Instant::now();
+    let loaded = load_data_set(&conns, instances, &names).await?;
+    for conn in &conns {
+        conn.close();
+    }
+    let status = NodeStatus::open(&servers).await?;
+    let target = vec![loaded; servers.len()];
+    status
+        .wait_hold(t, &target, CONVERGE_WAIT, &Mutex::default())
+        .await
+        .context("the running nodes never held the whole data set")?;
+    let load_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "distro-bench: {loaded} instances on every node after {load_s:.2} s; starting the joiner"
+    );
+
+    let joiner = c.client_addrs[c.children.len()].clone();
+    let started = Instant::now();
+    c.start_next()?;
+    let deadline = started + CONVERGE_WAIT;
+    let (ready_s, holding) = loop {
+        if let Ok(s) = node_status(&joiner).await
+            && s.ready
+        {
+            break (started.elapsed().as_secs_f64(), s.instances);
+        }
+        if let Some(st) = c.children.last_mut().expect("just started").try_wait()? {
+            bail!("the joining node exited ({st}) before it served");
+        }
+        if Instant::now() >= deadline {
+            bail!("the joining node did not serve within {CONVERGE_WAIT:?}");
+        }
+        tokio::time::sleep(JOIN_POLL).await;
+    };
+    if holding < loaded {
+        bail!("the joining node served holding {holding} of the {loaded} instances");
+    }
+    let mut out = Map::new();
+    out.insert("scenario".into(), json!("join"));
+    out.insert("instances".into(), json!(loaded));
+    out.insert("services".into(), json!(services));
+    out.insert("load_s".into(), json!(round3(load_s)));
+    out.insert("join_ready_s".into(), json!(round3(ready_s)));
+    out.insert("join_holding".into(), json!(holding));
+    Ok(out)
+}
+
 // ---------------------------------------------------------------------------------------------
 // --spawn: a cluster of distrod processes
 
 /// Spawned `distrod` processes; dropping it kills them (also on error or panic).
 struct SpawnedCluster {
-    children: Vec<Child>,
+    exe: PathBuf,
+    /// Client and peer addresses of every member, started or not.
     client_addrs: Vec<String>,
+    peer_addrs: Vec<String>,
+    token: String,
+    /// The started nodes, in member order (node i + 1 is `children[i]`).
+    children: Vec<Child>,
     dir: PathBuf,
     logs: Vec<PathBuf>,
     /// Keep the nodes' logs (set unless the run succeeded).
@@ -1525,7 +1620,13 @@ struct SpawnedCluster {
 }
 
 impl SpawnedCluster {
-    async fn start(n: usize, distrod: Option<&Path>) -> anyhow::Result<SpawnedCluster> {
+    /// A cluster of `n` members, of which all but the last `held_back` are started now (the
+    /// others by [`SpawnedCluster::start_next`]); returns once the started ones serve.
+    async fn start(
+        n: usize,
+        held_back: usize,
+        distrod: Option<&Path>,
+    ) -> anyhow::Result<SpawnedCluster> {
         if n == 0 || n > 8 {
             bail!("--spawn must be 1..=8");
         }
@@ -1562,50 +1663,71 @@ impl SpawnedCluster {
         let dir = std::env::temp_dir().join(format!("distro-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cluster = SpawnedCluster {
+            exe,
+            client_addrs,
+            peer_addrs,
+            token,
             children: Vec::new(),
-            client_addrs: client_addrs.clone(),
             dir: dir.clone(),
             logs: Vec::new(),
             keep_logs: true,
         };
-        for i in 0..n {
-            let log = dir.join(format!("node-{}.log", i + 1));
-            let mut cmd = Command::new(&exe);
-            cmd.args(["--node-id", &(i + 1).to_string()])
-                .args(["--listen", &client_addrs[i]])
-                .args(["--peer-listen", &peer_addrs[i]])
-                .args(["--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);
-            if n > 1 {
-                cmd.args(["--members", &peer_addrs.join(",")])
-                    // Through the environment, so the token does not show in process lists.
-                    .env("DISTRO_CLUSTER_TOKEN", &token);
-            }
-            let child = cmd
-                .spawn()
-                .with_context(|| format!("starting {}", exe.display()))?;
-            cluster.children.push(child);
-            cluster.logs.push(log);
+        for _ in held_back..n {
+            cluster.start_next()?;
         }
         cluster.wait_ready().await?;
         eprintln!(
-            "distro-bench: {n} distrod node(s) ready at {} (logs in {})",
-            client_addrs.join(","),
+            "distro-bench: {} distrod node(s) ready at {} (logs in {})",
+            cluster.children.len(),
+            cluster.started_addrs().join(","),
             dir.display()
         );
         Ok(cluster)
+    }
+
+    /// Starts the next member that is not running yet.
+    fn start_next(&mut self) -> anyhow::Result<()> {
+        let i = self.children.len();
+        let n = self.client_addrs.len();
+        if i == n {
+            bail!("every member is running already");
+        }
+        let log = self.dir.join(format!("node-{}.log", i + 1));
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["--node-id", &(i + 1).to_string()])
+            .args(["--listen", &self.client_addrs[i]])
+            .args(["--peer-listen", &self.peer_addrs[i]])
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);
+        if n > 1 {
+            cmd.args(["--members", &self.peer_addrs.join(",")])
+                // Through the environment, so the token does not show in process lists.
+                .env("DISTRO_CLUSTER_TOKEN", &self.token);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.exe.display()))?;
+        self.children.push(child);
+        self.logs.push(log);
+        Ok(())
+    }
+
+    /// Client addresses of the started nodes.
+    fn started_addrs(&self) -> Vec<String> {
+        self.client_addrs[..self.children.len()].to_vec()
     }
 
     fn pids(&self) -> Vec<u32> {
         self.children.iter().map(|c| c.id()).collect()
     }
 
-    /// Until every node answers ClusterStatus as ready with every member up.
+    /// Until every started node answers ClusterStatus as ready, seeing every started member up.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
         let deadline = Instant::now() + SPAWN_READY_TIMEOUT;
         let mut last = String::from("no answer yet");
+        let started = self.children.len();
         loop {
             for (i, child) in self.children.iter_mut().enumerate() {
                 if let Some(st) = child.try_wait()? {
@@ -1619,14 +1741,16 @@ impl SpawnedCluster {
                 }
             }
             let mut ready = 0;
-            for addr in &self.client_addrs {
-                match node_ready(addr).await {
-                    Ok(true) => ready += 1,
-                    Ok(false) => last = format!("{addr}: not ready or a member down"),
+            for addr in self.started_addrs() {
+                match node_status(&addr).await {
+                    Ok(s) if s.ready && s.members.iter().filter(|m| m.up).count() >= started => {
+                        ready += 1
+                    }
+                    Ok(_) => last = format!("{addr}: not ready or a member down"),
                     Err(e) => last = format!("{addr}: {e:#}"),
                 }
             }
-            if ready == self.client_addrs.len() {
+            if ready == started {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -1637,8 +1761,8 @@ impl SpawnedCluster {
     }
 }
 
-/// Ready, and every member up in its view.
-async fn node_ready(addr: &str) -> anyhow::Result<bool> {
+/// A node's view of the cluster, over a connection of its own.
+async fn node_status(addr: &str) -> anyhow::Result<ClusterStatus> {
     let c = dial(
         addr,
         "distro-bench-probe",
@@ -1649,7 +1773,7 @@ async fn node_ready(addr: &str) -> anyhow::Result<bool> {
     let r = call(&c, &Message::ClusterStatus).await;
     c.close();
     match r {
-        Ok(Message::ClusterStatusResult(s)) => Ok(s.ready && s.members.iter().all(|m| m.up)),
+        Ok(Message::ClusterStatusResult(s)) => Ok(s),
         Ok(other) => bail!("unexpected answer {:?}", other.opcode()),
         Err(e) => bail!("{e}"),
     }

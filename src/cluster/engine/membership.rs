@@ -1,0 +1,309 @@
+//! The other members and failure detection. Members are keyed by their peer address (the
+//! cluster's identity is its address list; a node id is learned in the handshake), kept in the
+//! order they were added. A member is up while it answers pings on its control link: one that
+//! has not answered for a member timeout is down, one that answers again is up. The live view
+//! — this node and every member that is up and whose id is known — is what ownership is
+//! computed over.
+
+use std::net::SocketAddr;
+
+use tracing::{info, warn};
+
+use super::Command;
+use super::verify::VerifyState;
+use crate::model::NodeId;
+
+/// What one probe of a member found (the driver dials what is missing and pings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// A link could not be opened (connect, handshake or authentication failed).
+    Unreachable,
+    /// The control link is open but the ping went unanswered within its deadline.
+    /// `data_idle_ms`: how long the data link has received nothing, when there is one.
+    PingLost { data_idle_ms: Option<u64> },
+    /// The ping was answered and both links are open.
+    Answered,
+}
+
+/// One other member, as this node sees it.
+#[derive(Debug, Clone)]
+pub struct MemberState {
+    pub addr: SocketAddr,
+    /// Learned in the handshake; 0 until then.
+    pub id: NodeId,
+    pub up: bool,
+    /// When it last answered a ping (ms); 0 before it ever did.
+    last_ok_ms: u64,
+    pub(super) verify: VerifyState,
+}
+
+/// The other members of the cluster.
+#[derive(Debug)]
+pub struct Membership {
+    me: NodeId,
+    member_timeout_ms: u64,
+    members: Vec<MemberState>,
+}
+
+impl Membership {
+    pub fn new(me: NodeId, member_timeout_ms: u64) -> Membership {
+        Membership {
+            me,
+            member_timeout_ms,
+            members: Vec::new(),
+        }
+    }
+
+    /// Adds a member, not reached yet. False if it is a member already.
+    pub fn add(&mut self, addr: SocketAddr) -> bool {
+        if self.get(addr).is_some() {
+            return false;
+        }
+        self.members.push(MemberState {
+            addr,
+            id: 0,
+            up: false,
+            last_ok_ms: 0,
+            verify: VerifyState::default(),
+        });
+        true
+    }
+
+    /// Removes a member. Its links go, and the view changes if it was part of it.
+    pub fn remove(&mut self, addr: SocketAddr) -> Vec<Command> {
+        let Some(i) = self.members.iter().position(|m| m.addr == addr) else {
+            return Vec::new();
+        };
+        let m = self.members.remove(i);
+        let mut out = vec![Command::MemberDown { addr }];
+        if m.up && m.id != 0 {
+            out.push(Command::InstallView);
+        }
+        out
+    }
+
+    pub fn get(&self, addr: SocketAddr) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.addr == addr)
+    }
+
+    pub(super) fn get_mut(&mut self, addr: SocketAddr) -> Option<&mut MemberState> {
+        self.members.iter_mut().find(|m| m.addr == addr)
+    }
+
+    /// The member with this node id (0, unknown, matches none).
+    pub fn by_id(&self, id: NodeId) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.id == id && id != 0)
+    }
+
+    pub(super) fn by_id_mut(&mut self, id: NodeId) -> Option<&mut MemberState> {
+        self.members.iter_mut().find(|m| m.id == id && id != 0)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &MemberState> {
+        self.members.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// The members that are up, in order.
+    pub fn up(&self) -> impl Iterator<Item = &MemberState> {
+        self.members.iter().filter(|m| m.up)
+    }
+
+    /// The live set as this node sees it: itself and every member that is up (and whose id
+    /// it knows).
+    pub fn live_view(&self) -> Vec<NodeId> {
+        let mut live = vec![self.me];
+        live.extend(self.up().filter(|m| m.id != 0).map(|m| m.id));
+        live
+    }
+
+    /// A handshake with the member told its node id.
+    pub fn on_handshake(&mut self, addr: SocketAddr, id: NodeId) {
+        let Some(m) = self.get_mut(addr) else { return };
+        if m.id != 0 && m.id != id {
+            warn!(peer = %addr, old = m.id, new = id, "member changed its node id");
+        }
+        m.id = id;
+    }
+
+    /// The outcome of one probe of the member at `now_ms`.
+    pub fn on_probe(&mut self, addr: SocketAddr, probe: Probe, now_ms: u64) -> Vec<Command> {
+        let timeout = self.member_timeout_ms;
+        let Some(m) = self.get_mut(addr) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match probe {
+            Probe::Answered => {
+                m.last_ok_ms = now_ms;
+                if !m.up {
+                    m.up = true;
+                    info!(peer = %addr, id = m.id, "member up");
+                    out.push(Command::MemberUp { addr, id: m.id });
+                    out.push(Command::InstallView);
+                }
+                return out;
+            }
+            Probe::PingLost { data_idle_ms } => {
+                // The path to the peer lost a ping: frames on the data link may have been lost
+                // with it, and a connection that lost a frame can stay wedged (a half-open
+                // connection; simulated TCP never retransmits), silently swallowing every sync
+                // and digest after it. Redial the data link too — unless it is visibly alive
+                // (it received within the member timeout): a node that is merely slow under
+                // load must not lose its in-flight forwards to one late ping.
+                out.push(Command::CloseControl(addr));
+                if data_idle_ms.is_some_and(|idle| idle >= timeout) {
+                    out.push(Command::CloseData(addr));
+                }
+            }
+            Probe::Unreachable => {}
+        }
+        if m.up && now_ms.saturating_sub(m.last_ok_ms) >= timeout {
+            m.up = false;
+            warn!(peer = %addr, id = m.id, "member down");
+            out.push(Command::MemberDown { addr });
+            out.push(Command::InstallView);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::*;
+
+    const T: u64 = TIMING.member_timeout_ms;
+
+    fn membership() -> Membership {
+        let mut ms = Membership::new(1, T);
+        ms.add(addr(2));
+        ms.add(addr(3));
+        ms
+    }
+
+    /// A member that answered at 1000 and is up.
+    fn up_since_1000() -> Membership {
+        let mut ms = membership();
+        ms.on_handshake(addr(2), 2);
+        ms.on_probe(addr(2), Probe::Answered, 1_000);
+        ms
+    }
+
+    #[test]
+    fn a_member_is_up_once_it_answers_and_down_after_a_member_timeout_of_silence() {
+        use Command::*;
+        let a = addr(2);
+        let lost = |idle| Probe::PingLost {
+            data_idle_ms: Some(idle),
+        };
+        // (probe, at ms, commands, up after)
+        let table: &[(Probe, u64, &[Command], bool)] = &[
+            // Silence shorter than the timeout: still up, links left alone when unreachable.
+            (Probe::Unreachable, 1_000 + T - 1, &[], true),
+            // A lost ping closes the control link; the data link stays while it receives.
+            (lost(T - 1), 1_000 + T - 1, &[CloseControl(a)], true),
+            // A silent data link is closed with it.
+            (lost(T), 1_000 + 10, &[CloseControl(a), CloseData(a)], true),
+            // No data link at all: only the control link.
+            (
+                Probe::PingLost { data_idle_ms: None },
+                1_000 + 10,
+                &[CloseControl(a)],
+                true,
+            ),
+            // A member timeout without an answer: down, and the view changes.
+            (
+                Probe::Unreachable,
+                1_000 + T,
+                &[MemberDown { addr: a }, InstallView],
+                false,
+            ),
+            (
+                lost(0),
+                1_000 + T,
+                &[CloseControl(a), MemberDown { addr: a }, InstallView],
+                false,
+            ),
+            // An answer from an up member changes nothing.
+            (Probe::Answered, 1_000 + T, &[], true),
+        ];
+        for (i, (probe, now, commands, up)) in table.iter().enumerate() {
+            let mut ms = up_since_1000();
+            assert_eq!(&ms.on_probe(a, *probe, *now), commands, "row {i}");
+            assert_eq!(ms.get(a).unwrap().up, *up, "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_down_member_that_answers_is_up_again_and_its_silence_counts_from_the_answer() {
+        let a = addr(2);
+        let mut ms = up_since_1000();
+        ms.on_probe(a, Probe::Unreachable, 1_000 + T);
+        assert!(!ms.get(a).unwrap().up);
+        // Down members stay down quietly.
+        assert_eq!(ms.on_probe(a, Probe::Unreachable, 5_000), vec![]);
+        assert_eq!(
+            ms.on_probe(a, Probe::Answered, 6_000),
+            vec![Command::MemberUp { addr: a, id: 2 }, Command::InstallView]
+        );
+        assert_eq!(ms.on_probe(a, Probe::Unreachable, 6_000 + T - 1), vec![]);
+        assert!(ms.get(a).unwrap().up);
+    }
+
+    #[test]
+    fn the_live_view_is_this_node_and_the_up_members_with_known_ids() {
+        let mut ms = membership();
+        assert_eq!(ms.live_view(), vec![1]);
+        // Answered before its id is known (cannot happen through the driver, which learns the
+        // id in the handshake that precedes any ping): not in the view.
+        ms.on_probe(addr(3), Probe::Answered, 10);
+        assert_eq!(ms.live_view(), vec![1]);
+        ms.on_handshake(addr(2), 7);
+        assert_eq!(ms.live_view(), vec![1]);
+        ms.on_probe(addr(2), Probe::Answered, 10);
+        assert_eq!(ms.live_view(), vec![1, 7]);
+        assert_eq!(ms.by_id(7).map(|m| m.addr), Some(addr(2)));
+        assert!(ms.by_id(0).is_none());
+    }
+
+    #[test]
+    fn a_member_that_changes_its_id_is_known_by_the_new_one() {
+        let mut ms = up_since_1000();
+        ms.on_handshake(addr(2), 9);
+        assert_eq!(ms.live_view(), vec![1, 9]);
+        assert!(ms.by_id(2).is_none());
+    }
+
+    #[test]
+    fn members_are_keyed_by_address_and_can_be_added_and_removed() {
+        let mut ms = up_since_1000();
+        assert!(!ms.add(addr(2)), "a member is added once");
+        assert!(ms.add(addr(4)));
+        let order: Vec<SocketAddr> = ms.iter().map(|m| m.addr).collect();
+        assert_eq!(order, vec![addr(2), addr(3), addr(4)]);
+        // Removing a member that was never up drops its links only.
+        assert_eq!(
+            ms.remove(addr(3)),
+            vec![Command::MemberDown { addr: addr(3) }]
+        );
+        // Removing one in the view changes the view.
+        assert_eq!(
+            ms.remove(addr(2)),
+            vec![Command::MemberDown { addr: addr(2) }, Command::InstallView]
+        );
+        assert_eq!(ms.live_view(), vec![1]);
+        assert_eq!(ms.remove(addr(2)), vec![]);
+        // Events about an address that is no member do nothing.
+        assert_eq!(ms.on_probe(addr(9), Probe::Answered, 5), vec![]);
+        ms.on_handshake(addr(9), 9);
+        assert_eq!(ms.len(), 1);
+    }
+}
