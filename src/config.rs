@@ -201,6 +201,9 @@ pub struct Config {
     pub log_level: String,
     /// Log line format: `text` or `json`.
     pub log_format: LogFormat,
+    /// The Nacos HTTP API's address (`docs/nacos.md`); the Nacos gRPC protocol listens at its
+    /// port + 1000. Off when not set.
+    pub nacos_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -223,6 +226,7 @@ impl Default for Config {
             member_timeout_ms: 3_000,
             log_level: "info".into(),
             log_format: LogFormat::Text,
+            nacos_listen: None,
         }
     }
 }
@@ -403,6 +407,14 @@ impl Config {
                 "must not be empty (e.g. info, or distro=debug)",
             );
         }
+        if let Some(a) = self.nacos_listen
+            && a.port() > u16::MAX - crate::frontend::nacos::GRPC_PORT_OFFSET
+        {
+            return invalid(
+                "nacos_listen",
+                "port must leave room for the gRPC port (port + 1000 <= 65535)",
+            );
+        }
         if self.members.len() > crate::model::MEMBERS_MAX {
             return invalid("members", "at most 256 members");
         }
@@ -520,7 +532,7 @@ mod tests {
              `cluster_token`, \
              `max_connections`, `lease_floor_ms`, `push_delay_ms`, `lease_pass_ms`, \
              `client_idle_timeout_ms`, `sync_delay_ms`, `verify_interval_ms`, \
-             `member_timeout_ms`, `log_level`, `log_format`"
+             `member_timeout_ms`, `log_level`, `log_format`, `nacos_listen`"
         );
         assert_eq!(
             err("\nmax_connections = \"many\"\n"),

@@ -48,6 +48,17 @@ pub struct Api {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot(Bytes);
 
+/// What a node holds and serves, counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeCounts {
+    /// Services with a live instance, over all namespaces.
+    pub services: u64,
+    /// Live instances this node holds.
+    pub instances: u64,
+    /// Subscriptions of this node's connections (one per connection and service).
+    pub subscriptions: u64,
+}
+
 impl Snapshot {
     /// The encoded ServiceSnapshot body.
     pub fn body(&self) -> &Bytes {
@@ -119,6 +130,11 @@ impl Api {
 
     pub fn is_ready(&self) -> bool {
         self.node.is_ready()
+    }
+
+    /// The node's clock: milliseconds since the Unix epoch (through tokio's clock).
+    pub fn now_ms(&self) -> u64 {
+        self.node.store.clock().now_ms()
     }
 
     /// The smallest lease value this node accepts, ms.
@@ -265,12 +281,7 @@ impl Api {
     ) -> Result<ServiceList, Rejection> {
         let started = Instant::now();
         let r = self.admit().and_then(|()| {
-            if page_size == 0 || page_size as usize > PAGE_SIZE_MAX {
-                return Err(Rejection::InvalidArgument {
-                    what: "page size",
-                    reason: format!("must be 1..={PAGE_SIZE_MAX}"),
-                });
-            }
+            check_page_size(page_size)?;
             Ok(self.node.store.list_services(namespace, page, page_size))
         });
         self.counted(Op::ListServices, started, r)
@@ -282,6 +293,32 @@ impl Api {
         let started = Instant::now();
         let r = self.admit().map(|()| self.node.store.namespace_counts());
         self.counted(Op::ListNamespaces, started, r)
+    }
+
+    /// [`Api::list_services`] of one group of the namespace (the Nacos APIs list by group).
+    pub fn list_group_services(
+        &self,
+        namespace: &str,
+        group: &str,
+        page: u32,
+        page_size: u16,
+    ) -> Result<ServiceList, Rejection> {
+        self.admit()?;
+        check_page_size(page_size)?;
+        Ok(self
+            .node
+            .store
+            .list_services_in(namespace, Some(group), page, page_size))
+    }
+
+    /// What this node holds and serves, counted (Nacos's operator metrics); answered also while
+    /// loading or stopping.
+    pub fn counts(&self) -> NodeCounts {
+        NodeCounts {
+            services: self.node.store.service_count() as u64,
+            instances: self.node.store.len() as u64,
+            subscriptions: self.node.subs.count() as u64,
+        }
     }
 
     /// The node responsible for `ip:port`, as this node sees the cluster.
@@ -364,6 +401,16 @@ impl Api {
             self.node.store.unwatch(name);
         }
     }
+}
+
+fn check_page_size(page_size: u16) -> Result<(), Rejection> {
+    if page_size == 0 || page_size as usize > PAGE_SIZE_MAX {
+        return Err(Rejection::InvalidArgument {
+            what: "page size",
+            reason: format!("must be 1..={PAGE_SIZE_MAX}"),
+        });
+    }
+    Ok(())
 }
 
 fn check_count(what: &'static str, n: usize, max: usize) -> Result<(), Rejection> {

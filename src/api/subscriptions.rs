@@ -109,6 +109,14 @@ impl PushQueue {
         }
     }
 
+    /// The subscriber of `name` was given the list at `revision` another way (a front end whose
+    /// subscribe answer carries the list): no push of that revision or an older one is owed.
+    pub fn note_held(&self, name: &ServiceName, revision: u64) {
+        let mut s = self.state.lock().unwrap();
+        let held = s.held.entry(name.clone()).or_insert(revision);
+        *held = (*held).max(revision);
+    }
+
     /// Forgets what was pushed and is pending for `name` (unsubscribed, or subscribed anew and
     /// owed the current list whatever was pushed before).
     pub fn forget(&self, name: &ServiceName) {

@@ -98,6 +98,10 @@ struct Args {
     /// Log line format: text or json [default: text].
     #[arg(long)]
     log_format: Option<LogFormat>,
+    /// Serve the Nacos HTTP API at this address and Nacos gRPC at its port + 1000
+    /// (e.g. 127.0.0.1:8848) [default: off].
+    #[arg(long)]
+    nacos_listen: Option<SocketAddr>,
 }
 
 /// The `--http` value: an address or "off" (a newtype, so that clap does not take an
@@ -153,6 +157,10 @@ impl Args {
         if let Some(HttpSetting(http)) = self.http {
             c.http = http;
             from_flags.push("http");
+        }
+        if self.nacos_listen.is_some() {
+            c.nacos_listen = self.nacos_listen;
+            from_flags.push("nacos_listen");
         }
         if self.cluster_token.is_some() {
             c.cluster_token = self.cluster_token;
@@ -231,6 +239,13 @@ fn run(config: Config) -> anyhow::Result<()> {
             members = config.members.len(),
             "distrod serving"
         );
+        if let Some(nacos) = server.nacos_addr() {
+            tracing::info!(
+                http = %nacos,
+                grpc_port = nacos.port() + distro::frontend::nacos::GRPC_PORT_OFFSET,
+                "Nacos API serving"
+            );
+        }
         let stop = node.shutdown.clone();
         tokio::spawn(async move {
             signal.await;

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::api::Api;
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::frontend::nacos::{NacosListeners, NacosSettings};
 use crate::net::{Dialer, Listener};
 use crate::node::Node;
 
@@ -22,13 +23,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How long the admin port, which stops last, may take to finish the requests in progress.
 const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
 
-/// A bound client listener (and, in a cluster, peer listener; and the admin port's listener
-/// where there is one) and the node behind them.
+/// A bound client listener (and, in a cluster, peer listener; the admin port's listener where
+/// there is one; with the Nacos front end, its listeners) and the node behind them.
 pub struct Server {
     node: Arc<Node>,
     listener: Box<dyn Listener>,
     peer_listener: Option<Box<dyn Listener>>,
     admin_listener: Option<tokio::net::TcpListener>,
+    nacos: Option<(NacosListeners, NacosSettings)>,
 }
 
 impl Server {
@@ -51,11 +53,18 @@ impl Server {
             Some(addr) => Some(bind(addr, "admin port").await?),
             None => None,
         };
-        let server = Server::from_listeners(config, listener, peer_listener);
-        Ok(match admin {
-            Some(l) => server.with_admin(l),
-            None => server,
-        })
+        let nacos = match config.nacos_listen {
+            Some(addr) => Some(NacosListeners::bind(addr).await?),
+            None => None,
+        };
+        let mut server = Server::from_listeners(config, listener, peer_listener);
+        if let Some(l) = admin {
+            server = server.with_admin(l);
+        }
+        if let Some(l) = nacos {
+            server = server.with_nacos(l, NacosSettings::default());
+        }
+        Ok(server)
     }
 
     /// Serves the admin HTTP port ([`crate::frontend::admin`]) on `listener` too.
@@ -69,6 +78,18 @@ impl Server {
         self.admin_listener
             .as_ref()
             .map(|l| l.local_addr().expect("bound listener has an address"))
+    }
+
+    /// Serves the Nacos HTTP and gRPC APIs on `listeners` too (`Server::bind` does this when
+    /// `nacos_listen` is set; tests bind their own).
+    pub fn with_nacos(mut self, listeners: NacosListeners, settings: NacosSettings) -> Server {
+        self.nacos = Some((listeners, settings));
+        self
+    }
+
+    /// The Nacos HTTP API's address, when it is served.
+    pub fn nacos_addr(&self) -> Option<SocketAddr> {
+        self.nacos.as_ref().map(|(l, _)| l.http_addr())
     }
 
     /// A server on listeners the caller bound (tests bind port 0 first to learn the peer
@@ -100,6 +121,7 @@ impl Server {
             listener,
             peer_listener,
             admin_listener: None,
+            nacos: None,
         }
     }
 
@@ -130,6 +152,13 @@ impl Server {
             let task = tokio::spawn(crate::frontend::admin::serve(api.clone(), l, stop.clone()));
             (stop, task)
         });
+        if let Some((listeners, settings)) = self.nacos {
+            node.tracker.spawn(crate::frontend::nacos::serve(
+                api.clone(),
+                listeners,
+                settings,
+            ));
+        }
         crate::net::accept_loop(
             "client",
             &*self.listener,
@@ -159,11 +188,13 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let addr = self.local_addr();
         let admin_addr = self.admin_addr();
+        let nacos_addr = self.nacos_addr();
         let node = self.node.clone();
         let task = tokio::spawn(self.run());
         ServerHandle {
             addr,
             admin_addr,
+            nacos_addr,
             node,
             task,
         }
@@ -175,6 +206,8 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     /// The admin port's address, if it serves one.
     pub admin_addr: Option<SocketAddr>,
+    /// The Nacos HTTP API's address (gRPC at its port + 1000), when it is served.
+    pub nacos_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     task: tokio::task::JoinHandle<()>,
 }

@@ -955,11 +955,22 @@ impl Store {
     /// One page of the services of a namespace, sorted by (group, service). Services with only
     /// tombstones are not listed.
     pub fn list_services(&self, namespace: &str, page: u32, page_size: u16) -> ServiceList {
+        self.list_services_in(namespace, None, page, page_size)
+    }
+
+    /// [`Store::list_services`], of one group only when `group` is given.
+    pub fn list_services_in(
+        &self,
+        namespace: &str,
+        group: Option<&str>,
+        page: u32,
+        page_size: u16,
+    ) -> ServiceList {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read().unwrap();
             for (name, svc) in &shard.services {
-                if name.namespace() != namespace {
+                if name.namespace() != namespace || group.is_some_and(|g| name.group() != g) {
                     continue;
                 }
                 let (mut instances, mut healthy) = (0u32, 0u32);
@@ -1021,6 +1032,21 @@ impl Store {
             }
         }
         by_ns.into_values().collect()
+    }
+
+    /// Services with at least one live instance, over all namespaces.
+    pub fn service_count(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let shard = shard.read().unwrap();
+                shard
+                    .services
+                    .values()
+                    .filter(|svc| svc.instances.values().any(|r| r.alive))
+                    .count()
+            })
+            .sum()
     }
 
     /// The lease duty for the records this node owns: lapse those past unhealthy-after, delete

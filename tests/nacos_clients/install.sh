@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the published Nacos clients that the Nacos front end is proven with, each from its
-# own registry, into throwaway folders under $DISTRO_NACOS_CLIENTS (default
+# own registry, into throwaway folders under $DISTRO_NACOS_CLIENTS_DIR (default
 # ~/.cache/distro-nacos-clients), and builds the Rust client harness. Idempotent: a client
 # already there at its pinned version is left alone, and the Rust build is incremental, so a
 # second run takes a few seconds. .ci/run calls it before the tests.
@@ -16,7 +16,7 @@
 # shipped in 2.0.x, whose latest release is 2.0.11 — hence the second venv.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-dir=${DISTRO_NACOS_CLIENTS:-$HOME/.cache/distro-nacos-clients}
+dir=${DISTRO_NACOS_CLIENTS_DIR:-$HOME/.cache/distro-nacos-clients}
 mkdir -p "$dir"
 
 # Pinned versions: what the front end is proven against. Bump them here, deliberately.

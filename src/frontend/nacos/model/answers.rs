@@ -92,6 +92,13 @@ pub struct ServiceList {
     pub doms: Vec<String>,
 }
 
+/// `GET /nacos/v2/ns/service/list`'s `data`: the total count and one page of names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceNames {
+    pub count: usize,
+    pub services: Vec<String>,
+}
+
 /// `GET /nacos/v1/ns/operator/metrics`: `{"status":"UP"}`, the counts only with
 /// `onlyStatus=false`. The Node client reads `status == "UP"` as "server healthy".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,6 +128,22 @@ pub struct Metrics {
 pub struct InstanceDetail {
     /// `group@@service`.
     pub service: String,
+    pub ip: String,
+    pub port: u16,
+    pub cluster_name: String,
+    pub weight: f64,
+    pub healthy: bool,
+    pub instance_id: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `GET /nacos/v2/ns/instance`'s `data`: one instance (v1's [`InstanceDetail`] with
+/// `serviceName` for `service`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceDetailV2 {
+    /// `group@@service`.
+    pub service_name: String,
     pub ip: String,
     pub port: u16,
     pub cluster_name: String,
