@@ -59,11 +59,6 @@ impl InstanceKey {
             port: self.port,
         }
     }
-
-    /// The key hash (wire-spec.md §10.1).
-    pub fn hash(&self) -> u64 {
-        super::key::key_hash(&self.service, &self.cluster, &self.ip, self.port)
-    }
 }
 
 /// Lease settings of one instance, in milliseconds.

@@ -4,7 +4,7 @@
 //!   group, service, cluster and ip as `u16`-length strings, then the port — hashed into the
 //!   **key hash** that picks digest buckets and identifies records between nodes; the service
 //!   part alone picks the store shard ([`service_hash`]);
-//! - the **owner key** `ip:port`, scored by rendezvous hashing ([`crate::ownership`]).
+//! - the **owner key** `ip:port`, scored by rendezvous hashing (the `ownership` module).
 //!
 //! None of them truncates: a longer string than the limits allow (which validation refuses at
 //! every front end) still hashes by all of its bytes, on the heap instead of the stack.
@@ -12,7 +12,7 @@
 use bytes::BufMut;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use super::instance::ServiceName;
+use super::instance::{InstanceKey, ServiceName};
 use super::limits::{IP_LEN_MAX, NAME_LEN_MAX};
 
 /// Canonical key bytes of a key within the limits fit this stack buffer.
@@ -93,6 +93,13 @@ pub fn service_hash(name: &ServiceName) -> u64 {
         |w| put_service(&mut w, name),
         xxh3_64
     )
+}
+
+impl InstanceKey {
+    /// The key hash (wire-spec.md §10.1).
+    pub fn hash(&self) -> u64 {
+        key_hash(&self.service, &self.cluster, &self.ip, self.port)
+    }
 }
 
 /// Appends the decimal digits of `port` (no leading zeros, "0" for 0).

@@ -1,5 +1,5 @@
 //! The request multiplexer of a connection that sends requests: the SDK's connection to a node
-//! ([`crate::client::Conn`]) and a node's links to its peers (`cluster::link`).
+//! (`client::Conn`) and a node's links to its peers (`cluster::link`).
 //!
 //! - **Ids**: every request gets a request id that no other request waiting on the connection
 //!   has (1, 2, 3, …; 0 is never used: it marks frames that answer nothing).
