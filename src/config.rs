@@ -2,7 +2,7 @@
 //! with a clear message before anything starts.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -37,6 +37,9 @@ pub struct Config {
     pub members: Vec<SocketAddr>,
     /// Shared secret the members authenticate each other with.
     pub cluster_token: Option<String>,
+    /// The client tokens and their rights (`docs/security.md`); reloaded on SIGHUP. Without
+    /// it every client may do everything.
+    pub token_file: Option<PathBuf>,
     /// Client connections at once; the accept loop waits for a free slot beyond that.
     pub max_connections: usize,
     /// Smallest lease setting (beat, unhealthy-after, expire-after) a client may ask for, ms.
@@ -67,6 +70,7 @@ impl Default for Config {
             peer_listen: "127.0.0.1:8859".parse().unwrap(),
             members: Vec::new(),
             cluster_token: None,
+            token_file: None,
             max_connections: 10_000,
             lease_floor_ms: 500,
             push_delay_ms: 5,
@@ -150,6 +154,13 @@ impl Config {
             && t.len() < 8
         {
             return invalid("cluster_token", "must be at least 8 bytes");
+        }
+        // Read here so that a bad file stops the node before it starts, with the reason; the
+        // node reads it again when it starts (and refuses every client if it went bad since).
+        if let Some(path) = &self.token_file
+            && let Err(e) = crate::auth::TokenSet::load(path)
+        {
+            return invalid("token_file", &e.to_string());
         }
         Ok(())
     }

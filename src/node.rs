@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::api::subscriptions::Subscriptions;
+use crate::auth::Tokens;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
@@ -30,6 +31,8 @@ pub struct Node {
     pub subs: Arc<Subscriptions>,
     /// The cluster machinery; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
+    /// Client tokens and their rights (off without a token file); reloaded on SIGHUP.
+    pub tokens: Tokens,
     ready: Arc<AtomicBool>,
     next_session: AtomicU64,
     pub shutdown: CancellationToken,
@@ -87,8 +90,13 @@ impl Node {
                 shutdown.clone(),
             )
         });
+        let tokens = match &config.token_file {
+            Some(path) => Tokens::from_file(path),
+            None => Tokens::off(),
+        };
         Arc::new(Node {
             ready,
+            tokens,
             cluster,
             config,
             store,

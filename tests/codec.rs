@@ -303,6 +303,9 @@ fn message_of(op: Opcode) -> BoxedStrategy<Message> {
         Opcode::Error => (any::<u16>(), text(MESSAGE_LEN_MAX))
             .prop_map(|(code, message)| Message::Error(ErrorBody { code, message }))
             .boxed(),
+        Opcode::Auth => text(TOKEN_LEN_MAX)
+            .prop_map(|t| Message::Auth(Token::new(t)))
+            .boxed(),
         Opcode::Register => (any::<bool>(), vec(instance(), 0..4))
             .prop_map(|(session_bound, instances)| {
                 Message::Register(Register {
@@ -1053,6 +1056,17 @@ fn a_string_over_its_limit_is_refused() {
         decode_message(&encode_frame(1, 0, &at_limit)).unwrap(),
         at_limit
     );
+    // A token is bounded too (a stranger's Auth is hashed: it may not be large).
+    let token = Message::Auth(Token::new("t".repeat(TOKEN_LEN_MAX + 1)));
+    match decode_message(&encode_frame(1, 0, &token)) {
+        Err(WireError::StringTooLong { what, len, max }) => {
+            assert_eq!(
+                (what, len, max),
+                ("token", TOKEN_LEN_MAX + 1, TOKEN_LEN_MAX)
+            );
+        }
+        other => panic!("expected StringTooLong, got {other:?}"),
+    }
     // The limit is checked on the length field, before the bytes are looked for.
     let body = claim(&[], &u16::MAX.to_be_bytes(), 0);
     assert!(matches!(

@@ -5,6 +5,9 @@
 //! cluster and no rule is written twice.
 //!
 //! - [`Api`]: the node's requests that need no connection (lease-bound writes, reads, status).
+//!   Every request names its caller, a [`Principal`]; `authorize` below is the one place that
+//!   decides what a caller may do (rights per namespace, `docs/security.md`), before anything
+//!   else is looked at.
 //! - [`session`]: [`Session`], the state of one connection-bound client (its session-bound
 //!   instances, subscriptions and in-flight writes).
 //! - [`subscriptions`]: who is subscribed to what, and the coalesced push queues.
@@ -20,6 +23,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::auth::{Access, Principal};
 use crate::model::{
     BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView, NodeId,
     PAGE_SIZE_MAX, ServiceList, ServiceName, ServiceSnapshot, Text,
@@ -27,6 +31,7 @@ use crate::model::{
 use crate::node::Node;
 use crate::wire::Reader;
 pub use rejection::Rejection;
+pub use session::AUTH_FAILURES_MAX;
 pub use session::{Session, Write};
 use subscriptions::PushQueue;
 
@@ -85,6 +90,23 @@ impl Api {
         self.node.config.lease_floor_ms
     }
 
+    /// The principal of a caller that presented no token: every right on a node without a
+    /// token file, none on a node with one. Front ends that have not found out who their caller
+    /// is use this, and so refuse everything when tokens are on.
+    pub fn guest(&self) -> Principal {
+        self.node.tokens.guest()
+    }
+
+    /// The principal a presented token stands for. Hashes the token once: a connection-bound
+    /// front end calls this once per connection and keeps the principal. The refusal is the
+    /// same, and takes as long, whatever was presented.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, Rejection> {
+        self.node
+            .tokens
+            .authenticate(token)
+            .ok_or(Rejection::Unauthenticated)
+    }
+
     /// Requests are served only by a node that holds the cluster's data and is not stopping.
     fn admit(&self) -> Result<(), Rejection> {
         if self.node.shutdown.is_cancelled() {
@@ -97,7 +119,8 @@ impl Api {
     }
 
     /// Checks a register batch whole before any of it is applied.
-    fn check_register(&self, instances: &[Instance]) -> Result<(), Rejection> {
+    fn check_register(&self, who: &Principal, instances: &[Instance]) -> Result<(), Rejection> {
+        authorize_each(who, Access::Write, instances.iter().map(|i| &i.key))?;
         self.admit()?;
         check_count(
             "instances in one request",
@@ -111,7 +134,8 @@ impl Api {
     }
 
     /// Checks a deregister batch whole before any of it is applied.
-    fn check_deregister(&self, keys: &[InstanceKey]) -> Result<(), Rejection> {
+    fn check_deregister(&self, who: &Principal, keys: &[InstanceKey]) -> Result<(), Rejection> {
+        authorize_each(who, Access::Write, keys.iter())?;
         self.admit()?;
         check_count("keys in one request", keys.len(), BATCH_INSTANCES_MAX)?;
         for k in keys {
@@ -120,27 +144,36 @@ impl Api {
         Ok(())
     }
 
-    fn check_beat(&self, keys: &[InstanceKey]) -> Result<(), Rejection> {
+    fn check_beat(&self, who: &Principal, keys: &[InstanceKey]) -> Result<(), Rejection> {
+        authorize_each(who, Access::Write, keys.iter())?;
         self.admit()?;
         check_count("keys in one beat", keys.len(), BEAT_KEYS_MAX)
     }
 
     /// Registers instances that live on their lease (renewed by [`Api::beat`]); answers how
     /// many were registered. In a cluster each goes to its owner.
-    pub async fn register(&self, instances: &[Instance]) -> Result<u32, Rejection> {
-        self.check_register(instances)?;
+    pub async fn register(
+        &self,
+        who: &Principal,
+        instances: &[Instance],
+    ) -> Result<u32, Rejection> {
+        self.check_register(who, instances)?;
         apply_register(&self.node, instances, 0).await
     }
 
     /// Deletes instances; answers how many existed.
-    pub async fn deregister(&self, keys: &[InstanceKey]) -> Result<u32, Rejection> {
-        self.check_deregister(keys)?;
+    pub async fn deregister(
+        &self,
+        who: &Principal,
+        keys: &[InstanceKey],
+    ) -> Result<u32, Rejection> {
+        self.check_deregister(who, keys)?;
         apply_deregister(&self.node, keys).await
     }
 
     /// Renews leases; answers the indexes (into `keys`) of those no live instance has.
-    pub async fn beat(&self, keys: &[InstanceKey]) -> Result<Vec<u16>, Rejection> {
-        self.check_beat(keys)?;
+    pub async fn beat(&self, who: &Principal, keys: &[InstanceKey]) -> Result<Vec<u16>, Rejection> {
+        self.check_beat(who, keys)?;
         apply_beat(&self.node, keys).await
     }
 
@@ -148,16 +181,19 @@ impl Api {
     /// and enabled. An unknown service is an empty list.
     pub fn query(
         &self,
+        who: &Principal,
         name: &ServiceName,
         cluster: &str,
         healthy_only: bool,
     ) -> Result<Snapshot, Rejection> {
+        authorize(who, Need::Read(&name.namespace))?;
         self.admit()?;
         Ok(Snapshot(self.node.store.query(name, cluster, healthy_only)))
     }
 
     /// One live instance.
-    pub fn instance(&self, key: &InstanceKey) -> Result<InstanceView, Rejection> {
+    pub fn instance(&self, who: &Principal, key: &InstanceKey) -> Result<InstanceView, Rejection> {
+        authorize(who, Need::Read(&key.service.namespace))?;
         self.admit()?;
         match self.node.store.get(key) {
             Some(r) if r.alive => Ok(InstanceView {
@@ -186,10 +222,12 @@ impl Api {
     /// (group, service).
     pub fn list_services(
         &self,
+        who: &Principal,
         namespace: &str,
         page: u32,
         page_size: u16,
     ) -> Result<ServiceList, Rejection> {
+        authorize(who, Need::Read(namespace))?;
         self.admit()?;
         if page_size == 0 || page_size as usize > PAGE_SIZE_MAX {
             return Err(Rejection::InvalidArgument {
@@ -200,15 +238,20 @@ impl Api {
         Ok(self.node.store.list_services(namespace, page, page_size))
     }
 
-    /// The node responsible for `ip:port`, as this node sees the cluster.
-    pub fn owner(&self, ip: &str, port: u16) -> Result<NodeId, Rejection> {
+    /// The node responsible for `ip:port`, as this node sees the cluster. Names no
+    /// namespace; any authenticated caller may ask.
+    pub fn owner(&self, who: &Principal, ip: &str, port: u16) -> Result<NodeId, Rejection> {
+        authorize(who, Need::Caller)?;
         self.admit()?;
         Ok(self.node.store.ownership().owner(ip, port))
     }
 
-    /// This node's view of the cluster; answered also while loading or stopping.
-    pub fn cluster_status(&self) -> ClusterStatus {
-        self.node.cluster_status()
+    /// This node's view of the cluster; answered also while loading or stopping. It shows the
+    /// members' peer addresses and counts, no namespace: any authenticated caller may ask (an
+    /// anonymous probe has Hello's `ready` flag, and the admin port's probes).
+    pub fn cluster_status(&self, who: &Principal) -> Result<ClusterStatus, Rejection> {
+        authorize(who, Need::Caller)?;
+        Ok(self.node.cluster_status())
     }
 
     /// A new connection-bound client.
@@ -228,6 +271,67 @@ impl Api {
             })
             .collect()
     }
+}
+
+/// What a request needs of its caller.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Need<'a> {
+    /// Only to be authenticated: requests that name no namespace (owner, cluster status).
+    Caller,
+    /// To read this namespace: query, list, subscribe.
+    Read(&'a str),
+    /// To write this namespace: register, deregister, beat.
+    Write(&'a str),
+}
+
+/// THE check of rights: whether `who` may make a request that needs `need`. Every request of
+/// the API passes here first, before readiness or validation, so that a caller without the
+/// right learns nothing else about the request. Costs a match for a node without tokens and a
+/// short scan of the grant's namespaces with them; never hashing.
+pub(crate) fn authorize(who: &Principal, need: Need) -> Result<(), Rejection> {
+    if !who.is_authenticated() {
+        return Err(Rejection::Unauthenticated);
+    }
+    let (access, namespace) = match need {
+        Need::Caller => return Ok(()),
+        Need::Read(ns) => (Access::Read, ns),
+        Need::Write(ns) => (Access::Write, ns),
+    };
+    if who.may(access, namespace) {
+        Ok(())
+    } else {
+        Err(Rejection::PermissionDenied {
+            namespace: namespace.to_string(),
+            access,
+        })
+    }
+}
+
+/// [`authorize`] for every namespace a batch of keys touches (the first one refused is named);
+/// a run of keys in one namespace is checked once.
+fn authorize_each<'a>(
+    who: &Principal,
+    access: Access,
+    keys: impl Iterator<Item = &'a InstanceKey>,
+) -> Result<(), Rejection> {
+    let mut last: Option<&str> = None;
+    for k in keys {
+        let ns = k.service.namespace.as_str();
+        if last == Some(ns) {
+            continue;
+        }
+        let need = match access {
+            Access::Read => Need::Read(ns),
+            Access::Write => Need::Write(ns),
+        };
+        authorize(who, need)?;
+        last = Some(ns);
+    }
+    // An empty batch touches nothing, but still comes from someone.
+    if last.is_none() {
+        authorize(who, Need::Caller)?;
+    }
+    Ok(())
 }
 
 fn check_count(what: &'static str, n: usize, max: usize) -> Result<(), Rejection> {

@@ -66,6 +66,10 @@ struct Args {
     /// Shared secret of the cluster's members.
     #[arg(long, env = "DISTRO_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Client tokens and their rights (TOML; docs/security.md); reloaded on SIGHUP. Without it
+    /// every client may do everything.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Smallest lease (beat / unhealthy / expire) a client may ask for, ms [default: 500].
     #[arg(long)]
     lease_floor_ms: Option<u32>,
@@ -103,6 +107,9 @@ impl Args {
         );
         if self.cluster_token.is_some() {
             c.cluster_token = self.cluster_token;
+        }
+        if self.token_file.is_some() {
+            c.token_file = self.token_file;
         }
         c.validate()?;
         Ok(c)
@@ -152,9 +159,33 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!("signal received; shutting down");
             stop.cancel();
         });
+        tokio::spawn(reload_on_hangup(node.clone()));
         server.run().await;
         anyhow::Ok(())
     })
+}
+
+/// SIGHUP: reads the token file again. A bad file is logged and changes nothing (the tokens in
+/// force stay); without a token file there is nothing to reload.
+async fn reload_on_hangup(node: std::sync::Arc<distro::node::Node>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
+    while hup.recv().await.is_some() {
+        if node.tokens.path().is_none() {
+            tracing::info!("SIGHUP: no token file to reload");
+            continue;
+        }
+        match node.tokens.reload() {
+            Ok(n) => tracing::info!(
+                tokens = n.tokens,
+                users = n.users,
+                "SIGHUP: token file reloaded"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: token file not reloaded; the tokens in force stay")
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() {
