@@ -1,13 +1,16 @@
 //! The store at scale: insert, update, renew and query with 1,000,000 instances held; digest
-//! maintenance (registering into a big store of a 3-node view) and digest build.
+//! maintenance (registering into a big store of a 3-node view) and digest build; and what one
+//! change of a service costs a subscriber of it, by the size of the service (the push as a
+//! delta, against re-encoding the whole list).
 
 mod common;
 
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
-use distro::model::Text;
+use distro::model::{Instance, InstanceKey, ServiceName, Text};
 use distro::ownership::Ownership;
+use distro::store::PushBody;
 use distro::wire::Query;
 use std::hint::black_box;
 
@@ -155,5 +158,63 @@ fn digests(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, store_ops, digests);
+/// One instance of a service of `n` changes, then a subscriber is pushed: `delta` from the
+/// revision it held (what a node does now), `whole_list` the list re-encoded (what every push
+/// cost before deltas, and still what a query after a change costs once).
+fn one_change(c: &mut Criterion) {
+    let mut g = c.benchmark_group("one_change");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for n in [10u64, 1_000, 5_000] {
+        let store = common::new_store(1);
+        let name = ServiceName::new("public", "DEFAULT_GROUP", "one-change");
+        let all: Vec<Instance> = (0..n)
+            .map(|i| {
+                let mut inst = common::instance_with_metadata(i);
+                inst.key = InstanceKey {
+                    service: name.clone(),
+                    ..inst.key
+                };
+                inst
+            })
+            .collect();
+        for i in &all {
+            store.register(i, 0);
+        }
+        let PushBody::Full { mut revision, .. } = store.push_since(&name, None) else {
+            panic!("a new subscriber is sent the whole list")
+        };
+        let mut w = 0u64;
+        // Each round over the service flips every instance's weight: always a real change.
+        let mut change = |store: &distro::store::Store| {
+            w += 1;
+            let mut i = all[(w % n) as usize].clone();
+            i.weight = if (w / n) % 2 == 0 { 2.0 } else { 1.0 };
+            store.register(&i, 0);
+        };
+        g.bench_function(format!("delta/{n}"), |b| {
+            b.iter(|| {
+                change(&store);
+                match store.push_since(&name, Some(revision)) {
+                    PushBody::Delta { body, revision: r }
+                    | PushBody::Full { body, revision: r } => {
+                        revision = r;
+                        black_box(body.len())
+                    }
+                    PushBody::Unchanged => 0,
+                }
+            })
+        });
+        g.bench_function(format!("whole_list/{n}"), |b| {
+            b.iter(|| {
+                change(&store);
+                black_box(store.query(&name, "", false).len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, store_ops, digests, one_change);
 criterion_main!(benches);

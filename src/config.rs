@@ -1,10 +1,16 @@
 //! A node's settings: defaults, the TOML config file, and the checks that reject bad values
 //! with a clear message before anything starts.
+//!
+//! Every key of [`Config`] can be set in the file (`distrod --config FILE`) and by the flag of
+//! the same name with dashes; a flag wins over the file. `distrod.example.toml` lists every key
+//! with its default and unit (a test keeps it complete). A file with an unknown key, a value of
+//! the wrong type or out of range is refused with the key and its position (`FILE:LINE:COLUMN`).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::model::NodeId;
@@ -16,15 +22,142 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("config file {path}: {message}")]
-    Parse { path: String, message: String },
+    /// The file is not valid TOML.
+    #[error("config file {path}:{line}:{column}: {message}")]
+    Syntax {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A key of the file is unknown, or its value has the wrong type or is out of range.
+    #[error("config file {path}:{line}:{column}: key `{key}`: {message}")]
+    Key {
+        path: String,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+    /// A setting (from a flag, or a combination of settings) the node cannot run with.
     #[error("invalid setting {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
 
+/// A member's peer address: `IP:PORT`, or `HOST:PORT` with a DNS name that is resolved at
+/// every connect (so that a member whose IP changes, a restarted Kubernetes pod, is found
+/// again). The list of these is the cluster's identity: every member must be given the same
+/// list. An IP address is kept in its canonical form, so that `127.0.0.1:8859` is the same
+/// member however it was written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(into = "String")]
+pub struct PeerAddr(String);
+
+impl<'de> Deserialize<'de> for PeerAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<PeerAddr, D::Error> {
+        // A visitor (not `try_from`), so that the file's error points at the bad entry.
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PeerAddr;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a peer address, IP:PORT or HOST:PORT")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<PeerAddr, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
+}
+
+impl PeerAddr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for PeerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<PeerAddr, String> {
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(PeerAddr(a.to_string()));
+        }
+        let bad = |why: &str| Err(format!("expected IP:PORT or HOST:PORT, got {s:?}: {why}"));
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return bad("no port");
+        };
+        match port.parse::<u16>() {
+            Ok(p) if p > 0 => {}
+            _ => return bad("the port must be 1..=65535"),
+        }
+        // A DNS name (RFC 1123): dot-separated labels of letters, digits and dashes.
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        };
+        if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+            return bad("not an IP address nor a host name");
+        }
+        Ok(PeerAddr(s.to_ascii_lowercase()))
+    }
+}
+
+impl TryFrom<String> for PeerAddr {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<PeerAddr, String> {
+        s.parse()
+    }
+}
+
+impl From<PeerAddr> for String {
+    fn from(a: PeerAddr) -> String {
+        a.0
+    }
+}
+
+impl From<SocketAddr> for PeerAddr {
+    fn from(a: SocketAddr) -> PeerAddr {
+        PeerAddr(a.to_string())
+    }
+}
+
+impl std::fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How the node writes its log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("expected text or json, got {s:?}")),
+        }
+    }
+}
+
 /// Every setting of a node. Field names are the TOML keys; the flags of `distrod` use the same
 /// names with dashes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This node's id, unique in the cluster (1..=65535).
@@ -33,8 +166,17 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Peer port (cluster traffic only).
     pub peer_listen: SocketAddr,
-    /// Peer addresses of every member, this node's own included. Empty: standalone.
-    pub members: Vec<SocketAddr>,
+    /// Admin HTTP port (metrics, probes, JSON, console); `None` (`"off"` in the file) disables
+    /// it. Listens on loopback by default: it is unauthenticated and read-only.
+    #[serde(with = "http_addr")]
+    pub http: Option<SocketAddr>,
+    /// Peer addresses (`IP:PORT` or `HOST:PORT`) of every member, this node's own included.
+    /// Empty: standalone.
+    pub members: Vec<PeerAddr>,
+    /// This node's own entry in `members`, as its peers reach it; `None`: `peer_listen`. Set it
+    /// where the node listens on a wildcard address or is known by a name (Kubernetes:
+    /// `distro-0.distro-peers:8859`).
+    pub peer_advertise: Option<PeerAddr>,
     /// Shared secret the members authenticate each other with.
     pub cluster_token: Option<String>,
     /// The client tokens and their rights (`docs/security.md`); reloaded on SIGHUP. Without
@@ -60,6 +202,8 @@ pub struct Config {
     pub member_timeout_ms: u64,
     /// Log filter (tracing's env-filter syntax, e.g. `info` or `distro=debug`).
     pub log_level: String,
+    /// Log line format: `text` or `json`.
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -68,7 +212,9 @@ impl Default for Config {
             node_id: 1,
             listen: "127.0.0.1:8858".parse().unwrap(),
             peer_listen: "127.0.0.1:8859".parse().unwrap(),
+            http: Some("127.0.0.1:8860".parse().unwrap()),
             members: Vec::new(),
+            peer_advertise: None,
             cluster_token: None,
             token_file: None,
             max_connections: 10_000,
@@ -80,24 +226,147 @@ impl Default for Config {
             verify_interval_ms: 5_000,
             member_timeout_ms: 3_000,
             log_level: "info".into(),
+            log_format: LogFormat::Text,
         }
     }
 }
 
+/// `http = "off"` or an address.
+mod http_addr {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        super::parse_http(&String::deserialize(d)?).map_err(D::Error::custom)
+    }
+}
+
+/// The value of the `http` setting: `off`, or an address to listen on.
+pub fn parse_http(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("expected an address such as 127.0.0.1:8860, or \"off\"; got {s:?}"))
+}
+
+/// Where each top-level key of a config file is, for errors that point at it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPositions {
+    path: String,
+    /// Key → (line, column) of its value, both from 1.
+    at: HashMap<String, (usize, usize)>,
+}
+
+impl KeyPositions {
+    /// Whether the file set `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.at.contains_key(key)
+    }
+
+    /// `e` with the position of its key in the file, if the file set that key.
+    pub fn locate(&self, e: ConfigError) -> ConfigError {
+        match e {
+            ConfigError::Invalid { key, reason } => match self.at.get(key) {
+                Some(&(line, column)) => ConfigError::Key {
+                    path: self.path.clone(),
+                    line,
+                    column,
+                    key: key.to_string(),
+                    message: reason,
+                },
+                None => ConfigError::Invalid { key, reason },
+            },
+            other => other,
+        }
+    }
+}
+
+/// Line and column (from 1, in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
 impl Config {
-    /// Reads a TOML file; keys it does not set keep their defaults, unknown keys are errors.
+    /// Reads a TOML file; keys it does not set keep their defaults. Unknown keys and values of
+    /// the wrong type are errors that name the key and its position. Does not [`validate`].
+    ///
+    /// [`validate`]: Config::validate
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_file(path).map(|(c, _)| c)
+    }
+
+    /// [`Config::from_file`], with where each key is in the file.
+    pub fn parse_file(path: &Path) -> Result<(Config, KeyPositions), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.display().to_string(),
-            message: e.to_string().trim().replace('\n', " "),
-        })
+        Config::parse_str(&path.display().to_string(), &text)
     }
 
-    /// Rejects settings the node cannot run with.
+    /// Parses the text of a config file named `path` (for messages).
+    pub fn parse_str(path: &str, text: &str) -> Result<(Config, KeyPositions), ConfigError> {
+        let syntax = |e: toml::de::Error| {
+            let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                path: path.to_string(),
+                line,
+                column,
+                message: e.message().trim().to_string(),
+            }
+        };
+        let table = toml::de::DeTable::parse(text).map_err(syntax)?;
+        // Every top-level key with the byte range of the key and of its value.
+        let keys: Vec<(String, std::ops::Range<usize>, std::ops::Range<usize>)> = table
+            .get_ref()
+            .iter()
+            .map(|(k, v)| (k.get_ref().to_string(), k.span(), v.span()))
+            .collect();
+        let positions = KeyPositions {
+            path: path.to_string(),
+            at: keys
+                .iter()
+                .map(|(k, _, v)| (k.clone(), line_column(text, v.start)))
+                .collect(),
+        };
+        let config = toml::from_str::<Config>(text).map_err(|e| {
+            let Some(span) = e.span() else {
+                return syntax(e);
+            };
+            let owner = keys
+                .iter()
+                .find(|(_, k, v)| k.contains(&span.start) || v.contains(&span.start));
+            match owner {
+                Some((key, _, _)) => {
+                    let (line, column) = line_column(text, span.start);
+                    ConfigError::Key {
+                        path: path.to_string(),
+                        line,
+                        column,
+                        key: key.clone(),
+                        message: e.message().trim().to_string(),
+                    }
+                }
+                None => syntax(e),
+            }
+        })?;
+        Ok((config, positions))
+    }
+
+    /// Rejects settings the node cannot run with; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| {
             Err(ConfigError::Invalid {
@@ -132,14 +401,29 @@ impl Config {
         if !(100..=600_000).contains(&self.member_timeout_ms) {
             return invalid("member_timeout_ms", "must be 100..=600000");
         }
+        if self.log_level.trim().is_empty() {
+            return invalid(
+                "log_level",
+                "must not be empty (e.g. info, or distro=debug)",
+            );
+        }
         if self.members.len() > crate::model::MEMBERS_MAX {
             return invalid("members", "at most 256 members");
         }
-        if !self.members.is_empty() && !self.members.contains(&self.peer_listen) {
-            return invalid(
-                "members",
-                "must contain this node's own peer address (peer_listen)",
-            );
+        if !self.members.is_empty() && !self.members.contains(&self.own_peer_addr()) {
+            let key = if self.peer_advertise.is_some() {
+                "peer_advertise"
+            } else {
+                "members"
+            };
+            return Err(ConfigError::Invalid {
+                key,
+                reason: format!(
+                    "members must contain this node's own peer address {} (peer_advertise, \
+                     or else peer_listen)",
+                    self.own_peer_addr()
+                ),
+            });
         }
         if self.is_clustered()
             && self.cluster_token.is_none()
@@ -155,6 +439,27 @@ impl Config {
         {
             return invalid("cluster_token", "must be at least 8 bytes");
         }
+        let ports = [
+            ("listen", Some(self.listen)),
+            (
+                "peer_listen",
+                self.is_clustered().then_some(self.peer_listen),
+            ),
+            ("http", self.http),
+        ];
+        for (i, (a, x)) in ports.iter().enumerate() {
+            for (b, y) in &ports[i + 1..] {
+                if let (Some(x), Some(y)) = (x, y)
+                    && x == y
+                    && x.port() != 0
+                {
+                    return Err(ConfigError::Invalid {
+                        key: b,
+                        reason: format!("{y} is also the address of {a}"),
+                    });
+                }
+            }
+        }
         // Read here so that a bad file stops the node before it starts, with the reason; the
         // node reads it again when it starts (and refuses every client if it went bad since).
         if let Some(path) = &self.token_file
@@ -168,6 +473,21 @@ impl Config {
     pub fn is_clustered(&self) -> bool {
         self.members.len() > 1
     }
+
+    /// This node's entry in `members`.
+    pub fn own_peer_addr(&self) -> PeerAddr {
+        self.peer_advertise
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.into())
+    }
+
+    /// Every key of the config file, in the order of [`Config`]'s fields.
+    pub fn keys() -> Vec<String> {
+        match serde_json::to_value(Config::default()) {
+            Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+            _ => unreachable!("Config serializes to a map"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -180,24 +500,112 @@ mod tests {
     }
 
     #[test]
-    fn file_overrides_defaults_and_rejects_unknown_keys() {
-        let dir = std::env::temp_dir().join(format!("distro-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good.toml");
-        std::fs::write(
-            &good,
-            "listen = \"127.0.0.1:9000\"\nlease_floor_ms = 1000\n",
+    fn file_overrides_defaults() {
+        let (c, pos) = Config::parse_str(
+            "good.toml",
+            "listen = \"127.0.0.1:9000\"\nlease_floor_ms = 1000\nhttp = \"off\"\nlog_format = \"json\"\n",
         )
         .unwrap();
-        let c = Config::from_file(&good).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.lease_floor_ms, 1000);
+        assert_eq!(c.http, None);
+        assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.max_connections, 10_000);
-        let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "lisen = \"127.0.0.1:9000\"\n").unwrap();
-        let e = Config::from_file(&bad).unwrap_err().to_string();
-        assert!(e.contains("lisen"), "{e}");
-        let _ = std::fs::remove_dir_all(&dir);
+        assert!(pos.contains("listen") && !pos.contains("members"));
+    }
+
+    fn err(text: &str) -> String {
+        let (c, pos) = match Config::parse_str("f.toml", text) {
+            Ok(x) => x,
+            Err(e) => return e.to_string(),
+        };
+        pos.locate(c.validate().unwrap_err()).to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key_and_where_it_is() {
+        assert_eq!(
+            err("node_id = 2\nlisen = \"127.0.0.1:9000\"\n"),
+            "config file f.toml:2:1: key `lisen`: unknown field `lisen`, expected one of \
+             `node_id`, `listen`, `peer_listen`, `http`, `members`, `peer_advertise`, \
+             `cluster_token`, `token_file`, \
+             `max_connections`, `lease_floor_ms`, `push_delay_ms`, `lease_pass_ms`, \
+             `client_idle_timeout_ms`, `sync_delay_ms`, `verify_interval_ms`, \
+             `member_timeout_ms`, `log_level`, `log_format`"
+        );
+        assert_eq!(
+            err("\nmax_connections = \"many\"\n"),
+            "config file f.toml:2:19: key `max_connections`: invalid type: string \"many\", \
+             expected usize"
+        );
+        assert_eq!(
+            err("members = [\n  \"127.0.0.1:8859\",\n  \"nowhere\",\n]\n"),
+            "config file f.toml:3:3: key `members`: expected IP:PORT or HOST:PORT, got \
+             \"nowhere\": no port"
+        );
+        assert_eq!(
+            err("lease_floor_ms = 5\n"),
+            "config file f.toml:1:18: key `lease_floor_ms`: must be at least 100"
+        );
+        assert_eq!(
+            err("http = \"everywhere\"\n"),
+            "config file f.toml:1:8: key `http`: expected an address such as 127.0.0.1:8860, \
+             or \"off\"; got \"everywhere\""
+        );
+        assert_eq!(
+            err("log_format = \"xml\"\n"),
+            "config file f.toml:1:14: key `log_format`: unknown variant `xml`, expected `text` \
+             or `json`"
+        );
+        assert_eq!(
+            err("listen = \"127.0.0.1:1\"\nx = = 1\n"),
+            "config file f.toml:2:5: extra `=`, expected nothing"
+        );
+    }
+
+    #[test]
+    fn peer_addresses_are_ips_or_host_names() {
+        let ok = |s: &str| s.parse::<PeerAddr>().unwrap().to_string();
+        assert_eq!(ok("127.0.0.1:8859"), "127.0.0.1:8859");
+        assert_eq!(ok("[::1]:8859"), "[::1]:8859");
+        assert_eq!(
+            ok("Distro-0.distro-peers.default.svc:8859"),
+            "distro-0.distro-peers.default.svc:8859"
+        );
+        for bad in [
+            "distro-0",
+            "distro-0:0",
+            "distro-0:x",
+            ":8859",
+            "a b:1",
+            "-a:1",
+            "a..b:1",
+        ] {
+            assert!(bad.parse::<PeerAddr>().is_err(), "{bad}");
+        }
+        // A node known by a name finds itself in the list by peer_advertise.
+        let members: Vec<PeerAddr> = ["distro-0.p:8859", "distro-1.p:8859"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let c = Config {
+            peer_listen: "0.0.0.0:8859".parse().unwrap(),
+            members: members.clone(),
+            cluster_token: Some("long-enough-token".into()),
+            ..Config::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("0.0.0.0:8859")
+        );
+        let c = Config {
+            peer_advertise: Some(members[1].clone()),
+            ..c
+        };
+        c.validate().unwrap();
+        assert_eq!(c.own_peer_addr(), members[1]);
     }
 
     #[test]
@@ -212,5 +620,37 @@ mod tests {
                 .to_string()
                 .contains("lease_floor_ms")
         );
+        let c = Config {
+            http: Some("127.0.0.1:8858".parse().unwrap()),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid setting http: 127.0.0.1:8858 is also the address of listen"
+        );
+    }
+
+    /// `distrod.example.toml` lists every key (set to its default, or commented out where
+    /// the default is "unset"), and parses to the defaults.
+    #[test]
+    fn the_example_file_lists_every_key_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/distrod.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (c, pos) = Config::parse_str(path, &text).unwrap();
+        assert_eq!(
+            c,
+            Config::default(),
+            "the example's values are the defaults"
+        );
+        for key in Config::keys() {
+            let commented = text.lines().any(|l| {
+                l.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{key} ="))
+            });
+            assert!(
+                pos.contains(&key) || commented,
+                "distrod.example.toml does not list `{key}`"
+            );
+        }
     }
 }

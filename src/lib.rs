@@ -8,7 +8,7 @@
 //!   limits and the validation rules; the canonical key bytes and hashes.
 //! - [`wire`]: the binary protocol — frames, message bodies, the codec (`wire-spec.md`).
 //! - [`store`]: the in-memory registry — sharded records with versions, tombstones, leases,
-//!   per-service snapshots and bucket digests.
+//!   per-service snapshots, the change logs delta pushes are made from, and bucket digests.
 //! - [`ownership`]: which node is responsible for an instance (rendezvous hashing, xxh3).
 //! - [`clock`]: the millisecond clock (through tokio, so simulated time works) and the hybrid
 //!   logical clock that versions every write.
@@ -16,6 +16,8 @@
 //!   (membership and failure detection, handoff, digest verify and pull, load and readiness,
 //!   the peer handshake) and the async driver that runs them over the links; forwarding and
 //!   batched sync.
+//! - [`metrics`]: the node's metrics — one registry, counted where the work happens, exposed
+//!   by the admin port in the Prometheus text format.
 //! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
 //!   task tracker) and its lease duty.
 //! - [`auth`]: who may do what — client tokens and their rights per namespace, the token file
@@ -23,10 +25,13 @@
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
 //!   query, list, subscribe, owner, status; model types in, `Rejection` out.
 //! - [`frontend`]: the protocols clients speak, each translating to the request API: the
-//!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`).
+//!   binary protocol's client sessions, the Nacos HTTP and gRPC APIs (`docs/nacos.md`), the
+//!   admin HTTP port (metrics, probes, JSON, console).
 //! - [`server`]: `distrod`'s serving side — listeners, front ends and duties, shutdown.
-//! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions.
-//! - [`net`]: the transport seam (tokio TCP in production, simulated streams in tests).
+//! - [`client`]: the async SDK — heartbeats, redo after reconnect, failover, subscriptions (a
+//!   local cache that applies the node's delta pushes).
+//! - [`net`]: the connection layer — the transport seam (tokio TCP in production, simulated
+//!   streams in tests), the accept loop, the socket writer, the request multiplexer.
 //! - [`hash`]: the node's hash maps, with one process-wide (settable) seed.
 //! - [`config`]: the node's settings (flags and TOML file) and their limits.
 
@@ -43,6 +48,8 @@ pub mod config;
 #[cfg(feature = "server")]
 pub mod frontend;
 pub mod hash;
+#[cfg(feature = "server")]
+pub mod metrics;
 pub mod model;
 pub mod net;
 #[cfg(feature = "server")]

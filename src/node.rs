@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
+use crate::metrics::{Metrics, NodeCollector};
 use crate::model::{ClusterStatus, MemberStatus, ServiceName};
 use crate::net::Dialer;
 use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
@@ -33,6 +34,8 @@ pub struct Node {
     pub cluster: Option<Arc<Cluster>>,
     /// Client tokens and their rights (off without a token file); reloaded on SIGHUP.
     pub tokens: Tokens,
+    /// Every part of the node counts into these; the admin port exposes them.
+    pub metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     next_session: AtomicU64,
     pub shutdown: CancellationToken,
@@ -77,6 +80,7 @@ impl Node {
         let store = Arc::new(Store::new(config.node_id, clock, observer));
         // A cluster member is not ready until it has loaded the cluster's data.
         let ready = Arc::new(AtomicBool::new(!config.is_clustered()));
+        let metrics = Arc::new(Metrics::new());
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let cluster = outbox.map(|outbox| {
@@ -88,13 +92,24 @@ impl Node {
                 dialer,
                 tracker.clone(),
                 shutdown.clone(),
+                metrics.clone(),
             )
         });
         let tokens = match &config.token_file {
             Some(path) => Tokens::from_file(path),
             None => Tokens::off(),
         };
+        metrics.register_collector(NodeCollector::new(
+            &metrics,
+            store.clone(),
+            cluster.as_ref().map(Arc::downgrade),
+            subs.clone(),
+            ready.clone(),
+            shutdown.clone(),
+            config.node_id,
+        ));
         Arc::new(Node {
+            metrics,
             ready,
             tokens,
             cluster,
@@ -140,35 +155,43 @@ impl Node {
     }
 
     /// Runs the lease duty every `lease_pass_ms` until shutdown.
+    ///
+    /// Each shard's pass is judged at a time read just before it, and that reading is first
+    /// compared with the previous one: a node that was stopped (a GC pause, swap, a stopped VM)
+    /// — between passes or in the middle of one — finds a gap of many passes and re-grants the
+    /// leases it owns before it expires anything.
     pub async fn lease_duty(self: Arc<Node>) {
-        let period = Duration::from_millis(self.config.lease_pass_ms);
-        let mut tick = tokio::time::interval(period);
+        let period_ms = self.config.lease_pass_ms;
+        let stall_ms = period_ms * MISSED_PASSES_REGRANT;
+        let mut tick = tokio::time::interval(Duration::from_millis(period_ms));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last = tokio::time::Instant::now();
+        let clock = self.store.clock().clone();
+        let mut last_ms = clock.now_ms();
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let now = tokio::time::Instant::now();
             if !self.is_ready() {
                 // Still loading: this node's copy and its view are partial, and records it
                 // merges get a fresh lease anyway. Expiring now could delete live instances.
-                last = now;
+                last_ms = clock.now_ms();
                 continue;
             }
-            if now.duration_since(last) > period * MISSED_PASSES_REGRANT as u32 {
-                let n = self.store.regrant_owned();
-                warn!(
-                    stalled_ms = now.duration_since(last).as_millis() as u64,
-                    regranted = n,
-                    "lease duty missed many passes; re-granted owned leases instead of mass expiry"
-                );
-            }
-            last = now;
             for shard in 0..crate::store::SHARDS {
-                let s = self.store.lease_pass_shard(shard);
+                let now_ms = clock.now_ms();
+                if now_ms.saturating_sub(last_ms) > stall_ms {
+                    let n = self.store.regrant_owned();
+                    warn!(
+                        stalled_ms = now_ms - last_ms,
+                        regranted = n,
+                        "lease duty missed many passes; re-granted owned leases instead of mass expiry"
+                    );
+                }
+                last_ms = now_ms;
+                let s = self.store.lease_pass_shard_at(shard, now_ms);
                 if s.expired + s.lapsed > 0 {
+                    self.metrics.expired(s.lapsed, s.expired);
                     tracing::debug!(expired = s.expired, lapsed = s.lapsed, "lease pass");
                 }
                 tokio::task::yield_now().await;

@@ -20,6 +20,8 @@ use distro::model::{DIGEST_BUCKETS, Instance, InstanceKey, NodeId, Version};
 use distro::store::digest::{BucketSet, bucket_of};
 use distro::wire::{ErrorCode, HEADER_LEN, LEN_PREFIX, Message, Query, Register, SyncRecord};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Registers `instances` through node `at`'s write path (forwarded to their owners), in frames
 /// of at most the batch limit, not session-bound. Retries what the SDK retries (a forward that
@@ -913,7 +915,7 @@ async fn a_peer_with_the_wrong_token_is_kept_out() {
                 .cluster(id)
                 .members()
                 .iter()
-                .find(|m| m.addr == impostor_addr)
+                .find(|m| m.addr == impostor_addr.into())
                 .unwrap();
             assert!(!m.is_up() && m.id() == 0, "node {id} let the impostor in");
         }
@@ -1159,5 +1161,109 @@ async fn pipelined_registrations_through_a_non_owner_share_forward_frames() {
         (1..200).contains(&forwards),
         "{forwards} forward frames for 200 pipelined registrations: none were gathered"
     );
+    tc.shutdown().await;
+}
+
+// ---- pushes ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_a_large_service_at_a_replica_gets_deltas_and_ends_with_its_list() {
+    use distro::client::{Conn, PushSink, Pushed};
+    use distro::model::ServiceSnapshot;
+    use std::sync::{Arc, Mutex};
+
+    let _serial = serial().await;
+    let tc = TestCluster::start(3).await;
+    let svc = name("large-pushed");
+    let all: Vec<Instance> = (0..3_000u32)
+        .map(|i| inst(&key(&svc, &ip_of(7, i), 8080), long_lease()))
+        .collect();
+    register_via(&tc, 1, &all).await;
+    eventually("every node to hold the 3,000 instances", || {
+        tc.ids()
+            .iter()
+            .all(|&id| all.iter().all(|i| is_live(tc.store(id), &i.key)))
+    })
+    .await;
+
+    // A subscriber at node 2, seeing every push as it comes.
+    let seen: Arc<Mutex<Vec<Pushed>>> = Arc::default();
+    let sink: PushSink = {
+        let seen = seen.clone();
+        Arc::new(move |p| seen.lock().unwrap().push(p))
+    };
+    let (tasks, closed) = (TaskTracker::new(), CancellationToken::new());
+    let conn = Conn::open(
+        &distro::net::Tcp,
+        &tc.addr(2).to_string(),
+        "cluster-test",
+        DEADLINE,
+        sink,
+        &tasks,
+        &closed,
+    )
+    .await
+    .expect("connect to node 2");
+    let call = |m: Message| {
+        let conn = conn.clone();
+        async move { conn.call(&m, DEADLINE).await.expect("an answer") }
+    };
+    assert_eq!(call(Message::Subscribe(svc.clone())).await, Message::Ack(1));
+
+    // Changes made at the other nodes: removals, health changes, new instances.
+    let mut lapsed = all[7].clone();
+    lapsed.healthy = false;
+    register_via(&tc, 3, &[lapsed]).await;
+    let gone: Vec<InstanceKey> = all[100..150].iter().map(|i| i.key.clone()).collect();
+    tc.cluster(1).deregister(&gone).await.expect("deregister");
+    let added: Vec<Instance> = (0..40u32)
+        .map(|i| inst(&key(&svc, &ip_of(8, i), 9090), long_lease()))
+        .collect();
+    register_via(&tc, 3, &added).await;
+
+    // The subscriber's list, pushes applied in order, ends equal to node 2's answer.
+    let query = || {
+        call(Message::Query(Query {
+            name: svc.clone(),
+            cluster: "".into(),
+            healthy_only: false,
+        }))
+    };
+    let mut list: Option<ServiceSnapshot> = None;
+    let (mut fulls, mut deltas) = (0, 0);
+    eventually_async(
+        "the subscriber's list to be node 2's, with every change",
+        async || {
+            for p in std::mem::take(&mut *seen.lock().unwrap()) {
+                list = Some(match p {
+                    Pushed::Full(s) => {
+                        fulls += 1;
+                        s
+                    }
+                    Pushed::Delta(d) => {
+                        deltas += 1;
+                        let held = list.as_ref().expect("a delta after a whole list");
+                        held.apply(&d).expect("each delta follows on from the list")
+                    }
+                });
+            }
+            let Message::QueryResult(want) = query().await else {
+                panic!("a query answer")
+            };
+            want.instances.len() == 3_000 - 50 + 40 && list.as_ref().is_some_and(|l| *l == want)
+        },
+    )
+    .await;
+    assert_eq!(fulls, 1, "only the first push is the whole list");
+    assert!(deltas >= 1, "the changes came as deltas");
+    let l = list.unwrap();
+    assert!(
+        !l.instances
+            .iter()
+            .find(|v| v.ip == all[7].key.ip)
+            .unwrap()
+            .healthy
+    );
+    conn.close();
     tc.shutdown().await;
 }

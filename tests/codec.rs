@@ -217,6 +217,32 @@ fn snapshot() -> BoxedStrategy<ServiceSnapshot> {
         .boxed()
 }
 
+fn view_key() -> BoxedStrategy<ViewKey> {
+    (text(NAME_LEN_MAX), text(IP_LEN_MAX), any::<u16>())
+        .prop_map(|(cluster, ip, port)| ViewKey { cluster, ip, port })
+        .boxed()
+}
+
+fn delta() -> BoxedStrategy<ServiceDelta> {
+    (
+        service_name(),
+        any::<u64>(),
+        any::<u64>(),
+        vec(view_key(), 0..4),
+        vec(instance_view(), 0..4),
+    )
+        .prop_map(
+            |(name, base_revision, revision, removed, updated)| ServiceDelta {
+                name,
+                base_revision,
+                revision,
+                removed,
+                updated,
+            },
+        )
+        .boxed()
+}
+
 fn version() -> BoxedStrategy<Version> {
     (any::<u64>(), any::<u16>())
         .prop_map(|(hlc, origin)| Version { hlc, origin })
@@ -368,6 +394,7 @@ fn message_of(op: Opcode) -> BoxedStrategy<Message> {
         Opcode::Subscribe => service_name().prop_map(Message::Subscribe).boxed(),
         Opcode::Unsubscribe => service_name().prop_map(Message::Unsubscribe).boxed(),
         Opcode::Push => snapshot().prop_map(Message::Push).boxed(),
+        Opcode::PushDelta => delta().prop_map(Message::PushDelta).boxed(),
         Opcode::ClusterStatus => Just(Message::ClusterStatus).boxed(),
         Opcode::ClusterStatusResult => (
             any::<u16>(),
@@ -897,6 +924,15 @@ fn a_count_larger_than_the_bytes_is_truncated_without_reserving() {
             claim(&name, &u32::MAX.to_be_bytes(), 16),
         ),
         (Opcode::Push, claim(&name, &u32::MAX.to_be_bytes(), 0)),
+        // A delta claiming u32::MAX removed keys, then (with none) u32::MAX updated views.
+        (
+            Opcode::PushDelta,
+            claim(&[&name[..], &[0; 8]].concat(), &u32::MAX.to_be_bytes(), 5),
+        ),
+        (
+            Opcode::PushDelta,
+            claim(&[&name[..], &[0; 12]].concat(), &u32::MAX.to_be_bytes(), 16),
+        ),
         (Opcode::Beat, claim(&[], &16384u16.to_be_bytes(), 11)),
         (Opcode::Deregister, claim(&[], &4096u16.to_be_bytes(), 11)),
         (Opcode::BeatAck, claim(&[], &16384u16.to_be_bytes(), 1)),
@@ -1004,15 +1040,139 @@ fn a_count_over_its_limit_is_refused() {
     };
     let ok = reg(&inst);
     assert_eq!(decode_message(&encode_frame(1, 0, &ok)).unwrap(), ok);
-    inst.metadata.push(("k64".into(), "v".into()));
+    // 65 entries, by hand: the 64-entry body with its metadata count raised and one more entry.
+    // (Register: options 1, count 2, the key's five 1-byte strings 15, port 2, weight 8,
+    // status 1, lease 12; then the metadata count.)
+    let mut body = BytesMut::new();
+    ok.encode_body(&mut body);
+    const META_COUNT_AT: usize = 1 + 2 + 15 + 2 + 8 + 1 + 12;
+    body[META_COUNT_AT..META_COUNT_AT + 2].copy_from_slice(&65u16.to_be_bytes());
+    body.put_u16(3);
+    body.put_slice(b"k64");
+    body.put_u16(1);
+    body.put_slice(b"v");
     assert!(matches!(
-        decode_message(&encode_frame(1, 0, &reg(&inst))),
+        Message::decode(Opcode::Register, body.freeze()),
         Err(WireError::CountTooLarge {
             count: 65,
             max: 64,
             ..
         })
     ));
+    // The encoder refuses what the decoder would: nothing is written.
+    inst.metadata.push(("k64".into(), "v".into()));
+    let mut out = BytesMut::new();
+    assert!(matches!(
+        try_encode_frame_into(&mut out, 1, 0, &reg(&inst)),
+        Err(WireError::CountTooLarge {
+            count: 65,
+            max: 64,
+            ..
+        })
+    ));
+    assert!(out.is_empty());
+}
+
+/// Every list the decoder bounds, one over its limit, is refused by the encoder too (an encoder
+/// never sends what its decoder refuses), and nothing of it is written.
+#[test]
+fn the_encoder_refuses_a_count_over_its_limit() {
+    let key = |i: usize| InstanceKey {
+        service: ServiceName::new("n", "g", "s"),
+        cluster: "c".into(),
+        ip: format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255).into(),
+        port: 1,
+    };
+    let keys = |n: usize| (0..n).map(key).collect::<Vec<_>>();
+    let cases = [
+        (
+            Message::Register(Register {
+                session_bound: false,
+                instances: (0..BATCH_INSTANCES_MAX + 1)
+                    .map(|i| Instance::new(key(i)))
+                    .collect(),
+            }),
+            BATCH_INSTANCES_MAX,
+        ),
+        (
+            Message::Deregister(keys(BATCH_INSTANCES_MAX + 1)),
+            BATCH_INSTANCES_MAX,
+        ),
+        (Message::Beat(keys(BEAT_KEYS_MAX + 1)), BEAT_KEYS_MAX),
+        (
+            Message::FwdLapse {
+                session: 1,
+                keys: keys(BATCH_INSTANCES_MAX + 1),
+            },
+            BATCH_INSTANCES_MAX,
+        ),
+        (
+            Message::BeatAck((0..=BEAT_KEYS_MAX as u16).collect()),
+            BEAT_KEYS_MAX,
+        ),
+        (
+            Message::Digest(DigestMsg {
+                owner: 1,
+                view_hash: 0,
+                buckets: vec![(0, 0); DIGEST_BUCKETS + 1],
+            }),
+            DIGEST_BUCKETS,
+        ),
+        (
+            Message::Pull(PullMsg {
+                owner: 1,
+                buckets: vec![0; DIGEST_BUCKETS + 1],
+            }),
+            DIGEST_BUCKETS,
+        ),
+    ];
+    for (msg, limit) in cases {
+        let mut out = BytesMut::from(&b"before"[..]);
+        match try_encode_frame_into(&mut out, 1, 0, &msg) {
+            Err(WireError::CountTooLarge { count, max, .. }) => {
+                assert_eq!((count, max), (limit + 1, limit), "{:?}", msg.opcode())
+            }
+            other => panic!("{:?}: expected CountTooLarge, got {other:?}", msg.opcode()),
+        }
+        assert_eq!(&out[..], b"before", "{:?}: nothing written", msg.opcode());
+    }
+}
+
+#[test]
+fn the_encoder_refuses_a_frame_over_the_frame_limit() {
+    // 4096 instances within every field limit, with metadata enough to pass 8 MiB.
+    let instances = (0..BATCH_INSTANCES_MAX)
+        .map(|i| {
+            let mut inst = Instance::new(InstanceKey {
+                service: ServiceName::new("n", "g", "s"),
+                cluster: "c".into(),
+                ip: format!("10.0.{}.{}", i >> 8, i & 255).into(),
+                port: 1,
+            });
+            inst.metadata = vec![("k".into(), "v".repeat(META_VALUE_LEN_MAX).into())];
+            inst
+        })
+        .collect();
+    let msg = Message::Register(Register {
+        session_bound: false,
+        instances,
+    });
+    let mut out = BytesMut::new();
+    match try_encode_frame_into(&mut out, 1, 0, &msg) {
+        Err(WireError::FrameTooLarge { len, max }) => {
+            assert!(len > FRAME_LEN_MAX);
+            assert_eq!(max, FRAME_LEN_MAX);
+        }
+        other => panic!("expected FrameTooLarge, got {other:?}"),
+    }
+    assert!(out.is_empty());
+}
+
+#[test]
+#[should_panic(expected = "refusing to encode")]
+fn the_infallible_encoder_panics_rather_than_send_what_the_decoder_refuses() {
+    let long = "x".repeat(NAME_LEN_MAX + 1);
+    encode_frame(1, 0, &Message::Subscribe(ServiceName::new("p", &long, "s")));
 }
 
 #[test]
@@ -1044,21 +1204,38 @@ fn the_largest_batches_round_trip() {
 #[test]
 fn a_string_over_its_limit_is_refused() {
     let long = "x".repeat(NAME_LEN_MAX + 1);
-    let sub = Message::Subscribe(ServiceName::new("public", &long, "s"));
-    match decode_message(&encode_frame(1, 0, &sub)) {
+    let mut body = BytesMut::new();
+    for part in ["public", &long, "s"] {
+        body.put_u16(part.len() as u16);
+        body.put_slice(part.as_bytes());
+    }
+    match Message::decode(Opcode::Subscribe, body.freeze()) {
         Err(WireError::StringTooLong { what, len, max }) => {
             assert_eq!((what, len, max), ("group", NAME_LEN_MAX + 1, NAME_LEN_MAX));
         }
         other => panic!("expected StringTooLong, got {other:?}"),
     }
+    // The encoder refuses it as well, writing nothing.
+    let sub = Message::Subscribe(ServiceName::new("public", &long, "s"));
+    let mut out = BytesMut::new();
+    match try_encode_frame_into(&mut out, 1, 0, &sub) {
+        Err(WireError::StringTooLong { what, len, max }) => {
+            assert_eq!((what, len, max), ("group", NAME_LEN_MAX + 1, NAME_LEN_MAX));
+        }
+        other => panic!("expected StringTooLong, got {other:?}"),
+    }
+    assert!(out.is_empty());
     let at_limit = Message::Subscribe(ServiceName::new("public", &long[1..], "s"));
     assert_eq!(
         decode_message(&encode_frame(1, 0, &at_limit)).unwrap(),
         at_limit
     );
-    // A token is bounded too (a stranger's Auth is hashed: it may not be large).
-    let token = Message::Auth(Token::new("t".repeat(TOKEN_LEN_MAX + 1)));
-    match decode_message(&encode_frame(1, 0, &token)) {
+    // A token is bounded too (a stranger's Auth is hashed: it may not be large), both ways.
+    let long_token = "t".repeat(TOKEN_LEN_MAX + 1);
+    let mut body = BytesMut::new();
+    body.put_u16(long_token.len() as u16);
+    body.put_slice(long_token.as_bytes());
+    match Message::decode(Opcode::Auth, body.freeze()) {
         Err(WireError::StringTooLong { what, len, max }) => {
             assert_eq!(
                 (what, len, max),
@@ -1067,6 +1244,12 @@ fn a_string_over_its_limit_is_refused() {
         }
         other => panic!("expected StringTooLong, got {other:?}"),
     }
+    let mut out = BytesMut::new();
+    let token = Message::Auth(Token::new(long_token));
+    assert!(matches!(
+        try_encode_frame_into(&mut out, 1, 0, &token),
+        Err(WireError::StringTooLong { what: "token", .. })
+    ));
     // The limit is checked on the length field, before the bytes are looked for.
     let body = claim(&[], &u16::MAX.to_be_bytes(), 0);
     assert!(matches!(

@@ -378,6 +378,7 @@ impl Lab {
                 .args(["--member-timeout-ms", "1000"])
                 .args(["--verify-interval-ms", "1000"])
                 .args(["--log-level", "info"])
+                .args(["--http", "off"])
                 // The token goes by environment, not argv, so that it is not in the process list.
                 .env("DISTRO_CLUSTER_TOKEN", &self.token)
                 .stdin(Stdio::null())

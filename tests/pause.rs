@@ -34,7 +34,14 @@ struct Daemon {
 impl Daemon {
     fn start() -> Daemon {
         let mut child = Command::new(DISTROD)
-            .args(["--listen", "127.0.0.1:0", "--lease-floor-ms", "500"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "off",
+                "--lease-floor-ms",
+                "500",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use common::*;
 use distro::auth::file::{mint_token, token_digest, token_entry};
 use distro::client::{Client, ClientError};
@@ -21,8 +22,8 @@ use distro::model::{Instance, InstanceKey, ServiceName, Version};
 use distro::server::ServerHandle;
 use distro::store::Store;
 use distro::wire::{
-    ErrorBody, ErrorCode, ListServices, Message, Query, Register, TOKEN_LEN_MAX, Token,
-    encode_frame,
+    ErrorBody, ErrorCode, ListServices, Message, Opcode, Query, Register, TOKEN_LEN_MAX, Token,
+    encode_frame, encode_raw_frame_into,
 };
 
 const DISTROD: &str = env!("CARGO_BIN_EXE_distrod");
@@ -308,7 +309,13 @@ async fn a_wrong_token_is_refused_the_same_way_whatever_it_is() {
     assert_eq!(code_of(&e), Some(ErrorCode::Unauthenticated), "{e}");
     // A token over the wire limit is not a token: the frame is refused and the connection closed.
     let (mut raw, _) = Raw::open(h.addr).await;
-    raw.send(&auth(&"x".repeat(TOKEN_LEN_MAX + 1))).await;
+    let long = "x".repeat(TOKEN_LEN_MAX + 1);
+    let mut frame = BytesMut::new();
+    encode_raw_frame_into(&mut frame, Opcode::Auth as u8, 9, 0, |b| {
+        b.put_u16(long.len() as u16);
+        b.put_slice(long.as_bytes());
+    });
+    raw.write(&frame).await;
     let (_, e) = last_error(&raw.until_closed().await);
     assert_eq!(e.kind(), Some(ErrorCode::BadFrame));
 

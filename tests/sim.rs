@@ -139,7 +139,8 @@ fn run_seed(seed: u64, verbose: bool) -> Result<(), String> {
     let s = &out.stats;
     let line = format!(
         "seed {seed}: {} in {:.1} s; {} nodes, {} clients; registers {}+{} failed, deregisters \
-         {}+{} failed; reads {} ok, {} pushes, {} not ready, {} excused; crashes {} nodes {} clients; {} \
+         {}+{} failed; reads {} ok, {} pushes ({} deltas, {} checked against the node's list), {} not \
+         ready, {} excused; crashes {} nodes {} clients; {} \
          partitions; {} flaps reported; identical after {:?} ms, settled after {:?} ms; trace {} \
          lines hash {:016x}",
         if out.violations.is_empty() {
@@ -156,6 +157,8 @@ fn run_seed(seed: u64, verbose: bool) -> Result<(), String> {
         s.deregisters_failed,
         s.reads_ok,
         s.pushes,
+        s.deltas,
+        s.pushes_checked,
         s.reads_not_ready,
         s.reads_excused,
         s.node_crashes,

@@ -784,3 +784,328 @@ async fn a_node_that_is_not_ready_refuses_client_traffic_and_the_sdk_fails_over(
     h1.stop().await;
     h2.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_every_task_of_the_client_and_its_session() {
+    let h = start().await;
+    let svc = name("close-ends-tasks");
+    let c = client(&[h.addr]).await;
+    c.register(inst(&svc, "10.9.9.1", 80)).await.unwrap();
+    let _sub = c.subscribe(&svc).await.unwrap();
+    c.close();
+    // The connection's reader and writer, the reconnect loop and the heartbeats all end.
+    tokio::time::timeout(Duration::from_secs(5), c.wait_closed())
+        .await
+        .expect("the client's tasks end after close");
+    assert!(matches!(
+        c.query(&svc, false).await,
+        Err(ClientError::Closed)
+    ));
+    // The node saw the connection end: the session-bound instance is marked unhealthy.
+    let s = eventually("the session's instance unhealthy", async || {
+        let s = h.node.store.query(&svc, "", false);
+        let s = ServiceSnapshot::decode_body(s).ok()?;
+        (!s.instances.is_empty() && !s.instances[0].healthy).then_some(s)
+    })
+    .await;
+    assert_eq!(addrs_of(&s), ["10.9.9.1:80"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_beyond_the_wire_limits_is_refused_by_the_sdk_and_the_connection_stays() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let long = name(&"s".repeat(300));
+    match c.register(inst(&long, "10.9.9.2", 80)).await {
+        Err(ClientError::Invalid(reason)) => assert!(reason.contains("service"), "{reason}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    assert_eq!(c.held_count(), 0);
+    // Nothing was sent, and the same connection goes on serving.
+    let at = c.connected_to().unwrap();
+    let svc = name("after-refusal");
+    c.register(inst(&svc, "10.9.9.3", 80)).await.unwrap();
+    assert_eq!(c.connected_to().unwrap(), at);
+    assert_eq!(h.node.store.len(), 1);
+    c.close();
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_larger_than_a_frame_is_split_and_an_answer_larger_than_a_frame_is_refused() {
+    let h = start().await;
+    let c = client(&[h.addr]).await;
+    let svc = name("too-large-to-list");
+    // 2100 instances with 4 KiB of metadata each: some 8.7 MB, more than one frame takes.
+    let big: Vec<Instance> = (0..2100)
+        .map(|i| {
+            let mut inst = inst(&svc, &format!("10.7.{}.{}", i / 256, i % 256), 80);
+            inst.key.cluster = "big".into();
+            inst.metadata = vec![("blob".into(), "x".repeat(4096).into())];
+            inst
+        })
+        .collect();
+    c.register_batch(big).await.unwrap();
+    let mut small = inst(&svc, "10.7.99.1", 80);
+    small.key.cluster = "small".into();
+    c.register(small).await.unwrap();
+    assert_eq!(h.node.store.len(), 2101);
+    // The whole service does not fit one answer: refused with TooLarge, the connection stays.
+    match c.query(&svc, false).await {
+        Err(e) => assert_eq!(server_error_code(&e), Some(ErrorCode::TooLarge), "{e}"),
+        Ok(s) => panic!("a {}-instance answer in one frame", s.instances.len()),
+    }
+    let s = c.query_cluster(&svc, "small", false).await.unwrap();
+    assert_eq!(addrs_of(&s), ["10.7.99.1:80"]);
+    c.close();
+    h.stop().await;
+}
+
+/// The whole list of `svc` as a query answers it.
+async fn query_list(raw: &mut Raw, svc: &distro::model::ServiceName) -> ServiceSnapshot {
+    let q = Message::Query(Query {
+        name: svc.clone(),
+        cluster: "".into(),
+        healthy_only: false,
+    });
+    match raw.call(&q).await {
+        Message::QueryResult(s) => s,
+        other => panic!("expected a QueryResult, got {other:?}"),
+    }
+}
+
+/// Registers `instances` in batches of 4096 on `raw`.
+async fn register_all(raw: &mut Raw, instances: Vec<Instance>) {
+    for chunk in instances.chunks(4096) {
+        let n = chunk.len() as u32;
+        assert_eq!(
+            raw.call(&register_msg(false, chunk.to_vec())).await,
+            Message::Ack(n)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_a_large_service_is_sent_only_what_changed() {
+    let h = start().await;
+    let svc = name("large");
+    let (mut writer, _) = Raw::open(h.addr).await;
+    let all: Vec<Instance> = (0..5_000u32)
+        .map(|i| {
+            let mut one = inst(&svc, &format!("10.9.{}.{}", i / 250, i % 250), 8080);
+            one.metadata = vec![("zone".into(), format!("z{}", i % 3).into())];
+            one
+        })
+        .collect();
+    register_all(&mut writer, all.clone()).await;
+
+    let (mut sub, _) = Raw::open(h.addr).await;
+    assert_eq!(
+        sub.call(&Message::Subscribe(svc.clone())).await,
+        Message::Ack(1)
+    );
+    let first = sub.push_seen().await;
+    assert!(
+        !first.is_delta(),
+        "a subscription starts with the whole list"
+    );
+    assert_eq!(first.list.instances.len(), 5_000);
+
+    // One instance changes: the subscriber is pushed that instance, not the service.
+    let mut changed = all[1234].clone();
+    changed.weight = 3.0;
+    register_all(&mut writer, vec![changed]).await;
+    let one = sub.push_seen().await;
+    assert!(one.is_delta(), "one change travels as a delta");
+    eprintln!(
+        "one changed instance of a service of 5000: {} bytes pushed (the whole list: {} bytes)",
+        one.wire_bytes, first.wire_bytes
+    );
+    assert!(
+        one.wire_bytes <= 256,
+        "{} bytes pushed for one changed instance of a service of 5000",
+        one.wire_bytes
+    );
+    let Message::PushDelta(d) = &one.message else {
+        unreachable!()
+    };
+    assert_eq!((d.removed.len(), d.updated.len()), (0, 1));
+    assert_eq!(d.base_revision, first.list.revision);
+    assert_eq!(one.list, query_list(&mut writer, &svc).await);
+
+    // A burst of changes of every kind, pipelined: new instances, removals, changed metadata.
+    let mut frames = BytesMut::new();
+    for i in 0..300u32 {
+        let rid = 1_000 + i;
+        let msg = match i % 3 {
+            0 => register_msg(false, vec![inst(&svc, &format!("10.8.0.{}", i / 3), 9000)]),
+            1 => Message::Deregister(vec![all[i as usize].key.clone()]),
+            _ => {
+                let mut again = all[i as usize].clone();
+                again.metadata = vec![("zone".into(), "moved".into())];
+                register_msg(false, vec![again])
+            }
+        };
+        encode_frame_into(&mut frames, rid, 0, &msg);
+    }
+    writer.write(&frames).await;
+    for _ in 0..300 {
+        let f = writer.frame().await.expect("an answer");
+        assert!(matches!(f.message().unwrap(), Message::Ack(1)), "{f:?}");
+    }
+    let want = query_list(&mut writer, &svc).await;
+    let mut deltas = 0;
+    let mut bytes = 0;
+    loop {
+        let p = sub.push_seen().await;
+        deltas += p.is_delta() as usize;
+        bytes += p.wire_bytes;
+        assert!(p.list.revision <= want.revision);
+        if p.list.revision == want.revision {
+            assert_eq!(p.list, want, "the subscriber's list is the query's");
+            break;
+        }
+    }
+    assert!(deltas >= 1, "the burst came as deltas");
+    assert!(
+        bytes < first.wire_bytes,
+        "{bytes} bytes pushed for 300 changes; the whole list is {} bytes",
+        first.wire_bytes
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_again_restarts_with_the_whole_list_and_deltas_follow_on() {
+    let h = start_with(|c| c.push_delay_ms = 0).await;
+    let svc = name("again");
+    let (mut writer, _) = Raw::open(h.addr).await;
+    let base: Vec<Instance> = (0..50u16).map(|p| inst(&svc, "10.7.0.1", 1 + p)).collect();
+    register_all(&mut writer, base).await;
+    let (mut sub, _) = Raw::open(h.addr).await;
+    sub.call(&Message::Subscribe(svc.clone())).await;
+    assert!(!sub.push_seen().await.is_delta());
+    register_all(&mut writer, vec![inst(&svc, "10.7.0.2", 1)]).await;
+    let d = sub.push_seen().await;
+    assert!(d.is_delta());
+
+    // Renewed: the whole list again, whatever was pushed before; then deltas from it.
+    assert_eq!(
+        sub.call(&Message::Subscribe(svc.clone())).await,
+        Message::Ack(1)
+    );
+    let again = sub.push_seen().await;
+    assert!(
+        !again.is_delta(),
+        "a renewed subscription starts with the whole list"
+    );
+    assert_eq!(again.list, d.list);
+    register_all(&mut writer, vec![inst(&svc, "10.7.0.3", 1)]).await;
+    let next = sub.push_seen().await;
+    let Message::PushDelta(delta) = &next.message else {
+        panic!("expected a delta, got {:?}", next.message)
+    };
+    assert_eq!(delta.base_revision, again.list.revision);
+    assert_eq!(next.list, query_list(&mut writer, &svc).await);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_hands_whole_lists_built_from_deltas() {
+    let h = start().await;
+    let svc = name("sdk-large");
+    let c = client(&[h.addr]).await;
+    let all: Vec<Instance> = (0..2_000u16)
+        .map(|p| inst(&svc, "10.6.0.1", 1 + p))
+        .collect();
+    c.register_batch(all.clone()).await.unwrap();
+    let mut sub = c.subscribe(&svc).await.unwrap();
+    next_matching(&mut sub, "the whole list", |s| s.instances.len() == 2_000).await;
+    c.deregister_batch(&[all[10].key.clone(), all[1999].key.clone()])
+        .await
+        .unwrap();
+    let mut lapsed = all[500].clone();
+    lapsed.healthy = false;
+    c.register(lapsed).await.unwrap();
+    c.register(inst(&svc, "10.6.0.2", 7)).await.unwrap();
+    let want = c.query(&svc, false).await.unwrap();
+    let got = next_matching(&mut sub, "the list after the changes", |s| {
+        s.revision == want.revision
+    })
+    .await;
+    assert_eq!(*got, want);
+    assert_eq!(*c.cached(&svc).unwrap(), want);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_change_of_every_service_reaches_a_subscriber_of_thousands() {
+    // Many small services, each changed a few times by pipelined writes, then never again: a
+    // push lost on the way would leave a list stale for good, not only until the next change.
+    let h = start().await;
+    const SERVICES: u32 = 2_000;
+    let names: Vec<_> = (0..SERVICES)
+        .map(|s| name(&format!("many-{s:04}")))
+        .collect();
+    let (mut sub, _) = Raw::open(h.addr).await;
+    let mut frames = BytesMut::new();
+    for (i, n) in names.iter().enumerate() {
+        encode_frame_into(
+            &mut frames,
+            10 + i as u32,
+            0,
+            &Message::Subscribe(n.clone()),
+        );
+    }
+    sub.write(&frames).await;
+    let (mut writer, _) = Raw::open(h.addr).await;
+    let mut frames = BytesMut::new();
+    let mut rid = 100_000u32;
+    for round in 0..4u32 {
+        for (s, n) in names.iter().enumerate() {
+            let msg = if round == 3 && s % 3 == 0 {
+                Message::Deregister(vec![key(n, "DEFAULT", "10.5.0.1", 1)])
+            } else {
+                register_msg(false, vec![inst(n, "10.5.0.1", 1 + (round % 3) as u16)])
+            };
+            encode_frame_into(&mut frames, rid, 0, &msg);
+            rid += 1;
+        }
+    }
+    writer.write(&frames).await;
+    for _ in 0..4 * SERVICES {
+        writer.frame().await.expect("an answer");
+    }
+    let mut want = BTreeMap::new();
+    for n in &names {
+        want.insert(n.clone(), query_list(&mut writer, n).await);
+    }
+    // Read until the node has been quiet for a while, then compare; again while any is stale.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        while let Ok(f) = tokio::time::timeout(Duration::from_millis(300), sub.frame()).await {
+            let f = f.expect("the subscriber's connection stays open");
+            if f.request_id == 0 {
+                sub.pushes.push(f);
+                sub.push_seen().await;
+            }
+        }
+        let stale: Vec<_> = names
+            .iter()
+            .filter(|n| sub.lists.get(*n) != want.get(*n))
+            .collect();
+        if stale.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {SERVICES} services never got their last change pushed; {}: holds {:?}, want {:?}",
+            stale.len(),
+            stale[0],
+            sub.lists.get(stale[0]),
+            want.get(stale[0])
+        );
+    }
+    h.stop().await;
+}

@@ -223,6 +223,8 @@ const EXAMPLE_NAMES: &[&str] = &[
     "Subscribe",
     "Unsubscribe",
     "Push",
+    "PushDelta",
+    "PushDeltaOneChange",
     "ClusterStatus",
     "ClusterStatusResult",
     "Owner",
@@ -465,6 +467,30 @@ fn expected(name: &str) -> Option<Expected> {
                     view("10.0.0.1", 1.0, true, meta(&[("zone", "a")])),
                     view("10.0.0.2", 0.5, false, Vec::new()),
                 ],
+            }),
+        ),
+        "PushDelta" => frame(
+            0,
+            Message::PushDelta(ServiceDelta {
+                name: orders(),
+                base_revision: 43,
+                revision: 47,
+                removed: vec![ViewKey {
+                    cluster: "DEFAULT".into(),
+                    ip: "10.0.0.2".into(),
+                    port: 8080,
+                }],
+                updated: vec![view("10.0.0.3", 1.0, true, meta(&[("zone", "a")]))],
+            }),
+        ),
+        "PushDeltaOneChange" => frame(
+            0,
+            Message::PushDelta(ServiceDelta {
+                name: orders(),
+                base_revision: 47,
+                revision: 48,
+                removed: Vec::new(),
+                updated: vec![view("10.0.0.1", 1.0, false, meta(&[("zone", "a")]))],
             }),
         ),
         "ClusterStatus" => frame(14, Message::ClusterStatus),
@@ -1062,5 +1088,38 @@ fn bucket_value_counts_live_records_only() {
         (d.buckets[b].count, d.buckets[b].sum),
         (0, 0),
         "a tombstone must not count in the digest"
+    );
+}
+
+#[test]
+fn the_delta_examples_follow_on_from_the_push_example() {
+    let msg = |name: &str| match expected(name) {
+        Some(Expected::Frame { msg, .. }) => msg,
+        _ => panic!("{name} is a frame example"),
+    };
+    let Message::Push(list) = msg("Push") else {
+        panic!("Push example")
+    };
+    let mut list = list;
+    for name in ["PushDelta", "PushDeltaOneChange"] {
+        let Message::PushDelta(d) = msg(name) else {
+            panic!("{name} example")
+        };
+        list = list
+            .apply(&d)
+            .unwrap_or_else(|e| panic!("{name} does not follow on: {e}"));
+    }
+    assert_eq!(list.revision, 48);
+    let shown: Vec<(String, bool)> = list
+        .instances
+        .iter()
+        .map(|i| (i.ip.to_string(), i.healthy))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("10.0.0.1".to_string(), false),
+            ("10.0.0.3".to_string(), true)
+        ]
     );
 }

@@ -85,7 +85,7 @@ async fn run(mode: u8, items: Vec<Item>) -> (bool, Vec<String>) {
     let config = Config {
         lease_floor_ms: 100,
         node_id: 1,
-        members: vec![member(1), member(2), member(3)],
+        members: vec![member(1).into(), member(2).into(), member(3).into()],
         peer_listen: member(1),
         cluster_token: Some(TOKEN.into()),
         ..Config::default()

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use bytes::BytesMut;
+use distro::model::{ServiceName, ServiceSnapshot};
 use distro::net::{BoxStream, Listener};
 use distro::store::Store;
 use distro::wire::{FrameCodec, Message, PROTOCOL_VERSION};
@@ -34,13 +37,16 @@ pub async fn within_deadline<T>(f: impl Future<Output = T>) -> T {
 
 /// Reads every frame the node sends until it closes its side (`buf` may hold bytes already
 /// read); each must be a whole frame of protocol version 1 that decodes, and a push must carry
-/// request id 0. Returns the frames that are not pushes, with their request ids, in order.
+/// request id 0. Every PushDelta must follow on from the list the pushes before it on this
+/// connection made (wire-spec.md §6.10: its base is that list's revision). Returns the frames
+/// that are not pushes, with their request ids, in order.
 pub async fn read_answers(
     mut rd: impl AsyncRead + Unpin,
     mut buf: BytesMut,
 ) -> Vec<(u32, Message)> {
     let mut codec = FrameCodec::default();
     let mut answers = Vec::new();
+    let mut lists: HashMap<ServiceName, ServiceSnapshot> = HashMap::new();
     loop {
         while let Some(frame) = codec
             .decode(&mut buf)
@@ -54,7 +60,20 @@ pub async fn read_answers(
                 eprintln!("answer to {}: {msg:?}", frame.request_id);
             }
             match msg {
-                Message::Push(_) => assert_eq!(frame.request_id, 0, "a push carries request id 0"),
+                Message::Push(s) => {
+                    assert_eq!(frame.request_id, 0, "a push carries request id 0");
+                    lists.insert(s.name.clone(), s);
+                }
+                Message::PushDelta(d) => {
+                    assert_eq!(frame.request_id, 0, "a push carries request id 0");
+                    let held = lists
+                        .get(&d.name)
+                        .unwrap_or_else(|| panic!("a delta of {} before its whole list", d.name));
+                    let next = held.apply(&d).unwrap_or_else(|e| {
+                        panic!("the node sent a delta that does not follow on: {e}; {d:?}")
+                    });
+                    lists.insert(d.name.clone(), next);
+                }
                 _ => answers.push((frame.request_id, msg)),
             }
         }

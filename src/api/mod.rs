@@ -23,16 +23,22 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use tokio::time::Instant;
+
 use crate::auth::{Access, Principal};
+use crate::metrics::Op;
 use crate::model::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView, NodeId,
-    PAGE_SIZE_MAX, ServiceList, ServiceName, ServiceSnapshot, Text,
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView,
+    NamespaceSummary, NodeId, PAGE_SIZE_MAX, ServiceDelta, ServiceList, ServiceName,
+    ServiceSnapshot, Text,
 };
 use crate::node::Node;
+use crate::store::PushBody;
 use crate::wire::Reader;
 pub use rejection::Rejection;
 pub use session::AUTH_FAILURES_MAX;
 pub use session::{Session, Write};
+pub use subscriptions::PushMode;
 use subscriptions::PushQueue;
 
 /// The request API of one node. Cheap to clone; every front end holds one.
@@ -64,6 +70,41 @@ impl Snapshot {
     pub fn decode(&self) -> ServiceSnapshot {
         ServiceSnapshot::decode_body(self.0.clone())
             .expect("the store encodes well-formed snapshots")
+    }
+}
+
+/// What changed in a service between the revision a subscriber held and a newer one: the
+/// PushDelta body in the binary protocol's encoding (wire-spec.md §6.10).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delta(Bytes);
+
+impl Delta {
+    /// The encoded PushDelta body.
+    pub fn body(&self) -> &Bytes {
+        &self.0
+    }
+
+    pub fn decode(&self) -> ServiceDelta {
+        ServiceDelta::decode_body(self.0.clone()).expect("the store encodes well-formed deltas")
+    }
+}
+
+/// One push a subscriber is owed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// The whole list.
+    Full(Snapshot),
+    /// What changed since the last push (only to a [`PushMode::Deltas`] queue).
+    Delta(Delta),
+}
+
+impl Push {
+    /// The encoded body.
+    pub fn body(&self) -> &Bytes {
+        match self {
+            Push::Full(s) => s.body(),
+            Push::Delta(d) => d.body(),
+        }
     }
 }
 
@@ -105,6 +146,18 @@ impl Api {
             .tokens
             .authenticate(token)
             .ok_or(Rejection::Unauthenticated)
+    }
+
+    /// Counts a request's outcome and its latency since `started` (every request the API
+    /// answers goes through here once).
+    fn counted<T>(
+        &self,
+        op: Op,
+        started: Instant,
+        r: Result<T, Rejection>,
+    ) -> Result<T, Rejection> {
+        self.node.metrics.request(op, started, r.as_ref().err());
+        r
     }
 
     /// Requests are served only by a node that holds the cluster's data and is not stopping.
@@ -157,8 +210,12 @@ impl Api {
         who: &Principal,
         instances: &[Instance],
     ) -> Result<u32, Rejection> {
-        self.check_register(who, instances)?;
-        apply_register(&self.node, instances, 0).await
+        let started = Instant::now();
+        let r = match self.check_register(who, instances) {
+            Ok(()) => apply_register(&self.node, instances, 0).await,
+            Err(e) => Err(e),
+        };
+        self.counted(Op::Register, started, r)
     }
 
     /// Deletes instances; answers how many existed.
@@ -167,14 +224,22 @@ impl Api {
         who: &Principal,
         keys: &[InstanceKey],
     ) -> Result<u32, Rejection> {
-        self.check_deregister(who, keys)?;
-        apply_deregister(&self.node, keys).await
+        let started = Instant::now();
+        let r = match self.check_deregister(who, keys) {
+            Ok(()) => apply_deregister(&self.node, keys).await,
+            Err(e) => Err(e),
+        };
+        self.counted(Op::Deregister, started, r)
     }
 
     /// Renews leases; answers the indexes (into `keys`) of those no live instance has.
     pub async fn beat(&self, who: &Principal, keys: &[InstanceKey]) -> Result<Vec<u16>, Rejection> {
-        self.check_beat(who, keys)?;
-        apply_beat(&self.node, keys).await
+        let started = Instant::now();
+        let r = match self.check_beat(who, keys) {
+            Ok(()) => apply_beat(&self.node, keys).await,
+            Err(e) => Err(e),
+        };
+        self.counted(Op::Beat, started, r)
     }
 
     /// A service's live instances, optionally of one cluster (`""`: all) and only those healthy
@@ -186,15 +251,23 @@ impl Api {
         cluster: &str,
         healthy_only: bool,
     ) -> Result<Snapshot, Rejection> {
-        authorize(who, Need::Read(&name.namespace))?;
-        self.admit()?;
-        Ok(Snapshot(self.node.store.query(name, cluster, healthy_only)))
+        let started = Instant::now();
+        let r = authorize(who, Need::Read(&name.namespace))
+            .and_then(|()| self.admit())
+            .map(|()| Snapshot(self.node.store.query(name, cluster, healthy_only)));
+        self.counted(Op::Query, started, r)
     }
 
     /// One live instance.
     pub fn instance(&self, who: &Principal, key: &InstanceKey) -> Result<InstanceView, Rejection> {
-        authorize(who, Need::Read(&key.service.namespace))?;
-        self.admit()?;
+        let started = Instant::now();
+        let r = authorize(who, Need::Read(&key.service.namespace))
+            .and_then(|()| self.admit())
+            .and_then(|()| self.find_instance(key));
+        self.counted(Op::Instance, started, r)
+    }
+
+    fn find_instance(&self, key: &InstanceKey) -> Result<InstanceView, Rejection> {
         match self.node.store.get(key) {
             Some(r) if r.alive => Ok(InstanceView {
                 cluster: key.cluster.clone(),
@@ -227,23 +300,54 @@ impl Api {
         page: u32,
         page_size: u16,
     ) -> Result<ServiceList, Rejection> {
-        authorize(who, Need::Read(namespace))?;
-        self.admit()?;
-        if page_size == 0 || page_size as usize > PAGE_SIZE_MAX {
-            return Err(Rejection::InvalidArgument {
-                what: "page size",
-                reason: format!("must be 1..={PAGE_SIZE_MAX}"),
+        let started = Instant::now();
+        let r = authorize(who, Need::Read(namespace))
+            .and_then(|()| self.admit())
+            .and_then(|()| {
+                if page_size == 0 || page_size as usize > PAGE_SIZE_MAX {
+                    return Err(Rejection::InvalidArgument {
+                        what: "page size",
+                        reason: format!("must be 1..={PAGE_SIZE_MAX}"),
+                    });
+                }
+                Ok(self.node.store.list_services(namespace, page, page_size))
             });
-        }
-        Ok(self.node.store.list_services(namespace, page, page_size))
+        self.counted(Op::ListServices, started, r)
+    }
+
+    /// Every namespace that has live instances and that `who` may read, sorted by name, with
+    /// what it holds. Walks the whole store: for operators (the admin port), not for clients'
+    /// request paths.
+    pub fn list_namespaces(&self, who: &Principal) -> Result<Vec<NamespaceSummary>, Rejection> {
+        let started = Instant::now();
+        let r = authorize(who, Need::Caller)
+            .and_then(|()| self.admit())
+            .map(|()| {
+                let mut all = self.node.store.namespace_counts();
+                all.retain(|n| who.may(Access::Read, &n.namespace));
+                all
+            });
+        self.counted(Op::ListNamespaces, started, r)
     }
 
     /// The node responsible for `ip:port`, as this node sees the cluster. Names no
     /// namespace; any authenticated caller may ask.
     pub fn owner(&self, who: &Principal, ip: &str, port: u16) -> Result<NodeId, Rejection> {
-        authorize(who, Need::Caller)?;
-        self.admit()?;
-        Ok(self.node.store.ownership().owner(ip, port))
+        let started = Instant::now();
+        let r = authorize(who, Need::Caller)
+            .and_then(|()| self.admit())
+            .map(|()| self.node.store.ownership().owner(ip, port));
+        self.counted(Op::Owner, started, r)
+    }
+
+    /// Whether the node serves clients now: loaded, and not shutting down (the readiness probe).
+    pub fn is_serving(&self) -> bool {
+        self.admit().is_ok()
+    }
+
+    /// The node's metrics in the Prometheus text format ([`crate::metrics::CONTENT_TYPE`]).
+    pub fn metrics_text(&self) -> String {
+        self.node.metrics.encode()
     }
 
     /// This node's view of the cluster; answered also while loading or stopping. It shows the
@@ -254,22 +358,61 @@ impl Api {
         Ok(self.node.cluster_status())
     }
 
-    /// A new connection-bound client.
+    /// A new connection-bound client of the native protocol (pushed deltas).
     pub fn open_session(&self) -> Session {
-        Session::new(self.clone())
+        Session::new(self.clone(), PushMode::Deltas)
     }
 
-    /// The snapshots a push queue's subscriber is owed now: the current snapshot of every
-    /// service marked since the last call, newer than what was pushed to it before.
-    pub fn pushes(&self, queue: &PushQueue) -> Vec<Snapshot> {
-        queue
-            .take()
-            .into_iter()
-            .filter_map(|name| {
-                let snap = Snapshot(self.node.store.query(&name, "", false));
-                queue.is_news(&name, snap.revision()).then_some(snap)
-            })
-            .collect()
+    /// A new connection-bound client whose pushes are as `mode` says (a front end whose
+    /// clients take only whole lists asks for [`PushMode::FullOnly`]).
+    pub fn open_session_with(&self, mode: PushMode) -> Session {
+        Session::new(self.clone(), mode)
+    }
+
+    /// The pushes a queue's subscriber is owed now, oldest mark first, until they add up to
+    /// `budget_bytes` (at least one push, whatever its size): for each service marked since, what
+    /// changed since the revision the subscriber holds (a [`Push::Delta`], to a
+    /// [`PushMode::Deltas`] queue) or the whole list (a new subscription, a subscriber further
+    /// behind than the service's change log reaches, a full-only queue). Services left over stay
+    /// marked, and the queue wakes its writer again for them.
+    pub fn pushes(&self, queue: &PushQueue, budget_bytes: usize) -> Vec<Push> {
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while bytes < budget_bytes {
+            let Some((name, held)) = queue.next() else {
+                break;
+            };
+            let push = match queue.mode() {
+                PushMode::Deltas => match self.node.store.push_since(&name, held) {
+                    PushBody::Unchanged => continue,
+                    PushBody::Full { body, revision } => (Push::Full(Snapshot(body)), revision),
+                    PushBody::Delta { body, revision } => (Push::Delta(Delta(body)), revision),
+                },
+                PushMode::FullOnly => {
+                    let snap = Snapshot(self.node.store.query(&name, "", false));
+                    let revision = snap.revision();
+                    if held.is_some_and(|h| h >= revision) {
+                        continue;
+                    }
+                    (Push::Full(snap), revision)
+                }
+            };
+            let (push, revision) = push;
+            queue.pushed(&name, held, revision);
+            bytes += push.body().len();
+            out.push(push);
+        }
+        queue.rewake_if_pending();
+        self.node.metrics.pushes_sent.inc_by(out.len() as u64);
+        out
+    }
+
+    /// Ends `queue`'s subscription to `name`; the service's change log goes with its last
+    /// subscriber on this node.
+    fn unsubscribe(&self, name: &ServiceName, queue: &PushQueue) {
+        if self.node.subs.unsubscribe(name, queue) {
+            self.node.store.unwatch(name);
+        }
     }
 }
 
@@ -378,5 +521,122 @@ async fn apply_lapse(node: &Node, session: u64, keys: Vec<InstanceKey>) {
     }
     for k in &keys {
         node.store.lapse_session(k, session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+
+    fn api() -> Api {
+        Api::new(Node::new(Config::default(), Clock::starting_at(1_000_000)))
+    }
+
+    fn svc(n: &str) -> ServiceName {
+        ServiceName::new("public", "DEFAULT_GROUP", n)
+    }
+
+    fn instances(name: &ServiceName, n: u16) -> Vec<Instance> {
+        (1..=n)
+            .map(|p| {
+                Instance::new(InstanceKey {
+                    service: name.clone(),
+                    cluster: "DEFAULT".into(),
+                    ip: "10.0.0.1".into(),
+                    port: p,
+                })
+            })
+            .collect()
+    }
+
+    fn kinds(pushes: &[Push]) -> Vec<&'static str> {
+        pushes
+            .iter()
+            .map(|p| match p {
+                Push::Full(_) => "full",
+                Push::Delta(_) => "delta",
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_delta_session_gets_the_whole_list_then_deltas_a_full_only_one_whole_lists() {
+        let api = api();
+        let a = svc("a");
+        api.register(&Principal::anyone(), &instances(&a, 20))
+            .await
+            .unwrap();
+        let deltas = api.open_session();
+        let full = api.open_session_with(PushMode::FullOnly);
+        for s in [&deltas, &full] {
+            s.subscribe(&a).unwrap();
+            assert_eq!(kinds(&s.pushes(usize::MAX)), ["full"]);
+            assert!(s.pushes(usize::MAX).is_empty(), "nothing changed since");
+        }
+        api.register(&Principal::anyone(), &instances(&svc("a"), 21)[20..])
+            .await
+            .unwrap();
+        let d = deltas.pushes(usize::MAX);
+        assert_eq!(kinds(&d), ["delta"]);
+        let Push::Delta(delta) = &d[0] else {
+            unreachable!()
+        };
+        assert_eq!(delta.decode().updated.len(), 1);
+        let f = full.pushes(usize::MAX);
+        assert_eq!(kinds(&f), ["full"]);
+        let Push::Full(snap) = &f[0] else {
+            unreachable!()
+        };
+        assert_eq!(snap.decode().instances.len(), 21);
+        assert_eq!(
+            snap,
+            &api.query(&Principal::anyone(), &a, "", false).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_call_stops_at_the_byte_budget_and_leaves_the_rest_marked() {
+        let api = api();
+        let s = api.open_session();
+        let names: Vec<ServiceName> = (0..5).map(|i| svc(&format!("s{i}"))).collect();
+        for n in &names {
+            api.register(&Principal::anyone(), &instances(n, 30))
+                .await
+                .unwrap();
+            s.subscribe(n).unwrap();
+        }
+        // Each whole list is over a kilobyte: a 1-byte budget still sends one.
+        let mut got = Vec::new();
+        for _ in 0..names.len() {
+            let p = s.pushes(1);
+            assert_eq!(p.len(), 1, "one push per call at a 1-byte budget");
+            got.push(p[0].body().clone());
+        }
+        assert!(s.pushes(1).is_empty(), "all five sent, nothing left");
+        let lists: Vec<ServiceName> = got
+            .iter()
+            .map(|b| Snapshot(b.clone()).decode().name)
+            .collect();
+        assert_eq!(lists, names, "in the order they were marked");
+    }
+
+    #[tokio::test]
+    async fn the_change_log_of_a_service_goes_with_its_last_subscriber() {
+        let api = api();
+        let a = svc("a");
+        api.register(&Principal::anyone(), &instances(&a, 20))
+            .await
+            .unwrap();
+        let (s1, s2) = (api.open_session(), api.open_session());
+        for s in [&s1, &s2] {
+            s.subscribe(&a).unwrap();
+            s.pushes(usize::MAX);
+        }
+        assert!(s1.unsubscribe(&a).unwrap());
+        assert!(api.node().store.is_watched(&a), "s2 still subscribes");
+        s2.close(false).await;
+        assert!(!api.node().store.is_watched(&a));
     }
 }

@@ -63,6 +63,23 @@ impl Rejection {
         )
     }
 
+    /// The condition's name in snake case, the same for every front end (metrics label it so).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rejection::NotReady => "not_ready",
+            Rejection::ShuttingDown => "shutting_down",
+            Rejection::Overloaded { .. } => "overloaded",
+            Rejection::Timeout { .. } => "timeout",
+            Rejection::Invalid(_) => "invalid",
+            Rejection::InvalidArgument { .. } => "invalid_argument",
+            Rejection::LimitExceeded { .. } => "limit_exceeded",
+            Rejection::NotFound { .. } => "not_found",
+            Rejection::Refused { .. } => "refused",
+            Rejection::Unauthenticated => "unauthenticated",
+            Rejection::PermissionDenied { .. } => "permission_denied",
+        }
+    }
+
     /// The code of the Error frame that answers this rejection on the binary protocol.
     pub fn code(&self) -> ErrorCode {
         match self {

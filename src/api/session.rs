@@ -18,16 +18,18 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tracing::info;
+use tokio::time::Instant;
+use tracing::{debug, info};
 
 use super::inflight::InFlight;
-use super::subscriptions::{PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
+use super::subscriptions::{PushMode, PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
 use super::{
-    Api, Need, Rejection, Snapshot, apply_beat, apply_deregister, apply_lapse, apply_register,
-    authorize,
+    Api, Need, Push, Rejection, Snapshot, apply_beat, apply_deregister, apply_lapse,
+    apply_register, authorize,
 };
 use crate::auth::{Access, Principal};
 use crate::hash::HashSet;
+use crate::metrics::{GaugeGuard, Op};
 use crate::model::{ClusterStatus, Instance, InstanceKey, NodeId, ServiceList, ServiceName};
 
 /// Session-bound instances one session may hold; bounds what a drop has to lapse.
@@ -73,14 +75,17 @@ pub struct Session {
     revoked: AtomicBool,
     /// Refusals for want of a valid token so far (see [`AUTH_FAILURES_MAX`]).
     auth_failures: AtomicU32,
+    /// Counts this session in the open sessions while it lives.
+    _open: GaugeGuard,
 }
 
 impl Session {
-    pub(super) fn new(api: Api) -> Session {
+    pub(super) fn new(api: Api, mode: PushMode) -> Session {
         let node = api.node();
         Session {
             id: node.new_session(),
-            push: node.subs.new_queue(),
+            push: node.subs.new_queue(mode),
+            _open: GaugeGuard::new(node.metrics.client_sessions.clone()),
             principal: Mutex::new(api.guest()),
             api,
             bound: Mutex::default(),
@@ -151,21 +156,27 @@ impl Session {
         self.auth_failures.load(Ordering::Acquire) >= AUTH_FAILURES_MAX
     }
 
-    /// Counts an `Unauthenticated` refusal.
+    /// Counts `r` if it is an `Unauthenticated` refusal.
     fn counted<T>(&self, r: Result<T, Rejection>) -> Result<T, Rejection> {
-        if let Err(Rejection::Unauthenticated) = r {
-            self.auth_failures.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = &r {
+            self.note(e);
         }
         r
     }
 
+    /// Counts `e` if it is an `Unauthenticated` refusal.
+    fn note(&self, e: &Rejection) {
+        if let Rejection::Unauthenticated = e {
+            self.auth_failures.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
     fn drop_unreadable_subscriptions(&self, now: &Principal) {
-        let node = self.api.node();
         let mut subscribed = self.subscribed.lock().unwrap();
         subscribed.retain(|name| {
             let keep = now.may(Access::Read, &name.namespace);
             if !keep {
-                node.subs.unsubscribe(name, &self.push);
+                self.api.unsubscribe(name, &self.push);
             }
             keep
         });
@@ -219,15 +230,24 @@ impl Session {
         &self.push
     }
 
-    /// The snapshots this session's subscriber is owed now (see [`Api::pushes`]).
-    pub fn pushes(&self) -> Vec<Snapshot> {
-        self.api.pushes(&self.push)
+    /// The pushes this session's subscriber is owed now, up to `budget_bytes` (see
+    /// [`Api::pushes`]).
+    pub fn pushes(&self, budget_bytes: usize) -> Vec<Push> {
+        self.api.pushes(&self.push, budget_bytes)
     }
 
     /// Runs `op` as a write of this session: at once on a standalone node (which applies writes
     /// one at a time anyway); on a clustered node after the earlier writes of this session that
     /// touch one of `keys` have completed, as a pending write.
-    async fn write<T, F, Fut>(&self, keys: Option<Vec<u64>>, op: F) -> Write<T>
+    ///
+    /// The write is counted as request `what`, from `started` to its outcome.
+    async fn write<T, F, Fut>(
+        &self,
+        what: Op,
+        started: Instant,
+        keys: Option<Vec<u64>>,
+        op: F,
+    ) -> Write<T>
     where
         F: FnOnce(Arc<crate::node::Node>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, Rejection>> + Send + 'static,
@@ -235,32 +255,42 @@ impl Session {
     {
         let node = self.api.node().clone();
         if node.cluster.is_none() {
-            return Write::Done(op(node).await);
+            return Write::Done(self.api.counted(what, started, op(node).await));
         }
         let claim = self.inflight.claim(keys.unwrap_or_default()).await;
         Write::Pending(Box::pin(async move {
+            let metrics = node.metrics.clone();
             let r = op(node).await;
             drop(claim);
+            metrics.request(what, started, r.as_ref().err());
             r
         }))
+    }
+
+    /// A write refused before it started, counted as request `what`.
+    fn refused<T>(&self, what: Op, started: Instant, e: Rejection) -> Write<T> {
+        Write::Done(self.api.counted(what, started, Err(e)))
     }
 
     /// Registers instances; bound to this session if `session_bound`, else living on their
     /// lease. Checked whole before anything is applied.
     pub async fn register(&self, instances: Vec<Instance>, session_bound: bool) -> Write<u32> {
+        let started = Instant::now();
         let who = self.principal();
         if let Err(e) = self.api.check_register(&who, &instances) {
-            return Write::Done(self.counted(Err(e)));
+            self.note(&e);
+            return self.refused(Op::Register, started, e);
         }
         {
             let mut bound = self.bound.lock().unwrap();
             if session_bound {
                 let new = instances.iter().filter(|i| !bound.contains(&i.key)).count();
                 if bound.len() + new > BOUND_PER_SESSION_MAX {
-                    return Write::Done(Err(Rejection::LimitExceeded {
+                    let e = Rejection::LimitExceeded {
                         what: "session-bound instances on one connection",
                         max: BOUND_PER_SESSION_MAX,
-                    }));
+                    };
+                    return self.refused(Op::Register, started, e);
                 }
             }
             // Tracked before the outcome is known: a key that failed to register stays in the
@@ -275,7 +305,7 @@ impl Session {
         }
         let session = if session_bound { self.id } else { 0 };
         let keys = InFlight::hashes(instances.iter().map(|i| &i.key));
-        self.write(Some(keys), move |node| async move {
+        self.write(Op::Register, started, Some(keys), move |node| async move {
             apply_register(&node, &instances, session).await
         })
         .await
@@ -283,9 +313,11 @@ impl Session {
 
     /// Deletes instances; answers how many existed.
     pub async fn deregister(&self, keys: Vec<InstanceKey>) -> Write<u32> {
+        let started = Instant::now();
         let who = self.principal();
         if let Err(e) = self.api.check_deregister(&who, &keys) {
-            return Write::Done(self.counted(Err(e)));
+            self.note(&e);
+            return self.refused(Op::Deregister, started, e);
         }
         {
             let mut bound = self.bound.lock().unwrap();
@@ -294,30 +326,42 @@ impl Session {
             }
         }
         let hashes = InFlight::hashes(keys.iter());
-        self.write(Some(hashes), move |node| async move {
-            apply_deregister(&node, &keys).await
-        })
+        self.write(
+            Op::Deregister,
+            started,
+            Some(hashes),
+            move |node| async move { apply_deregister(&node, &keys).await },
+        )
         .await
     }
 
     /// Renews leases; answers the indexes of the keys no live instance has.
     pub async fn beat(&self, keys: Vec<InstanceKey>) -> Write<Vec<u16>> {
+        let started = Instant::now();
         let who = self.principal();
         if let Err(e) = self.api.check_beat(&who, &keys) {
-            return Write::Done(self.counted(Err(e)));
+            self.note(&e);
+            return self.refused(Op::Beat, started, e);
         }
         // Beats claim no keys: they only renew, in any order, and one waiting on a forward to an
         // owner that stopped answering must not hold up the next beat of the same keys (which
         // renews those this node owns at once).
-        self.write(
-            None,
-            move |node| async move { apply_beat(&node, &keys).await },
-        )
+        self.write(Op::Beat, started, None, move |node| async move {
+            apply_beat(&node, &keys).await
+        })
         .await
     }
 
-    /// Subscribes to a service: its current snapshot is pushed next, then every change.
+    /// Subscribes to a service: its current snapshot is pushed next, then every change (as
+    /// deltas, unless the session is full-only). Subscribing again renews the subscription: the
+    /// whole list is pushed again.
     pub fn subscribe(&self, name: &ServiceName) -> Result<(), Rejection> {
+        let started = Instant::now();
+        let r = self.subscribe_now(name);
+        self.api.counted(Op::Subscribe, started, r)
+    }
+
+    fn subscribe_now(&self, name: &ServiceName) -> Result<(), Rejection> {
         let who = self.principal();
         self.counted(authorize(&who, Need::Read(&name.namespace)))?;
         self.api.admit()?;
@@ -342,11 +386,16 @@ impl Session {
     /// Ends a subscription; false if there was none.
     pub fn unsubscribe(&self, name: &ServiceName) -> Result<bool, Rejection> {
         // Ends what the session has; reads nothing, so any authenticated caller may.
+        let started = Instant::now();
         let who = self.principal();
-        self.counted(authorize(&who, Need::Caller))?;
-        self.api.admit()?;
-        self.api.node().subs.unsubscribe(name, &self.push);
-        Ok(self.subscribed.lock().unwrap().remove(name))
+        let r = self
+            .counted(authorize(&who, Need::Caller))
+            .and_then(|()| self.api.admit())
+            .map(|()| {
+                self.api.unsubscribe(name, &self.push);
+                self.subscribed.lock().unwrap().remove(name)
+            });
+        self.api.counted(Op::Unsubscribe, started, r)
     }
 
     /// Ends the session: drops its subscriptions, lets its writes in flight land, and — unless
@@ -354,8 +403,9 @@ impl Session {
     /// Answers how many instances were lapsed.
     pub async fn close(&self, node_closing: bool) -> usize {
         let node = self.api.node();
-        for name in self.subscribed.lock().unwrap().drain() {
-            node.subs.unsubscribe(&name, &self.push);
+        let names: Vec<ServiceName> = self.subscribed.lock().unwrap().drain().collect();
+        for name in names {
+            self.api.unsubscribe(&name, &self.push);
         }
         // Let the writes still in flight land first (each has a forward deadline), so that a
         // register that completes after the drop is lapsed too.
@@ -366,7 +416,8 @@ impl Session {
             return 0;
         }
         let n = keys.len();
-        info!(
+        // The front end logs the drop with the client's address; this is its detail.
+        debug!(
             session = self.id,
             instances = n,
             "session ended; its instances are reported unhealthy"

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use distro::client::{Client, ClientConfig, ClientError, service_name};
-use distro::model::{Instance, InstanceKey, InstanceView, Lease, ServiceName, ServiceSnapshot};
-use serde_json::{Value, json};
+use distro::frontend::admin::json::{ClusterJson, InstanceJson, ServiceJson, SnapshotJson};
+use distro::model::{Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -442,12 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let snap = client.query(&service.name(), *healthy_only).await?;
             client.close();
             if *json {
-                let items: Vec<Value> = snap
-                    .instances
-                    .iter()
-                    .map(|i| instance_json(&snap.name, i))
-                    .collect();
-                println!("{}", Value::Array(items));
+                println!("{}", serde_json::to_string(&InstanceJson::all(&snap))?);
             } else {
                 print_instances(&snap);
             }
@@ -458,20 +453,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let list = client.all_services(namespace).await?;
             client.close();
             if *json {
-                let items: Vec<Value> = list
+                let items: Vec<ServiceJson> = list
                     .services
                     .iter()
-                    .map(|s| {
-                        json!({
-                            "namespace": namespace,
-                            "group": s.group.as_str(),
-                            "service": s.service.as_str(),
-                            "instances": s.instances,
-                            "healthy": s.healthy,
-                        })
-                    })
+                    .map(|s| ServiceJson::new(namespace, s))
                     .collect();
-                println!("{}", Value::Array(items));
+                println!("{}", serde_json::to_string(&items)?);
             } else {
                 println!(
                     "{:<24} {:<32} {:>9} {:>8}",
@@ -501,25 +488,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let s = client.cluster_status().await?;
             client.close();
             if *json {
-                let members: Vec<Value> = s
-                    .members
-                    .iter()
-                    .map(|m| {
-                        json!({
-                            "id": m.id,
-                            "addr": m.addr.as_str(),
-                            "state": if m.up { "up" } else { "down" },
-                            "owned": m.owned,
-                        })
-                    })
-                    .collect();
-                let line = json!({
-                    "node": s.node_id,
-                    "ready": s.ready,
-                    "instances": s.instances,
-                    "members": members,
-                });
-                println!("{line}");
+                println!("{}", serde_json::to_string(&ClusterJson::from(&s))?);
             } else {
                 println!(
                     "node {} ({}), {} instances",
@@ -558,19 +527,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     bail!("subscription ended");
                 };
                 if *json {
-                    let items: Vec<Value> = snap
-                        .instances
-                        .iter()
-                        .map(|i| instance_json(&snap.name, i))
-                        .collect();
-                    let line = json!({
-                        "namespace": snap.name.namespace.as_str(),
-                        "group": snap.name.group.as_str(),
-                        "service": snap.name.service.as_str(),
-                        "revision": snap.revision,
-                        "instances": items,
-                    });
-                    writeln!(out, "{line}")?;
+                    writeln!(out, "{}", serde_json::to_string(&SnapshotJson::new(&snap))?)?;
                 } else {
                     writeln!(out, "revision {}", snap.revision)?;
                     print_instances(&snap);
@@ -579,26 +536,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-}
-
-fn instance_json(name: &ServiceName, i: &InstanceView) -> Value {
-    let metadata: serde_json::Map<String, Value> = i
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-        .collect();
-    json!({
-        "namespace": name.namespace.as_str(),
-        "group": name.group.as_str(),
-        "service": name.service.as_str(),
-        "cluster": i.cluster.as_str(),
-        "ip": i.ip.as_str(),
-        "port": i.port,
-        "weight": i.weight,
-        "healthy": i.healthy,
-        "enabled": i.enabled,
-        "metadata": metadata,
-    })
 }
 
 fn print_instances(snap: &ServiceSnapshot) {

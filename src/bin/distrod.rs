@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use distro::config::Config;
+use distro::config::{Config, ConfigError, KeyPositions, LogFormat, PeerAddr};
 use distro::server::Server;
 
 #[global_allocator]
@@ -42,27 +42,28 @@ fn tune_allocator() {
 #[derive(Parser, Debug)]
 #[command(name = "distrod", version, about = "A Distro registry node")]
 struct Args {
-    /// TOML config file; flags given here override its values.
+    /// TOML config file (see distrod.example.toml); flags given here override its values.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Client address to listen on [default: 127.0.0.1:8858].
-    #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// Most client connections at once [default: 10000].
-    #[arg(long)]
-    max_connections: Option<usize>,
-    /// Log filter, e.g. info, debug, distro=debug [default: info].
-    #[arg(long)]
-    log_level: Option<String>,
     /// This node's id in the cluster (1..=65535) [default: 1].
     #[arg(long)]
     node_id: Option<u16>,
+    /// Client address to listen on [default: 127.0.0.1:8858].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// Peer address to listen on for cluster traffic [default: 127.0.0.1:8859].
     #[arg(long)]
     peer_listen: Option<SocketAddr>,
-    /// Peer addresses of all members, this node's included, comma-separated.
+    /// Admin HTTP address (metrics, probes, console), or "off" [default: 127.0.0.1:8860].
+    #[arg(long, value_parser = parse_http)]
+    http: Option<HttpSetting>,
+    /// Peer addresses (IP:PORT or HOST:PORT) of all members, this node's included,
+    /// comma-separated.
     #[arg(long, value_delimiter = ',')]
-    members: Option<Vec<SocketAddr>>,
+    members: Option<Vec<PeerAddr>>,
+    /// This node's own entry in --members, as peers reach it [default: --peer-listen].
+    #[arg(long)]
+    peer_advertise: Option<PeerAddr>,
     /// Shared secret of the cluster's members.
     #[arg(long, env = "DISTRO_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
@@ -70,49 +71,116 @@ struct Args {
     /// every client may do everything.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// Most client connections at once [default: 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Smallest lease (beat / unhealthy / expire) a client may ask for, ms [default: 500].
     #[arg(long)]
     lease_floor_ms: Option<u32>,
-    /// A member silent this long is down, ms [default: 3000].
+    /// Coalescing delay of pushes to subscribers, ms [default: 5].
     #[arg(long)]
-    member_timeout_ms: Option<u64>,
+    push_delay_ms: Option<u64>,
+    /// Interval of the lease duty, ms [default: 250].
+    #[arg(long)]
+    lease_pass_ms: Option<u64>,
+    /// A client connection silent this long is closed, ms [default: 20000].
+    #[arg(long)]
+    client_idle_timeout_ms: Option<u64>,
     /// Sync batching window, ms [default: 10].
     #[arg(long)]
     sync_delay_ms: Option<u64>,
     /// Anti-entropy (digest) interval, ms [default: 5000].
     #[arg(long)]
     verify_interval_ms: Option<u64>,
+    /// A member silent this long is down, ms [default: 3000].
+    #[arg(long)]
+    member_timeout_ms: Option<u64>,
+    /// Log filter, e.g. info, debug, info,distro::cluster=debug; overrides RUST_LOG
+    /// [default: RUST_LOG, else the file's log_level, else info].
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Log line format: text or json [default: text].
+    #[arg(long)]
+    log_format: Option<LogFormat>,
+}
+
+/// The `--http` value: an address or "off" (a newtype, so that clap does not take an
+/// `Option` value for an optional flag).
+#[derive(Debug, Clone)]
+struct HttpSetting(Option<SocketAddr>);
+
+fn parse_http(s: &str) -> Result<HttpSetting, String> {
+    distro::config::parse_http(s).map(HttpSetting)
 }
 
 impl Args {
+    /// The settings: defaults, then the file, then RUST_LOG (for the log level), then the
+    /// flags. An invalid value is reported where it came from: the flag, or the file's line.
     fn into_config(self) -> anyhow::Result<Config> {
-        let mut c = match &self.config {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
+        let (mut c, positions) = match &self.config {
+            Some(path) => Config::parse_file(path)?,
+            None => (Config::default(), KeyPositions::default()),
         };
+        let mut from_flags: Vec<&'static str> = Vec::new();
         macro_rules! set {
-            ($($f:ident),*) => { $( if let Some(v) = self.$f { c.$f = v; } )* };
+            ($($f:ident),*) => { $( if let Some(v) = self.$f {
+                c.$f = v;
+                from_flags.push(stringify!($f));
+            } )* };
+        }
+        if let Ok(env) = std::env::var("RUST_LOG")
+            && !env.trim().is_empty()
+            && self.log_level.is_none()
+        {
+            c.log_level = env;
         }
         set!(
-            listen,
-            max_connections,
-            log_level,
             node_id,
+            listen,
             peer_listen,
             members,
+            max_connections,
             lease_floor_ms,
-            member_timeout_ms,
+            push_delay_ms,
+            lease_pass_ms,
+            client_idle_timeout_ms,
             sync_delay_ms,
-            verify_interval_ms
+            verify_interval_ms,
+            member_timeout_ms,
+            log_level,
+            log_format
         );
+        if self.peer_advertise.is_some() {
+            c.peer_advertise = self.peer_advertise;
+            from_flags.push("peer_advertise");
+        }
+        if let Some(HttpSetting(http)) = self.http {
+            c.http = http;
+            from_flags.push("http");
+        }
         if self.cluster_token.is_some() {
             c.cluster_token = self.cluster_token;
+            from_flags.push("cluster_token");
         }
         if self.token_file.is_some() {
             c.token_file = self.token_file;
+            from_flags.push("token_file");
         }
-        c.validate()?;
-        Ok(c)
+        let checked = c.validate().and_then(|()| {
+            tracing_subscriber::EnvFilter::try_new(&c.log_level)
+                .map(drop)
+                .map_err(|e| ConfigError::Invalid {
+                    key: "log_level",
+                    reason: format!("{:?} is not a log filter: {e}", c.log_level),
+                })
+        });
+        match checked {
+            Ok(()) => Ok(c),
+            Err(ConfigError::Invalid { key, reason }) if from_flags.contains(&key) => {
+                anyhow::bail!("--{}: {reason}", key.replace('_', "-"))
+            }
+            Err(e) => Err(positions.locate(e).into()),
+        }
     }
 }
 
@@ -132,34 +200,56 @@ fn main() {
     }
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// Log lines go to stderr, readable text (with colours on a terminal) or one JSON object per
+/// line, filtered by `log_level`.
+fn init_logs(config: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid log level {:?}", config.log_level))?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
+    Ok(())
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    init_logs(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let server = Server::bind(config.clone())
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let server = Server::bind(config.clone()).await?;
         let node = server.node();
+        // Installed before the node announces itself, so that a SIGTERM sent as soon as it
+        // serves (a supervisor, a test) stops it gracefully instead of killing it.
+        let signal = stop_signal()?;
+        // SIGHUP would end the process (its default) until a handler is installed: install it
+        // before the node announces itself too.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("install the SIGHUP handler")?;
         tracing::info!(
             listen = %server.local_addr(),
+            http = %server.admin_addr().map_or("off".to_string(), |a| a.to_string()),
             node = config.node_id,
+            members = config.members.len(),
             "distrod serving"
         );
         let stop = node.shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signal.await;
             tracing::info!("signal received; shutting down");
             stop.cancel();
         });
-        tokio::spawn(reload_on_hangup(node.clone()));
+        tokio::spawn(reload_on_hangup(node.clone(), hangup));
         server.run().await;
         anyhow::Ok(())
     })
@@ -167,9 +257,10 @@ fn run(config: Config) -> anyhow::Result<()> {
 
 /// SIGHUP: reads the token file again. A bad file is logged and changes nothing (the tokens in
 /// force stay); without a token file there is nothing to reload.
-async fn reload_on_hangup(node: std::sync::Arc<distro::node::Node>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).expect("install SIGHUP handler");
+async fn reload_on_hangup(
+    node: std::sync::Arc<distro::node::Node>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         if node.tokens.path().is_none() {
             tracing::info!("SIGHUP: no token file to reload");
@@ -188,11 +279,15 @@ async fn reload_on_hangup(node: std::sync::Arc<distro::node::Node>) {
     }
 }
 
-async fn wait_for_signal() {
+/// Completes on the first SIGINT or SIGTERM; the handlers are installed by this call.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

@@ -26,11 +26,14 @@
 //! - **Deadlines**: every request has one (`ClientConfig::request_timeout`); a request that
 //!   times out drops its connection, which is then redialed, so a wedged link cannot hang the
 //!   client.
-//! - **Subscriptions** keep the last snapshot of each service in a local cache.
+//! - **Subscriptions** keep the whole list of each service in a local cache, which the node's
+//!   pushes keep current: the whole list first, then what changed (deltas), applied here, so
+//!   that the application always gets whole lists (see [`cache`]).
 //! - **Tokens**: with [`ClientConfig::token`] set, every connection presents it right after
 //!   Hello — the first one and every reconnect, before the redo — so a node with a token file
 //!   serves this client with its token's rights (`docs/security.md`).
 
+pub mod cache;
 mod conn;
 mod error;
 
@@ -38,10 +41,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::hash::HashMap;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub use cache::{PushSink, Pushed};
 pub use conn::Conn;
 pub use error::ClientError;
 
@@ -99,8 +104,9 @@ impl ClientConfig {
     }
 }
 
-/// A stream of snapshots of one service. The newest snapshot replaces an unread older one, so a
-/// slow reader sees the latest state, never a backlog.
+/// A stream of snapshots of one service: each the whole list, also when the node pushed only
+/// what changed. The newest snapshot replaces an unread older one, so a slow reader sees the
+/// latest state, never a backlog.
 pub struct Subscription {
     rx: watch::Receiver<Option<Arc<ServiceSnapshot>>>,
 }
@@ -136,15 +142,17 @@ struct Held {
     session_bound: bool,
 }
 
-/// Subscribed services and their latest snapshots (the local cache).
-type SubTable = Mutex<HashMap<ServiceName, watch::Sender<Option<Arc<ServiceSnapshot>>>>>;
-
 struct Inner {
     config: ClientConfig,
     conn: watch::Sender<Option<Arc<Conn>>>,
     held: Mutex<HashMap<InstanceKey, Held>>,
-    subs: Arc<SubTable>,
+    subs: Arc<cache::Cache>,
+    /// Numbers the connections this client opens, so that the cache tells their pushes apart.
+    conns_opened: std::sync::atomic::AtomicU64,
+    /// Cancelled by [`Client::close`]: ends the connection and every task of the client.
     closed: CancellationToken,
+    /// Every task of the client (connection reader and writer, reconnects, heartbeats).
+    tasks: TaskTracker,
     /// Woken on every registration, so that a beat interval shorter than the one the heartbeat
     /// loop is sleeping on takes effect at once, not after the old interval.
     beat_wake: tokio::sync::Notify,
@@ -176,12 +184,15 @@ impl Client {
             )));
         }
         let (conn, _) = watch::channel(None);
+        let (subs, resync) = cache::Cache::new();
         let inner = Arc::new(Inner {
             config,
             conn,
             held: Mutex::new(HashMap::default()),
-            subs: Arc::new(Mutex::new(HashMap::default())),
+            subs,
+            conns_opened: std::sync::atomic::AtomicU64::new(0),
             closed: CancellationToken::new(),
+            tasks: TaskTracker::new(),
             beat_wake: tokio::sync::Notify::new(),
             min_beat_ms: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
@@ -194,8 +205,9 @@ impl Client {
             }
         };
         inner.conn.send_replace(Some(conn.clone()));
-        tokio::spawn(inner.clone().maintain(conn, start_at));
-        tokio::spawn(inner.clone().heartbeats());
+        inner.tasks.spawn(inner.clone().maintain(conn, start_at));
+        inner.tasks.spawn(inner.clone().heartbeats());
+        inner.tasks.spawn(inner.clone().resubscribe(resync));
         Ok(Client { inner })
     }
 
@@ -218,14 +230,17 @@ impl Client {
             .map_or(500, |c| c.hello.lease_floor_ms)
     }
 
-    /// Stops heartbeats and closes the connection. Instances stay registered until their lease
-    /// runs out (session-bound ones are marked unhealthy at once); deregister first to remove
-    /// them now.
+    /// Stops heartbeats and closes the connection: every task of the client ends (see
+    /// [`Client::wait_closed`]). Instances stay registered until their lease runs out
+    /// (session-bound ones are marked unhealthy at once); deregister first to remove them now.
     pub fn close(&self) {
         self.inner.closed.cancel();
-        if let Some(c) = self.inner.conn.borrow().as_ref() {
-            c.close();
-        }
+        self.inner.tasks.close();
+    }
+
+    /// Waits until every task of the client has ended, after [`Client::close`].
+    pub async fn wait_closed(&self) {
+        self.inner.tasks.wait().await
     }
 
     /// Registers one instance and keeps it alive.
@@ -245,7 +260,7 @@ impl Client {
         instances: Vec<Instance>,
         session_bound: bool,
     ) -> Result<(), ClientError> {
-        for chunk in instances.chunks(BATCH_INSTANCES_MAX) {
+        for chunk in instance_frames(&instances) {
             let msg = Message::Register(Register {
                 session_bound,
                 instances: chunk.to_vec(),
@@ -286,7 +301,7 @@ impl Client {
     /// Deregisters instances; answers how many the node had.
     pub async fn deregister_batch(&self, keys: &[InstanceKey]) -> Result<u32, ClientError> {
         let mut removed = 0;
-        for chunk in keys.chunks(BATCH_INSTANCES_MAX) {
+        for chunk in key_frames(keys, BATCH_INSTANCES_MAX) {
             {
                 let mut held = self.inner.held.lock().unwrap();
                 for k in chunk {
@@ -373,31 +388,21 @@ impl Client {
     /// Subscribes to a service: the stream yields its full instance list on every change, the
     /// first time right away. Survives reconnects (the client subscribes again by itself).
     pub async fn subscribe(&self, name: &ServiceName) -> Result<Subscription, ClientError> {
-        let rx = {
-            let mut subs = self.inner.subs.lock().unwrap();
-            subs.entry(name.clone())
-                .or_insert_with(|| watch::channel(None).0)
-                .subscribe()
-        };
+        let rx = self.inner.subs.watch(name);
         expect_ack(self.inner.call(&Message::Subscribe(name.clone())).await?)?;
         Ok(Subscription { rx })
     }
 
     /// Stops pushes for a service; its open [`Subscription`]s end.
     pub async fn unsubscribe(&self, name: &ServiceName) -> Result<(), ClientError> {
-        self.inner.subs.lock().unwrap().remove(name);
+        self.inner.subs.remove(name);
         expect_ack(self.inner.call(&Message::Unsubscribe(name.clone())).await?)?;
         Ok(())
     }
 
     /// The last snapshot pushed for a subscribed service, from the local cache.
     pub fn cached(&self, name: &ServiceName) -> Option<Arc<ServiceSnapshot>> {
-        self.inner
-            .subs
-            .lock()
-            .unwrap()
-            .get(name)
-            .and_then(|tx| tx.borrow().clone())
+        self.inner.subs.get(name)
     }
 
     /// Sends one Beat for every held instance now (the SDK also does this by itself on its
@@ -541,6 +546,8 @@ impl Inner {
                 &self.config.client_name,
                 self.config.connect_timeout,
                 self.push_sink(),
+                &self.tasks,
+                &self.closed,
             )
             .await
             {
@@ -580,14 +587,41 @@ impl Inner {
         }
     }
 
-    /// Where pushes go: the subscription's watch channel (the local cache).
-    fn push_sink(&self) -> Arc<dyn Fn(ServiceSnapshot) + Send + Sync> {
+    /// Where the pushes of a new connection go: the local cache, which tells them from those
+    /// of earlier connections.
+    fn push_sink(&self) -> PushSink {
         let subs = self.subs.clone();
-        Arc::new(move |snap: ServiceSnapshot| {
-            if let Some(tx) = subs.lock().unwrap().get(&snap.name) {
-                tx.send_replace(Some(Arc::new(snap)));
+        let conn = 1 + self
+            .conns_opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Arc::new(move |push: Pushed| subs.take(conn, push))
+    }
+
+    /// Subscribes again the services whose pushes lost continuity (see [`cache`]), so that the
+    /// node pushes their whole lists; retried until that list has come (a reconnect's redo
+    /// subscribes everything anyway).
+    async fn resubscribe(self: Arc<Self>, mut names: mpsc::UnboundedReceiver<ServiceName>) {
+        loop {
+            let name = tokio::select! {
+                _ = self.closed.cancelled() => return,
+                n = names.recv() => match n {
+                    Some(n) => n,
+                    None => return,
+                },
+            };
+            while self.subs.is_resyncing(&name) && !self.closed.is_cancelled() {
+                match self.call(&Message::Subscribe(name.clone())).await {
+                    Ok(Message::Ack(_)) => break,
+                    other => {
+                        debug!(service = %name, answer = ?other, "subscribing again failed; retrying");
+                        tokio::select! {
+                            _ = self.closed.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        }
+                    }
+                }
             }
-        })
+        }
     }
 
     /// Keeps a connection up: when it drops, dials the next servers, then redoes registrations
@@ -641,7 +675,7 @@ impl Inner {
                 .filter(|h| h.session_bound == bound)
                 .map(|h| h.instance.clone())
                 .collect();
-            for chunk in batch.chunks(BATCH_INSTANCES_MAX) {
+            for chunk in instance_frames(&batch) {
                 let msg = Message::Register(Register {
                     session_bound: bound,
                     instances: chunk.to_vec(),
@@ -650,7 +684,7 @@ impl Inner {
                 tolerate_refusal(r, "registering again")?;
             }
         }
-        let names: Vec<ServiceName> = self.subs.lock().unwrap().keys().cloned().collect();
+        let names: Vec<ServiceName> = self.subs.names();
         for name in names {
             let r = expect_ack(
                 conn.call(&Message::Subscribe(name), self.config.request_timeout)
@@ -672,7 +706,7 @@ impl Inner {
             return Ok(0);
         }
         let mut unknown = Vec::new();
-        for chunk in held.chunks(BEAT_KEYS_MAX) {
+        for chunk in key_frames(&held, BEAT_KEYS_MAX) {
             match conn
                 .call(&Message::Beat(chunk.to_vec()), self.config.request_timeout)
                 .await?
@@ -700,7 +734,7 @@ impl Inner {
                     .map(|h| h.instance.clone())
                     .collect()
             };
-            for chunk in again.chunks(BATCH_INSTANCES_MAX) {
+            for chunk in instance_frames(&again) {
                 let msg = Message::Register(Register {
                     session_bound: bound,
                     instances: chunk.to_vec(),
@@ -745,7 +779,7 @@ impl Inner {
                 continue;
             };
             let this = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 if let Err(e) = this.beat_once(&conn).await {
                     debug!(error = %e, "heartbeat failed");
                     if matches!(e, ClientError::Timeout { .. }) {
@@ -756,6 +790,47 @@ impl Inner {
             });
         }
     }
+}
+
+/// Bytes of a request body the SDK fills with instances or keys: the frame limit less the
+/// header and the body's fields before its list (a Register's options and count), so that a
+/// batch of large instances is split into frames the node accepts instead of being refused.
+const LIST_BODY_BYTES_MAX: usize = crate::wire::FRAME_LEN_MAX - crate::wire::HEADER_LEN - 16;
+
+/// Splits `items` into runs of at most `count_max` items and [`LIST_BODY_BYTES_MAX`] encoded
+/// bytes (an item larger than that alone goes in a run of its own, and is refused when sent).
+fn runs<T>(items: &[T], count_max: usize, len: impl Fn(&T) -> usize) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, item) in items.iter().enumerate() {
+        let n = len(item);
+        if i > start && (i - start == count_max || bytes + n > LIST_BODY_BYTES_MAX) {
+            out.push(&items[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += n;
+    }
+    if start < items.len() {
+        out.push(&items[start..]);
+    }
+    out
+}
+
+/// Register frames' worth of instances.
+fn instance_frames(instances: &[Instance]) -> Vec<&[Instance]> {
+    runs(instances, BATCH_INSTANCES_MAX, Instance::encoded_len)
+}
+
+/// Key lists of at most `count_max` keys that fit a frame.
+fn key_frames(keys: &[InstanceKey], count_max: usize) -> Vec<&[InstanceKey]> {
+    runs(keys, count_max, |k| {
+        InstanceKey::MIN_LEN
+            + k.service.namespace.len()
+            + k.service.group.len()
+            + k.service.service.len()
+            + k.cluster.len()
+            + k.ip.len()
+    })
 }
 
 /// Fills Nacos's defaults into empty parts of a name.
@@ -772,5 +847,24 @@ pub fn service_name(namespace: &str, group: &str, service: &str) -> ServiceName 
             group
         }),
         service: Text::from(service),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_respect_the_count_and_the_bytes() {
+        let items: Vec<usize> = vec![10; 10];
+        let lens = |r: Vec<&[usize]>| r.iter().map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(lens(runs(&items, 4, |&n| n)), [4, 4, 2]);
+        let big = LIST_BODY_BYTES_MAX / 3 + 1;
+        let items = vec![big; 5];
+        assert_eq!(lens(runs(&items, 100, |&n| n)), [2, 2, 1]);
+        // An item over the budget goes alone.
+        let items = vec![1, LIST_BODY_BYTES_MAX + 1, 1];
+        assert_eq!(lens(runs(&items, 100, |&n| n)), [1, 1, 1]);
+        assert!(runs(&[] as &[usize], 4, |&n| n).is_empty());
     }
 }

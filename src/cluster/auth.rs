@@ -83,7 +83,7 @@ pub fn nonce() -> [u8; NONCE_LEN] {
 }
 
 /// The cluster identity hash of a member list: order does not matter.
-pub fn members_hash(members: &[std::net::SocketAddr]) -> u64 {
+pub fn members_hash(members: &[crate::config::PeerAddr]) -> u64 {
     let mut addrs: Vec<String> = members.iter().map(|a| a.to_string()).collect();
     addrs.sort();
     addrs.dedup();
@@ -108,9 +108,12 @@ mod tests {
 
     #[test]
     fn members_hash_ignores_order() {
-        let x: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let y: std::net::SocketAddr = "127.0.0.1:2".parse().unwrap();
-        assert_eq!(members_hash(&[x, y]), members_hash(&[y, x]));
-        assert_ne!(members_hash(&[x, y]), members_hash(&[x]));
+        let x: crate::config::PeerAddr = "127.0.0.1:1".parse().unwrap();
+        let y: crate::config::PeerAddr = "127.0.0.1:2".parse().unwrap();
+        assert_eq!(
+            members_hash(&[x.clone(), y.clone()]),
+            members_hash(&[y.clone(), x.clone()])
+        );
+        assert_ne!(members_hash(&[x.clone(), y]), members_hash(&[x]));
     }
 }

@@ -3,8 +3,8 @@
 //! and their handoffs, the sync flusher, verify rounds and pulls, the load on start. Timers and
 //! sockets live here; every decision about them is the engine's.
 
+use crate::config::PeerAddr;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,6 +28,9 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+/// A long load logs how far it got this often.
+const LOAD_PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(2);
+
 impl Cluster {
     fn timing(&self) -> Timing {
         Timing::of(&self.config)
@@ -41,29 +44,29 @@ impl Cluster {
         while let Some(cmd) = queue.pop_front() {
             match cmd {
                 Command::CloseControl(addr) => {
-                    if let Some(m) = self.member(addr) {
+                    if let Some(m) = self.member(&addr) {
                         Member::close(&m.control);
                     }
                 }
                 Command::CloseData(addr) => {
-                    if let Some(m) = self.member(addr) {
+                    if let Some(m) = self.member(&addr) {
                         Member::close(&m.data);
                     }
                 }
                 Command::MemberUp { addr, .. } => {
-                    if let Some(m) = self.member(addr) {
+                    if let Some(m) = self.member(&addr) {
                         m.up.store(true, Ordering::Release);
                     }
                 }
                 Command::MemberDown { addr } => {
-                    if let Some(m) = self.member(addr) {
+                    if let Some(m) = self.member(&addr) {
                         m.up.store(false, Ordering::Release);
                         m.drop_links();
                     }
                 }
                 Command::InstallView => self.install_view().await,
                 Command::Load { from } => {
-                    let outcome = self.load_from(from).await;
+                    let outcome = self.load_from(from.clone()).await;
                     let next = self.engine().on_load(from, outcome, self.now_ms());
                     queue.extend(next);
                 }
@@ -91,7 +94,7 @@ impl Cluster {
             let cmds = self
                 .engine()
                 .members_mut()
-                .on_probe(m.addr, probe, self.now_ms());
+                .on_probe(m.addr.clone(), probe, self.now_ms());
             self.run(cmds).await;
         }
     }
@@ -102,9 +105,11 @@ impl Cluster {
         let dial_timeout = ms(timing.dial_timeout_ms());
         let control = match m.control_link() {
             Some(l) => l,
-            None => match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            None => match self.dial_link(&m.addr, dial_timeout).await {
                 Ok(l) => {
-                    self.engine().members_mut().on_handshake(m.addr, l.peer_id);
+                    self.engine()
+                        .members_mut()
+                        .on_handshake(m.addr.clone(), l.peer_id);
                     m.id.store(l.peer_id, Ordering::Relaxed);
                     *m.control.lock().unwrap() = Some(l.clone());
                     l
@@ -126,7 +131,7 @@ impl Cluster {
             return Probe::PingLost { data_idle_ms };
         }
         if m.data_link().is_none() {
-            match Link::dial(&*self.dialer, m.addr, &self.identity, dial_timeout).await {
+            match self.dial_link(&m.addr, dial_timeout).await {
                 Ok(l) => *m.data.lock().unwrap() = Some(l),
                 Err(e) => {
                     debug!(peer = %m.addr, error = %e, "data link failed");
@@ -164,7 +169,7 @@ impl Cluster {
             "ownership view changed"
         );
         for h in handoffs {
-            let link = self.member(h.to).and_then(|m| m.data_link());
+            let link = self.member(&h.to).and_then(|m| m.data_link());
             let (Some(batch), Some(link)) = (change.lost.get(&h.owner), link) else {
                 continue;
             };
@@ -202,14 +207,27 @@ impl Cluster {
     }
 
     fn send_open_batch(&self) {
-        let Some((count, frame)) = self.outbox.take_frame() else {
-            return;
-        };
-        Stats::add(&self.stats.sync_records_sent, count as u64);
-        for m in &self.members {
-            match m.data_link().filter(|_| m.is_up()) {
-                Some(l) if l.send_raw(frame.clone()) => Stats::add(&self.stats.sync_frames_sent, 1),
-                _ => Stats::add(&self.stats.sync_frames_dropped, 1),
+        let dropped = self.outbox.take_dropped();
+        if dropped > 0 {
+            Stats::add(&self.stats.sync_records_dropped, dropped);
+            warn!(
+                records = dropped,
+                "sync outbox full; records left to anti-entropy"
+            );
+        }
+        while let Some((count, frame)) = self.outbox.take_frame() {
+            Stats::add(&self.stats.sync_records_sent, count as u64);
+            for m in &self.members {
+                match m.data_link().filter(|_| m.is_up()) {
+                    Some(l) if l.send_raw(frame.clone()) => {
+                        Stats::add(&self.stats.sync_frames_sent, 1);
+                        self.metrics.peer(m.id()).sync_sent(count, frame.len());
+                    }
+                    _ => {
+                        Stats::add(&self.stats.sync_frames_dropped, 1);
+                        self.metrics.peer(m.id()).sync_dropped_batches.inc();
+                    }
+                }
             }
         }
     }
@@ -232,8 +250,9 @@ impl Cluster {
                 continue;
             }
             let frame = self.digest_frame();
+            self.metrics.digest_rounds.inc();
             for addr in targets {
-                let Some(l) = self.member(addr).and_then(|m| m.data_link()) else {
+                let Some(l) = self.member(&addr).and_then(|m| m.data_link()) else {
                     continue;
                 };
                 if !l.send_raw(frame.clone()) {
@@ -267,13 +286,17 @@ impl Cluster {
             Err(Unfit::BucketCount { .. }) => return,
         };
         let diff = self.store.digest(d.owner).diff(&theirs);
+        self.metrics
+            .peer(d.owner)
+            .digest_mismatched_buckets
+            .inc_by(diff.len() as u64);
         let verdict = self.engine().on_digest(d.owner, d.view_hash, diff);
         match verdict {
             Verdict::Matched => Stats::add(&self.stats.digests_matched, 1),
             Verdict::Pull(plan) => {
                 let me = self.clone();
                 self.tracker.spawn(async move {
-                    let from = plan.from;
+                    let from = plan.from.clone();
                     if let Err(e) = me.pull(plan).await {
                         debug!(peer = %from, error = %e, "pull failed");
                     }
@@ -288,7 +311,7 @@ impl Cluster {
     /// sends back or drops this node's records there as the engine's reconcile rules say.
     async fn pull(&self, plan: PullPlan) -> Result<(), PeerError> {
         let link = self
-            .member(plan.from)
+            .member(&plan.from)
             .and_then(|m| m.data_link())
             .ok_or(PeerError::Closed)?;
         Stats::add(&self.stats.pulls, 1);
@@ -319,6 +342,10 @@ impl Cluster {
             return Err(PeerError::Closed);
         }
         Stats::add(&self.stats.records_repaired, repaired as u64);
+        self.metrics
+            .peer(plan.owner)
+            .repaired_records
+            .inc_by(repaired as u64);
         let now_ms = self.now_ms();
         let mut back = RecordBatch::default();
         self.store.for_each_matching(
@@ -349,13 +376,12 @@ impl Cluster {
                 .drop_missing(plan.owner, &plan.buckets, pull.kept(), before);
             Stats::add(&self.stats.records_dropped_by_pull, dropped as u64);
         }
-        info!(
-            owner = plan.owner,
-            buckets = plan.buckets.len(),
-            repaired,
-            dropped,
-            "anti-entropy repair"
-        );
+        let (owner, buckets) = (plan.owner, plan.buckets.len());
+        if repaired + dropped > 0 {
+            info!(owner, buckets, repaired, dropped, "anti-entropy repair");
+        } else {
+            debug!(owner, buckets, "anti-entropy pull changed nothing");
+        }
         Ok(())
     }
 
@@ -380,9 +406,13 @@ impl Cluster {
         }
     }
 
-    async fn load_from(&self, from: SocketAddr) -> LoadOutcome {
-        match self.stream_snapshot(from).await {
-            Ok(records) => LoadOutcome::Loaded { records },
+    async fn load_from(&self, from: PeerAddr) -> LoadOutcome {
+        let started = tokio::time::Instant::now();
+        match self.stream_snapshot(from.clone()).await {
+            Ok(records) => {
+                self.metrics.snapshot_loaded(started.elapsed());
+                LoadOutcome::Loaded { records }
+            }
             Err(PeerError::Remote(e)) if e.kind() == Some(ErrorCode::NotReady) => {
                 LoadOutcome::PeerLoading
             }
@@ -393,20 +423,26 @@ impl Cluster {
         }
     }
 
-    async fn stream_snapshot(&self, from: SocketAddr) -> Result<usize, PeerError> {
+    async fn stream_snapshot(&self, from: PeerAddr) -> Result<usize, PeerError> {
         let link = self
-            .member(from)
+            .member(&from)
             .and_then(|m| m.data_link())
             .ok_or(PeerError::Closed)?;
         let mut rx = link
             .call_stream(&Message::SnapshotRequest, STREAM_FRAME_TIMEOUT)
             .await?;
         let mut total = 0;
+        info!(peer = %from, "loading the cluster's data");
+        let mut progress = tokio::time::Instant::now();
         loop {
             match self.next_streamed(&link, &mut rx, "snapshot").await? {
                 Some(Message::Records(recs)) => {
                     total += recs.len();
                     self.apply_records(&recs);
+                    if progress.elapsed() >= LOAD_PROGRESS_LOG_INTERVAL {
+                        progress = tokio::time::Instant::now();
+                        info!(peer = %from, records = total, "loading the cluster's data");
+                    }
                 }
                 Some(Message::Error(e)) => return Err(PeerError::Remote(e)),
                 Some(other) => return Err(PeerError::Unexpected(format!("{:?}", other.opcode()))),
@@ -429,7 +465,7 @@ impl Cluster {
     async fn next_streamed(
         &self,
         link: &Link,
-        rx: &mut tokio::sync::mpsc::Receiver<Message>,
+        rx: &mut crate::net::StreamedAnswer,
         what: &'static str,
     ) -> Result<Option<Message>, PeerError> {
         let silent_max = ms(self.config.member_timeout_ms);

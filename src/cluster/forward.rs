@@ -41,21 +41,25 @@ impl Cluster {
             .try_acquire()
             .map_err(|_| ForwardError::Overloaded)?;
         Stats::add(&self.stats.forwards, 1);
+        self.metrics.peer(owner).forwards_sent.inc();
         let link = self
             .member_by_id(owner)
             .and_then(|m| m.data_link())
             .ok_or_else(|| {
                 Stats::add(&self.stats.forward_errors, 1);
+                self.metrics.peer(owner).forward_errors.inc();
                 ForwardError::Unreachable { owner }
             })?;
         match link.call(&msg, FORWARD_TIMEOUT).await {
             Ok(Message::Error(error)) | Err(PeerError::Remote(error)) => {
                 Stats::add(&self.stats.forward_errors, 1);
+                self.metrics.peer(owner).forward_errors.inc();
                 Err(ForwardError::Refused { owner, error })
             }
             Ok(answer) => Ok(answer),
             Err(other) => {
                 Stats::add(&self.stats.forward_errors, 1);
+                self.metrics.peer(owner).forward_errors.inc();
                 Err(ForwardError::Failed {
                     owner,
                     reason: other.to_string(),

@@ -31,7 +31,7 @@ pub mod peer_session;
 pub mod stats;
 pub mod sync;
 
-use std::net::SocketAddr;
+use crate::config::PeerAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -44,7 +44,7 @@ use crate::config::Config;
 use crate::model::{ClusterStatus, MemberStatus, NodeId};
 use crate::net::{Dialer, Listener};
 use crate::store::Store;
-use crate::wire::{DigestMsg, FLAG_MORE, Message, Opcode, SyncRecord, encode_frame};
+use crate::wire::{DigestMsg, Message, SyncRecord, encode_frame};
 pub use auth::Identity;
 pub use engine::reconcile::UNKNOWN_RECORD_MARGIN_MS;
 pub use engine::verify::PULL_AT_ONCE_BUCKETS_MAX;
@@ -52,7 +52,7 @@ use engine::{Engine, Timing};
 pub use forward::ForwardError;
 use link::Link;
 use stats::Stats;
-use sync::{SyncOutbox, records_frame};
+use sync::SyncOutbox;
 
 /// Deadline of a forwarded write (the client's own deadline is usually longer, and the SDK
 /// retries a Timeout).
@@ -67,7 +67,7 @@ pub const STREAM_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// One other member of the cluster: its links, and what the engine last decided about it,
 /// published for the paths that must not wait for the engine (forwards, sync flushes, status).
 pub struct Member {
-    pub addr: SocketAddr,
+    pub addr: PeerAddr,
     /// Learned in the handshake; 0 until then.
     id: AtomicU16,
     up: AtomicBool,
@@ -76,7 +76,7 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(addr: SocketAddr) -> Member {
+    fn new(addr: PeerAddr) -> Member {
         Member {
             addr,
             id: AtomicU16::new(0),
@@ -142,11 +142,16 @@ pub struct Cluster {
     gather: gather::Gather,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Pull and snapshot answers being streamed to peers (bounded).
+    serving: peer_session::Serving,
     pub stats: Stats,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Cluster {
-    /// The cluster machinery of a node; its tasks run on `tracker` and stop with `shutdown`.
+    /// The cluster machinery of a node; its tasks run on `tracker` and stop with `shutdown`,
+    /// and it counts into the node's `metrics`.
+    #[allow(clippy::too_many_arguments)] // the node's parts, each passed once, by `Node` only
     pub fn new(
         config: Config,
         store: Arc<Store>,
@@ -155,6 +160,7 @@ impl Cluster {
         dialer: Arc<dyn Dialer>,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Cluster> {
         let identity = Identity {
             node_id: config.node_id,
@@ -167,14 +173,14 @@ impl Cluster {
         };
         let engine = Engine::new(
             config.node_id,
-            config.peer_listen,
-            config.members.iter().copied(),
+            config.own_peer_addr(),
+            config.members.iter().cloned(),
             Timing::of(&config),
         );
         let members = engine
             .members()
             .iter()
-            .map(|m| Arc::new(Member::new(m.addr)))
+            .map(|m| Arc::new(Member::new(m.addr.clone())))
             .collect();
         Arc::new(Cluster {
             identity,
@@ -190,7 +196,9 @@ impl Cluster {
             gather: gather::Gather::default(),
             tracker,
             shutdown,
+            serving: peer_session::Serving::default(),
             stats: Stats::default(),
+            metrics,
         })
     }
 
@@ -206,8 +214,8 @@ impl Cluster {
         &self.members
     }
 
-    fn member(&self, addr: SocketAddr) -> Option<&Arc<Member>> {
-        self.members.iter().find(|m| m.addr == addr)
+    fn member(&self, addr: &PeerAddr) -> Option<&Arc<Member>> {
+        self.members.iter().find(|m| m.addr == *addr)
     }
 
     fn member_by_id(&self, id: NodeId) -> Option<&Arc<Member>> {
@@ -253,6 +261,14 @@ impl Cluster {
         applied
     }
 
+    /// Applies a SyncBatch that `peer` sent, counting it for that peer.
+    pub fn apply_sync_batch(&self, peer: NodeId, records: &[SyncRecord]) {
+        let applied = self.apply_records(records);
+        self.metrics
+            .peer(peer)
+            .sync_applied(records, applied, self.now_ms(), peer);
+    }
+
     /// This node's digest as a Digest frame (request id 0).
     pub fn digest_frame(&self) -> bytes::Bytes {
         let me = self.config.node_id;
@@ -270,14 +286,14 @@ impl Cluster {
         let owned = self.store.owned_counts();
         let mut members = vec![MemberStatus {
             id: self.config.node_id,
-            addr: self.config.peer_listen.to_string().into(),
+            addr: self.config.own_peer_addr().as_str().into(),
             up: true,
             owned: *owned.get(&self.config.node_id).unwrap_or(&0) as u64,
         }];
         for m in &self.members {
             members.push(MemberStatus {
                 id: m.id(),
-                addr: m.addr.to_string().into(),
+                addr: m.addr.as_str().into(),
                 up: m.is_up(),
                 owned: if m.is_up() {
                     *owned.get(&m.id()).unwrap_or(&0) as u64
@@ -292,22 +308,5 @@ impl Cluster {
             instances: self.store.len() as u64,
             members,
         }
-    }
-
-    /// Frames answering a Pull or SnapshotRequest: `pieces` as Records frames, FLAG_MORE on all
-    /// but the last, and an empty last frame when there is nothing.
-    pub fn records_frames(request_id: u32, pieces: Vec<(u32, bytes::Bytes)>) -> Vec<bytes::Bytes> {
-        let n = pieces.len();
-        if n == 0 {
-            return vec![records_frame(Opcode::Records, request_id, 0, 0, &[])];
-        }
-        pieces
-            .into_iter()
-            .enumerate()
-            .map(|(i, (count, bytes))| {
-                let flags = if i + 1 < n { FLAG_MORE } else { 0 };
-                records_frame(Opcode::Records, request_id, flags, count, &bytes)
-            })
-            .collect()
     }
 }

@@ -2,7 +2,8 @@
 //! pings, forwarded writes, sync batches, digests, pulls and snapshot requests.
 //!
 //! A frame that cannot be decoded, or a client opcode, closes the connection with an Error
-//! frame; nothing of it is applied.
+//! frame; nothing of it is applied. Pull and snapshot answers are streamed a chunk of the store
+//! at a time, at most [`STREAMS_SERVED_MAX`] at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,17 +12,21 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::auth;
 use super::engine::handshake::Acceptor;
+use super::sync::records_frame_mut;
 use super::{Cluster, RECORDS_FRAME_BYTES};
-use crate::net::{BoxStream, Listener, StreamReader, StreamWriter};
-use crate::store::digest::BucketSet;
-use crate::wire::{ErrorBody, ErrorCode, FRAME_LEN_MAX, FrameCodec, Message, encode_frame};
+use crate::net::{
+    BoxStream, Listener, NoExtra, StreamClosed, StreamReader, StreamSender, StreamWriter,
+    WriterConfig,
+};
+use crate::store::chunks::{RecordChunks, Selection};
+use crate::wire::{ErrorBody, ErrorCode, FRAME_LEN_MAX, FrameCodec, Message, Opcode, encode_frame};
 
 /// Deadline of the whole handshake of an incoming peer connection.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -31,37 +36,51 @@ const ANSWER_QUEUE_MAX: usize = 256;
 pub const PEER_CONNECTIONS_MAX: usize = 1024;
 /// A peer connection silent this long is dropped (peers ping several times a second).
 const PEER_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// One write to a peer gathers up to this many bytes of answers.
+const ANSWER_WRITE_BATCH_BYTES: usize = 1 << 20;
+/// Pull and snapshot answers this node streams at once, over all its peers. Each costs about a
+/// chunk being encoded and a window of frames queued (some 6 MiB at most) and scans the store;
+/// a pull comes at most once per peer and digest round, so this serves a cluster of 9 pulling
+/// from one node at the same moment. Beyond it a request is answered `Overloaded` at once: the
+/// puller tries again at the next digest round, a loading node asks the next member. (Making it
+/// wait instead could outlast the requester's deadline for the first frame, which closes its
+/// link.)
+pub const STREAMS_SERVED_MAX: usize = 8;
+/// Frames of one streamed answer queued for the writer at once (about 1 MiB each): the
+/// producer encodes the next chunk only when the socket has taken the earlier ones.
+const STREAM_WINDOW_FRAMES: usize = 4;
 
+/// What the serving side of a node shares over its peer connections.
+pub struct Serving {
+    /// One permit per pull or snapshot answer that may be streamed now.
+    streams: Arc<Semaphore>,
+}
+
+impl Default for Serving {
+    fn default() -> Serving {
+        Serving {
+            streams: Arc::new(Semaphore::new(STREAMS_SERVED_MAX)),
+        }
+    }
+}
+
+/// Accepts peer connections until `shutdown` (at most [`PEER_CONNECTIONS_MAX`]), each served in
+/// a task of the node's tracker.
 pub async fn accept_loop(
     cluster: Arc<Cluster>,
     listener: Box<dyn Listener>,
     shutdown: CancellationToken,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let c = cluster.clone();
-                let s = shutdown.clone();
-                tokio::spawn(async move {
-                    serve(c, stream, peer, s).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                warn!(error = %e, "peer accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+    let tracker = cluster.tracker.clone();
+    crate::net::accept_loop(
+        "peer",
+        &*listener,
+        PEER_CONNECTIONS_MAX,
+        shutdown.clone(),
+        &tracker,
+        |stream, peer| serve(cluster.clone(), stream, peer, shutdown.clone()),
+    )
+    .await
 }
 
 async fn serve(
@@ -90,23 +109,38 @@ async fn serve(
         };
     debug!(%peer, peer_id, "peer connected");
     let (tx, rx) = mpsc::channel::<Bytes>(ANSWER_QUEUE_MAX);
-    // Never cancelled from outside: it ends when the answers channel closes and is drained.
-    let writer = tokio::spawn(crate::net::write_frames(
+    // Cancelled by the writer when it ends (a write failed): reading on is pointless then.
+    // Otherwise the writer ends once every answer (streamed ones included) is written.
+    let written = CancellationToken::new();
+    let writer_config = WriterConfig {
+        batch_bytes: ANSWER_WRITE_BATCH_BYTES,
+        write_timeout: None,
+    };
+    let writer = cluster.tracker.spawn(crate::net::writer::run(
         wr,
         rx,
-        1 << 20,
-        CancellationToken::new(),
+        writer_config,
+        written.clone(),
+        NoExtra,
     ));
+    let conn = Conn {
+        cluster: cluster.clone(),
+        peer: peer_id,
+        answers: tx,
+        shutdown: shutdown.clone(),
+    };
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
+            _ = written.cancelled() => break,
             n = tokio::time::timeout(PEER_IDLE_TIMEOUT, frames.next()) => n,
         };
         let frame = match next {
             Ok(Some(Ok(f))) => f,
             Ok(Some(Err(e))) => {
                 info!(%peer, error = %e, "closing peer connection on a bad frame");
-                let _ = tx
+                let _ = conn
+                    .answers
                     .send(encode_frame(
                         0,
                         0,
@@ -122,7 +156,8 @@ async fn serve(
             Ok(m) => m,
             Err(e) => {
                 info!(%peer, error = %e, "closing peer connection on a bad frame");
-                let _ = tx
+                let _ = conn
+                    .answers
                     .send(encode_frame(
                         rid,
                         0,
@@ -132,13 +167,26 @@ async fn serve(
                 break;
             }
         };
-        if !handle(&cluster, rid, msg, &tx).await {
+        cluster
+            .metrics
+            .peer(peer_id)
+            .frame_received(frame.opcode, frame.body.len());
+        if !conn.handle(rid, msg).await {
             break;
         }
     }
-    drop(tx);
+    drop(conn);
     let _ = writer.await;
     debug!(%peer, "peer disconnected");
+}
+
+/// One authenticated peer connection.
+struct Conn {
+    cluster: Arc<Cluster>,
+    /// The peer's node id (from the handshake).
+    peer: u16,
+    answers: mpsc::Sender<Bytes>,
+    shutdown: CancellationToken,
 }
 
 /// Acceptor side of the handshake (the checks are [`Acceptor`]'s); answers the peer's id.
@@ -172,115 +220,297 @@ async fn next_message(
     }
 }
 
-/// Handles one request; false closes the connection.
-async fn handle(cluster: &Arc<Cluster>, rid: u32, msg: Message, tx: &mpsc::Sender<Bytes>) -> bool {
-    let store = cluster.store();
-    let answer = match msg {
-        Message::Ping(n) => Message::Pong(n),
-        Message::FwdRegister { session, instances } => {
-            let floor = cluster.config.lease_floor_ms;
-            if let Some(e) = instances.iter().find_map(|i| i.validate(floor).err()) {
-                Message::Error(ErrorBody::new(ErrorCode::InvalidArgument, e.to_string()))
-            } else {
-                // A forward is applied here whoever owns the key by this node's view: it is
-                // never forwarded again; the next digest round settles any disagreement.
-                for i in &instances {
-                    store.register(i, session);
-                }
-                Message::Ack(instances.len() as u32)
-            }
-        }
-        Message::FwdDeregister(keys) => {
-            Message::Ack(keys.iter().filter(|k| store.deregister(k)).count() as u32)
-        }
-        Message::FwdBeat(keys) => Message::BeatAck(store.beat_batch(&keys)),
-        Message::FwdLapse { session, keys } => Message::Ack(
-            keys.iter()
-                .filter(|k| store.lapse_session(k, session))
-                .count() as u32,
-        ),
-        Message::SyncBatch(records) => {
-            super::stats::Stats::add(&cluster.stats.sync_frames_received, 1);
-            cluster.apply_records(&records);
-            return true;
-        }
-        Message::Digest(d) => {
-            cluster.on_digest(d);
-            return true;
-        }
-        Message::Pull(p) => {
-            // Answered from its own task: finding a bucket's records scans the store, and the
-            // forwards and sync batches behind it on this link should not wait for that.
-            let c = cluster.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let set: BucketSet = p.buckets.iter().map(|&b| b as usize).collect();
-                let batch = c.store().records_in_buckets(p.owner, &set);
-                let frames = Cluster::records_frames(rid, batch.pieces(RECORDS_FRAME_BYTES));
-                send_all(&tx, frames).await;
-            });
-            return true;
-        }
-        Message::SnapshotRequest => {
-            if !cluster.ready.load(std::sync::atomic::Ordering::Acquire) {
-                // A node still loading holds only part of the data (nothing, after a restart):
-                // a peer that loaded it would turn ready with an empty or partial store.
-                let e = ErrorBody::new(ErrorCode::NotReady, "this node is still loading");
-                return tx
-                    .send(encode_frame(rid, 0, &Message::Error(e)))
-                    .await
-                    .is_ok();
-            }
-            let c = cluster.clone();
-            let tx = tx.clone();
-            // Streamed from its own task so the connection keeps serving (and the receiver's
-            // pace bounds how much is buffered: the answer queue is bounded).
-            tokio::spawn(async move {
-                let shards = crate::store::SHARDS;
-                for shard in 0..shards {
-                    let batch = c.store().encode_shard(shard);
-                    let mut pieces = batch.pieces(RECORDS_FRAME_BYTES);
-                    if shard + 1 < shards {
-                        // Every frame but the very last carries FLAG_MORE.
-                        let frames: Vec<Bytes> = pieces
-                            .drain(..)
-                            .map(|(n, b)| {
-                                super::sync::records_frame(
-                                    crate::wire::Opcode::Records,
-                                    rid,
-                                    crate::wire::FLAG_MORE,
-                                    n,
-                                    &b,
-                                )
-                            })
-                            .collect();
-                        if !send_all(&tx, frames).await {
-                            return;
-                        }
-                    } else if !send_all(&tx, Cluster::records_frames(rid, pieces)).await {
-                        return;
+impl Conn {
+    /// Handles one request; false closes the connection.
+    async fn handle(&self, rid: u32, msg: Message) -> bool {
+        let cluster = &self.cluster;
+        let tx = &self.answers;
+        let store = cluster.store();
+        let answer = match msg {
+            Message::Ping(n) => Message::Pong(n),
+            Message::FwdRegister { session, instances } => {
+                let floor = cluster.config.lease_floor_ms;
+                if let Some(e) = instances.iter().find_map(|i| i.validate(floor).err()) {
+                    Message::Error(ErrorBody::new(ErrorCode::InvalidArgument, e.to_string()))
+                } else {
+                    // A forward is applied here whoever owns the key by this node's view: it is
+                    // never forwarded again; the next digest round settles any disagreement.
+                    for i in &instances {
+                        store.register(i, session);
                     }
+                    Message::Ack(instances.len() as u32)
                 }
-            });
-            return true;
-        }
-        other => {
+            }
+            Message::FwdDeregister(keys) => {
+                Message::Ack(keys.iter().filter(|k| store.deregister(k)).count() as u32)
+            }
+            Message::FwdBeat(keys) => Message::BeatAck(store.beat_batch(&keys)),
+            Message::FwdLapse { session, keys } => Message::Ack(
+                keys.iter()
+                    .filter(|k| store.lapse_session(k, session))
+                    .count() as u32,
+            ),
+            Message::SyncBatch(records) => {
+                super::stats::Stats::add(&cluster.stats.sync_frames_received, 1);
+                cluster.apply_sync_batch(self.peer, &records);
+                return true;
+            }
+            Message::Digest(d) => {
+                cluster.on_digest(d);
+                return true;
+            }
+            Message::Pull(p) => {
+                let selection = Selection::Owned {
+                    owner: p.owner,
+                    buckets: p.buckets.iter().map(|&b| b as usize).collect(),
+                };
+                return self.stream_records(rid, selection).await;
+            }
+            Message::SnapshotRequest => {
+                if !cluster.ready.load(std::sync::atomic::Ordering::Acquire) {
+                    // A node still loading holds only part of the data (nothing, after a
+                    // restart): a peer that loaded it would turn ready with an empty or partial
+                    // store.
+                    let e = ErrorBody::new(ErrorCode::NotReady, "this node is still loading");
+                    return tx
+                        .send(encode_frame(rid, 0, &Message::Error(e)))
+                        .await
+                        .is_ok();
+                }
+                return self.stream_records(rid, Selection::All).await;
+            }
+            other => {
+                let e = ErrorBody::new(
+                    ErrorCode::NotAllowed,
+                    format!("{:?} is not accepted on the peer port", other.opcode()),
+                );
+                let _ = tx.send(encode_frame(rid, 0, &Message::Error(e))).await;
+                return false;
+            }
+        };
+        tx.send(encode_frame(rid, 0, &answer)).await.is_ok()
+    }
+
+    /// Answers a Pull or a SnapshotRequest with the selected records, streamed from a task of
+    /// its own (finding the records scans the store, and the forwards and sync batches behind
+    /// the request on this connection should not wait for that), or with `Overloaded` when
+    /// [`STREAMS_SERVED_MAX`] answers are being streamed already.
+    async fn stream_records(&self, rid: u32, selection: Selection) -> bool {
+        let Ok(slot) = self.cluster.serving.streams.clone().try_acquire_owned() else {
+            super::stats::Stats::add(&self.cluster.stats.streams_refused, 1);
             let e = ErrorBody::new(
-                ErrorCode::NotAllowed,
-                format!("{:?} is not accepted on the peer port", other.opcode()),
+                ErrorCode::Overloaded,
+                format!("{STREAMS_SERVED_MAX} pull or snapshot answers are being sent already"),
             );
-            let _ = tx.send(encode_frame(rid, 0, &Message::Error(e))).await;
-            return false;
-        }
-    };
-    tx.send(encode_frame(rid, 0, &answer)).await.is_ok()
+            return self
+                .answers
+                .send(encode_frame(rid, 0, &Message::Error(e)))
+                .await
+                .is_ok();
+        };
+        let cluster = self.cluster.clone();
+        let peer = self.peer;
+        let out = StreamSender::new(self.answers.clone(), STREAM_WINDOW_FRAMES);
+        let shutdown = self.shutdown.clone();
+        self.cluster.tracker.spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = send_records(&cluster, peer, rid, selection, out) => {}
+            }
+            drop(slot);
+        });
+        true
+    }
 }
 
-async fn send_all(tx: &mpsc::Sender<Bytes>, frames: Vec<Bytes>) -> bool {
-    for f in frames {
-        if tx.send(f).await.is_err() {
-            return false;
+/// Streams the selected records as Records frames of about [`RECORDS_FRAME_BYTES`], a chunk of
+/// the store at a time (see [`crate::store::chunks`]).
+async fn send_records(
+    cluster: &Cluster,
+    peer: u16,
+    rid: u32,
+    selection: Selection,
+    mut out: StreamSender,
+) -> Result<(), StreamClosed> {
+    let mut walk = RecordChunks::new(selection);
+    while let Some(chunk) = walk.next_chunk(cluster.store()) {
+        for (count, bytes) in chunk.pieces(RECORDS_FRAME_BYTES) {
+            let frame = records_frame_mut(Opcode::Records, rid, 0, count, &bytes);
+            cluster
+                .metrics
+                .peer(peer)
+                .pull_served_bytes
+                .inc_by(frame.len() as u64);
+            out.send(frame).await?;
         }
     }
-    true
+    out.finish(|| records_frame_mut(Opcode::Records, rid, 0, 0, &[]))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+    use crate::net::Dialer;
+    use crate::node::Node;
+    use crate::wire::{FLAG_MORE, Frame, NONCE_LEN, PROTOCOL_VERSION, PeerHello, PullMsg};
+    use futures_util::future::BoxFuture;
+    use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+
+    const TOKEN: &str = "test-token";
+
+    struct NoDial;
+
+    impl Dialer for NoDial {
+        fn connect(&self, _: String) -> BoxFuture<'static, std::io::Result<BoxStream>> {
+            Box::pin(async { Err(std::io::Error::other("this test dials nobody")) })
+        }
+    }
+
+    fn member(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 19_000 + i))
+    }
+
+    /// A node (member 1 of 3) serving one authenticated peer connection, whose far end (node 2)
+    /// the test holds.
+    async fn connected() -> (
+        Arc<Node>,
+        FramedRead<ReadHalf<DuplexStream>, FrameCodec>,
+        WriteHalf<DuplexStream>,
+    ) {
+        let config = Config {
+            node_id: 1,
+            members: vec![member(1).into(), member(2).into(), member(3).into()],
+            peer_listen: member(1),
+            cluster_token: Some(TOKEN.into()),
+            ..Config::default()
+        };
+        let node = Node::with_dialer(config, Clock::starting_at(1_000_000), Arc::new(NoDial));
+        node.set_ready(true);
+        let cluster = node.cluster.clone().unwrap();
+        let (near, far) = tokio::io::duplex(1 << 20);
+        node.tracker.spawn(serve(
+            cluster.clone(),
+            Box::new(near),
+            member(2),
+            node.shutdown.clone(),
+        ));
+        let (rd, mut wr) = tokio::io::split(far);
+        let mut frames = FramedRead::new(rd, FrameCodec::default());
+        let nonce = [7; NONCE_LEN];
+        let hello = PeerHello {
+            node_id: 2,
+            max_version: PROTOCOL_VERSION,
+            members_hash: cluster.identity.members_hash,
+            nonce,
+        };
+        wr.write_all(&encode_frame(0, 0, &Message::PeerHello(hello)))
+            .await
+            .unwrap();
+        let Ok(Message::PeerChallenge(ch)) = next(&mut frames).await.message() else {
+            panic!("no challenge")
+        };
+        let proof = auth::mac(TOKEN.as_bytes(), auth::DIALER_LABEL, &ch.nonce, &nonce, 2);
+        wr.write_all(&encode_frame(0, 0, &Message::PeerAuth(proof)))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut frames).await.message().unwrap(), Message::Ack(0));
+        (node, frames, wr)
+    }
+
+    async fn next(frames: &mut FramedRead<ReadHalf<DuplexStream>, FrameCodec>) -> Frame {
+        frames.next().await.unwrap().unwrap()
+    }
+
+    fn pull(rid: u32) -> Bytes {
+        let p = PullMsg {
+            owner: 1,
+            buckets: (0..crate::model::DIGEST_BUCKETS as u16).collect(),
+        };
+        encode_frame(rid, 0, &Message::Pull(p))
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_cap_are_refused_as_overloaded_and_counted() {
+        let (node, mut frames, mut wr) = connected().await;
+        let cluster = node.cluster.clone().unwrap();
+        let taken = cluster
+            .serving
+            .streams
+            .clone()
+            .try_acquire_many_owned(STREAMS_SERVED_MAX as u32)
+            .unwrap();
+        wr.write_all(&pull(5)).await.unwrap();
+        let f = next(&mut frames).await;
+        match f.message().unwrap() {
+            Message::Error(e) => {
+                assert_eq!((f.request_id, e.kind()), (5, Some(ErrorCode::Overloaded)))
+            }
+            other => panic!("expected Overloaded, got {other:?}"),
+        }
+        assert_eq!(cluster.stats.snapshot().streams_refused, 1);
+        // A slot frees: the next pull is answered (an empty store: one empty Records frame).
+        drop(taken);
+        wr.write_all(&pull(6)).await.unwrap();
+        let f = next(&mut frames).await;
+        assert_eq!((f.request_id, f.flags), (6, 0));
+        assert_eq!(f.message().unwrap(), Message::Records(vec![]));
+        node.shutdown.cancel();
+        node.tracker.close();
+        node.tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_is_streamed_in_frames_linked_by_more() {
+        let (node, mut frames, mut wr) = connected().await;
+        // About 3 MiB of records: several chunks and frames.
+        for i in 0..3000u32 {
+            let key = crate::model::InstanceKey {
+                service: crate::model::ServiceName::new("public", "g", &format!("s{}", i % 50)),
+                cluster: crate::model::Text::from_static("DEFAULT"),
+                ip: format!("10.0.{}.{}", i >> 8, i & 255).into(),
+                port: 80,
+            };
+            let mut inst = crate::model::Instance::new(key);
+            inst.metadata = vec![("k".into(), "v".repeat(1000).into())];
+            node.store.register(&inst, 0);
+        }
+        wr.write_all(&encode_frame(9, 0, &Message::SnapshotRequest))
+            .await
+            .unwrap();
+        let mut records = 0;
+        let mut frames_seen = 0;
+        loop {
+            let f = next(&mut frames).await;
+            assert_eq!(f.request_id, 9);
+            assert!(f.body.len() <= RECORDS_FRAME_BYTES + 4096, "frames are cut");
+            let Message::Records(r) = f.message().unwrap() else {
+                panic!()
+            };
+            records += r.len();
+            frames_seen += 1;
+            if f.flags & FLAG_MORE == 0 {
+                break;
+            }
+        }
+        assert_eq!(records, 3000);
+        assert!(frames_seen >= 3, "{frames_seen} frames");
+        // The permit went back when the stream ended.
+        let cluster = node.cluster.clone().unwrap();
+        for _ in 0..100 {
+            if cluster.serving.streams.available_permits() == STREAMS_SERVED_MAX {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            cluster.serving.streams.available_permits(),
+            STREAMS_SERVED_MAX
+        );
+        node.shutdown.cancel();
+        node.tracker.close();
+        node.tracker.wait().await;
+    }
 }

@@ -27,6 +27,9 @@ counters! {
     sync_records_sent,
     /// SyncBatch frames not sent to a peer because it was down or its link full.
     sync_frames_dropped,
+    /// Records this node wrote that were never put in a sync batch because the sync outbox was
+    /// full (the flusher far behind); anti-entropy brings them to the peers.
+    sync_records_dropped,
     sync_frames_received,
     /// Records applied (newer than what this node held) from sync, pull, load and handoff.
     records_applied,
@@ -58,6 +61,9 @@ counters! {
     view_changes,
     /// Records received in snapshots (loads).
     snapshot_records_loaded,
+    /// Pull and snapshot requests answered `Overloaded` because the most answers this node
+    /// streams at once were being streamed.
+    streams_refused,
 }
 
 impl Stats {

@@ -4,6 +4,8 @@
 //!
 //! - [`native`]: the binary protocol of `wire-spec.md` (the SDK, `distroctl`, `distro-bench`).
 //! - [`nacos`]: the Nacos naming API — HTTP v1/v2 and the 2.x gRPC protocol (`docs/nacos.md`).
+//! - [`admin`]: the admin HTTP port — Prometheus metrics, probes, JSON and the web console.
 
+pub mod admin;
 pub mod nacos;
 pub mod native;

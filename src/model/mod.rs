@@ -6,7 +6,9 @@
 //! - [`text`]: [`Text`], an immutable UTF-8 string that can borrow the frame it came in.
 //! - [`instance`]: [`ServiceName`], [`InstanceKey`], [`Lease`], [`Instance`], [`InstanceView`],
 //!   [`Version`], [`NodeId`].
-//! - [`answers`]: what reads answer — [`ServiceSnapshot`], [`ServiceList`], [`ClusterStatus`].
+//! - [`answers`]: what reads answer — [`ServiceSnapshot`], [`ServiceList`], [`ClusterStatus`],
+//!   [`NamespaceSummary`] — and what changed between two revisions of a service
+//!   ([`ServiceDelta`]).
 //! - [`key`]: the canonical key bytes, the key hash and the owner key (the only encoders of the
 //!   bytes the protocol hashes).
 //! - [`limits`]: every bound of the model and of one request, with why.
@@ -19,7 +21,10 @@ pub mod limits;
 pub mod text;
 pub mod validate;
 
-pub use answers::{ClusterStatus, MemberStatus, ServiceList, ServiceSnapshot, ServiceSummary};
+pub use answers::{
+    ClusterStatus, DeltaMismatch, MemberStatus, NamespaceSummary, ServiceDelta, ServiceList,
+    ServiceSnapshot, ServiceSummary, ViewKey,
+};
 pub use instance::{
     Instance, InstanceKey, InstanceView, Lease, Metadata, NodeId, ServiceName, Version,
 };

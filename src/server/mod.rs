@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tracing::{error, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::clock::Clock;
@@ -19,25 +19,56 @@ use crate::node::Node;
 
 /// How long shutdown waits for connections and tasks to finish and flush.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the admin port, which stops last, may take to finish the requests in progress.
+const ADMIN_STOP_GRACE: Duration = Duration::from_secs(1);
 
-/// A bound client listener (and, in a cluster, peer listener) and the node behind them.
+/// A bound client listener (and, in a cluster, peer listener; and the admin port's listener
+/// where there is one) and the node behind them.
 pub struct Server {
     node: Arc<Node>,
     listener: Box<dyn Listener>,
     peer_listener: Option<Box<dyn Listener>>,
+    admin_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Server {
-    /// Binds the client port of `config.listen` (port 0 picks a free port) and, in a cluster,
-    /// the peer port of `config.peer_listen`.
+    /// Binds the client port of `config.listen` (port 0 picks a free port), in a cluster the
+    /// peer port of `config.peer_listen`, and the admin port of `config.http` unless it is off.
+    /// An error names the address that could not be bound.
     pub async fn bind(config: Config) -> std::io::Result<Server> {
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
+            })
+        };
+        let listener = bind(config.listen, "client port").await?;
         let peer_listener = if config.is_clustered() {
-            Some(tokio::net::TcpListener::bind(config.peer_listen).await?)
+            Some(bind(config.peer_listen, "peer port").await?)
         } else {
             None
         };
-        Ok(Server::from_listeners(config, listener, peer_listener))
+        let admin = match config.http {
+            Some(addr) => Some(bind(addr, "admin port").await?),
+            None => None,
+        };
+        let server = Server::from_listeners(config, listener, peer_listener);
+        Ok(match admin {
+            Some(l) => server.with_admin(l),
+            None => server,
+        })
+    }
+
+    /// Serves the admin HTTP port ([`crate::frontend::admin`]) on `listener` too.
+    pub fn with_admin(mut self, listener: tokio::net::TcpListener) -> Server {
+        self.admin_listener = Some(listener);
+        self
+    }
+
+    /// Where the admin port listens, if it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound listener has an address"))
     }
 
     /// A server on listeners the caller bound (tests bind port 0 first to learn the peer
@@ -68,6 +99,7 @@ impl Server {
             node: Node::with_dialer(config, clock, dialer),
             listener,
             peer_listener,
+            admin_listener: None,
         }
     }
 
@@ -99,7 +131,23 @@ impl Server {
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
             c.start(l);
         }
-        accept_loop(&api, self.listener).await;
+        // The admin port outlives the rest of the node: while it stops, `/ready` answers 503
+        // (so that a load balancer or Kubernetes takes it out of rotation) and `/metrics` still
+        // answers.
+        let admin = self.admin_listener.map(|l| {
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(crate::frontend::admin::serve(api.clone(), l, stop.clone()));
+            (stop, task)
+        });
+        crate::net::accept_loop(
+            "client",
+            &*self.listener,
+            node.config.max_connections,
+            node.shutdown.clone(),
+            &node.tracker,
+            |stream, peer| crate::frontend::native::serve(api.clone(), stream, peer),
+        )
+        .await;
         node.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tracker.wait())
             .await
@@ -107,21 +155,35 @@ impl Server {
         {
             warn!("shutdown grace elapsed with tasks still running");
         }
+        if let Some((stop, task)) = admin {
+            stop.cancel();
+            if tokio::time::timeout(ADMIN_STOP_GRACE, task).await.is_err() {
+                warn!("admin port did not stop within its grace");
+            }
+        }
         info!("node stopped");
     }
 
     /// Starts serving in the background; the handle stops it.
     pub fn spawn(self) -> ServerHandle {
         let addr = self.local_addr();
+        let admin_addr = self.admin_addr();
         let node = self.node.clone();
         let task = tokio::spawn(self.run());
-        ServerHandle { addr, node, task }
+        ServerHandle {
+            addr,
+            admin_addr,
+            node,
+            task,
+        }
     }
 }
 
 /// A server running in the background (tests, the bench's in-process mode).
 pub struct ServerHandle {
     pub addr: SocketAddr,
+    /// The admin port's address, if it serves one.
+    pub admin_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -138,39 +200,6 @@ impl ServerHandle {
 /// token file.
 fn open_to_the_network(addr: SocketAddr, node: &Node) -> bool {
     !addr.ip().is_loopback() && !node.tokens.is_on()
-}
-
-/// Accepts connections while slots are free; backs off on accept errors (out of file
-/// descriptors, ...) instead of spinning.
-async fn accept_loop(api: &Api, listener: Box<dyn Listener>) {
-    let node = api.node();
-    let slots = Arc::new(Semaphore::new(node.config.max_connections));
-    let mut backoff_ms = 1u64;
-    loop {
-        let permit = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff_ms = 1;
-                let api = api.clone();
-                node.tracker.spawn(async move {
-                    crate::frontend::native::serve(api, stream, peer).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                error!(error = %e, backoff_ms, "accept failed");
-                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                backoff_ms = (backoff_ms * 2).min(1_000);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //!   owner (owners with no live records may keep an all-zero digest);
 //! - the `live` counter is the number of live records;
 //! - a service's cached snapshot, once built, decodes to exactly its live instances, in the
-//!   snapshot order, at the service's revision.
+//!   snapshot order, at the service's revision;
+//! - a service's change log, if it has one, is bounded, its revisions never decrease and lie
+//!   between its floor and the service's revision, and it names only clusters of the service.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -142,6 +144,9 @@ impl Store {
                 if let Some(cached) = svc.cache.get() {
                     check_snapshot(&mut p, svc, name, cached, &here);
                 }
+                if let Some(log) = &svc.log {
+                    check_log(&mut p, svc, log, &here);
+                }
             }
             compare_digests(&mut p, index, &shard.digests, &expected, &bucket_keys);
             if shard.early_evidence.len() > super::EARLY_EVIDENCE_MAX {
@@ -242,6 +247,37 @@ fn compare_digests(
                 ));
             }
         }
+    }
+}
+
+fn check_log(p: &mut Problems, svc: &Service, log: &super::ChangeLog, here: &str) {
+    if log.floor() > svc.revision {
+        p.push(format!(
+            "{here}: change log floor {} beyond the service's revision {}",
+            log.floor(),
+            svc.revision
+        ));
+    }
+    if log.len() > super::changes::cap(usize::MAX) {
+        p.push(format!("{here}: change log of {} entries", log.len()));
+    }
+    let mut prev = log.floor();
+    for (rev, id) in log.entries() {
+        if rev < prev || rev > svc.revision {
+            p.push(format!(
+                "{here}: change log entry at revision {rev} after {prev} (floor {}, service at {})",
+                log.floor(),
+                svc.revision
+            ));
+        }
+        if id.cluster as usize >= svc.clusters.len() {
+            p.push(format!(
+                "{here}: change log names cluster index {} of {}",
+                id.cluster,
+                svc.clusters.len()
+            ));
+        }
+        prev = rev;
     }
 }
 

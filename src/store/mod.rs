@@ -7,18 +7,25 @@
 //! service). Writers to different services rarely contend. Inside a shard, services map to
 //! their instances (a dense vector per service, see [`instances`]); each service caches its
 //! encoded snapshot body, built on the first read after a change and shared by every Query and
-//! Push until the next change.
+//! full Push until the next change. A service that has subscribers also keeps a short log of
+//! which instances changed at which revision ([`changes`]), from which a subscriber is pushed
+//! only what changed since the revision it holds ([`Store::push_since`]): one change costs the
+//! same whatever the size of its service, from the write to the push.
 //!
 //! Every change goes through one place (`Shard::put`), which keeps the digests, the service
-//! revision and the snapshot cache right and tells the [`StoreObserver`].
+//! revision, the change log and the snapshot cache right and tells the [`StoreObserver`].
 //!
 //! - [`record`]: the stored record, compact instance ids (cluster index, IPv4 inline), the
 //!   canonical key hash.
+//! - [`changes`]: the bounded change log of a watched service.
 //! - [`instances`]: one service's records, with no hash-table slack for small services.
 //! - [`name`]: a service's name as a map key, its three parts in one allocation.
+//! - [`chunks`]: records encoded a chunk at a time, for pull and snapshot answers.
 //! - [`digest`]: order-independent bucket digests.
 //! - [`invariants`]: `Store::check_invariants`, a from-scratch recheck for tests and fuzzing.
 
+mod changes;
+pub mod chunks;
 pub mod digest;
 mod instances;
 pub mod invariants;
@@ -30,6 +37,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use crate::hash::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
+use changes::ChangeLog;
 use crossbeam_utils::CachePadded;
 use instances::Instances;
 use name::StoredName;
@@ -38,11 +46,13 @@ use crate::clock::{Clock, Hlc};
 use crate::model::NodeId;
 use crate::model::key_hash;
 use crate::model::{
-    Instance, InstanceKey, ServiceList, ServiceName, ServiceSnapshot, ServiceSummary, Text, Version,
+    Instance, InstanceKey, NamespaceSummary, ServiceDelta, ServiceList, ServiceName,
+    ServiceSnapshot, ServiceSummary, Text, Version,
 };
 use crate::ownership::Ownership;
 use crate::wire::{
-    SyncRecord, encode_instance_view, encode_key_parts, encode_record_tail, record_status_bits,
+    SyncRecord, encode_instance_view, encode_key_parts, encode_record_tail, encode_view_key,
+    record_status_bits,
 };
 pub use digest::{Bucket, Digest};
 use record::{IdRef, IpRef, IpText};
@@ -122,6 +132,21 @@ struct Service {
     revision: u64,
     /// The encoded snapshot body of all instances at `revision`, built on first read.
     cache: OnceLock<Bytes>,
+    /// Which instances changed lately, once a subscriber asked for this service's changes (one
+    /// pointer for a service nobody watches).
+    log: Option<Box<ChangeLog>>,
+}
+
+/// What a subscriber holding a service at some revision is sent next (see
+/// [`Store::push_since`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushBody {
+    /// It holds the current list.
+    Unchanged,
+    /// The whole list at `revision`: a ServiceSnapshot body.
+    Full { body: Bytes, revision: u64 },
+    /// What changed between the revision it holds and `revision`: a PushDelta body.
+    Delta { body: Bytes, revision: u64 },
 }
 
 /// A stored [`InstanceId`] with its text, for encodings and for the hashes that go by text.
@@ -138,6 +163,15 @@ impl IdText<'_> {
             ip: self.ip.as_str(),
             port: self.port,
         }
+    }
+
+    /// The order of a snapshot's instances: (cluster, ip, port), strings bytewise.
+    fn order(&self, other: &IdText) -> std::cmp::Ordering {
+        (self.cluster.as_bytes(), self.ip.as_bytes(), self.port).cmp(&(
+            other.cluster.as_bytes(),
+            other.ip.as_bytes(),
+            other.port,
+        ))
     }
 }
 
@@ -157,6 +191,20 @@ impl Service {
             clusters: Vec::new(),
             revision: 0,
             cache: OnceLock::new(),
+            log: None,
+        }
+    }
+
+    /// A change of this service: a new revision from the node's counter; the cached snapshot
+    /// goes, and the change log (if the service is watched) notes the instances changed.
+    fn changed(&mut self, revisions: &AtomicU64, ids: impl IntoIterator<Item = InstanceId>) {
+        self.revision = revisions.fetch_add(1, Ordering::Relaxed) + 1;
+        self.cache = OnceLock::new();
+        if let Some(log) = &mut self.log {
+            let cap = changes::cap(self.instances.len());
+            for id in ids {
+                log.note(self.revision, id, cap);
+            }
         }
     }
 
@@ -196,33 +244,104 @@ impl Service {
     /// The snapshot body of the live instances `filter` (given the cluster name) selects.
     fn encode_snapshot(&self, name: &ServiceName, filter: impl Fn(&str, &Record) -> bool) -> Bytes {
         let mut out = BytesMut::with_capacity(64 + self.instances.len() * 48);
-        let mut matched: Vec<(IdText, &Record)> = self
+        // Cluster names ranked once, so that instances compare by rank, not by name.
+        let mut by_name: Vec<usize> = (0..self.clusters.len()).collect();
+        by_name.sort_unstable_by(|&a, &b| self.clusters[a].cmp(&self.clusters[b]));
+        let mut rank = vec![0u32; self.clusters.len()];
+        for (r, &c) in by_name.iter().enumerate() {
+            rank[c] = r as u32;
+        }
+        let mut matched: Vec<(u32, IdText, &Record)> = self
             .instances
             .iter()
             .filter(|(id, r)| r.alive && filter(&self.clusters[id.cluster as usize], r))
-            .map(|(id, r)| (id_text(&self.clusters, id), r))
+            .map(|(id, r)| (rank[id.cluster as usize], id_text(&self.clusters, id), r))
             .collect();
         // Sorted by (cluster, ip, port), strings bytewise (wire-spec.md, ServiceSnapshot).
         matched.sort_unstable_by(|a, b| {
-            let (a, b) = (a.0.view(), b.0.view());
-            (a.cluster, a.ip, a.port).cmp(&(b.cluster, b.ip, b.port))
+            (a.0, a.1.ip.as_bytes(), a.1.port).cmp(&(b.0, b.1.ip.as_bytes(), b.1.port))
         });
         ServiceSnapshot::encode_head(&mut out, name, self.revision, matched.len() as u32);
-        for (t, r) in matched {
-            let id = t.view();
-            encode_instance_view(
-                &mut out,
-                id.cluster,
-                id.ip,
-                id.port,
-                r.weight,
-                r.reported_healthy(),
-                r.enabled,
-                r.meta(),
-            );
+        for (_, t, r) in matched {
+            encode_view(&mut out, &t, r);
         }
         out.freeze()
     }
+
+    /// What a subscriber holding this service at `held` is pushed next (see
+    /// [`Store::push_since`]).
+    fn push_since(&self, name: &ServiceName, held: Option<u64>) -> PushBody {
+        if held == Some(self.revision) {
+            return PushBody::Unchanged;
+        }
+        if let (Some(h), Some(log)) = (held, &self.log)
+            && h < self.revision
+            && let Some(body) = self.encode_delta(name, h, log)
+        {
+            return PushBody::Delta {
+                body,
+                revision: self.revision,
+            };
+        }
+        let body = self
+            .cache
+            .get_or_init(|| self.encode_snapshot(name, |_, _| true))
+            .clone();
+        PushBody::Full {
+            body,
+            revision: self.revision,
+        }
+    }
+
+    /// The PushDelta body that takes a subscriber from `base` to the current revision, from
+    /// the change log; `None` when the log does not reach back to `base`, or the delta would
+    /// name as many instances as the whole list holds (the list is then sent instead).
+    /// O(k log k) for k changes since `base`, whatever the size of the service.
+    fn encode_delta(&self, name: &ServiceName, base: u64, log: &ChangeLog) -> Option<Bytes> {
+        let mut ids: Vec<(IdText, &InstanceId)> = log
+            .since(base)?
+            .map(|id| (id_text(&self.clusters, id), id))
+            .collect();
+        ids.sort_unstable_by(|a, b| a.0.order(&b.0));
+        // One text per id, so repeats of an instance are neighbours now.
+        ids.dedup_by(|a, b| a.1 == b.1);
+        if ids.len() >= self.instances.len() {
+            return None;
+        }
+        let mut removed = Vec::new();
+        let mut updated = Vec::new();
+        for (t, id) in ids {
+            match self.instances.get(id) {
+                Some(r) if r.alive => updated.push((t, r)),
+                _ => removed.push(t),
+            }
+        }
+        let mut out = BytesMut::with_capacity(64 + removed.len() * 24 + updated.len() * 48);
+        ServiceDelta::encode_head(&mut out, name, base, self.revision);
+        out.put_u32(removed.len() as u32);
+        for t in removed {
+            encode_view_key(&mut out, t.cluster, t.ip.as_str(), t.port);
+        }
+        out.put_u32(updated.len() as u32);
+        for (t, r) in updated {
+            encode_view(&mut out, &t, r);
+        }
+        Some(out.freeze())
+    }
+}
+
+/// Appends the InstanceView of the live record `r` at `t`.
+fn encode_view(out: &mut BytesMut, t: &IdText, r: &Record) {
+    encode_instance_view(
+        out,
+        t.cluster,
+        t.ip.as_str(),
+        t.port,
+        r.weight,
+        r.reported_healthy(),
+        r.enabled,
+        r.meta(),
+    );
 }
 
 struct Shard {
@@ -349,9 +468,8 @@ impl Store {
             cluster: key.cluster,
             port: key.port,
         };
+        svc.changed(&self.revisions, std::iter::once_with(|| own(&key)));
         let (old, rec) = svc.instances.upsert(&key, own, rec);
-        svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
-        svc.cache = OnceLock::new();
         self.next_due_ms[shard_index(name)].fetch_min(self.due_ms(rec), Ordering::Relaxed);
         let was_alive = old.as_ref().is_some_and(|o| o.alive);
         match (was_alive, rec.alive) {
@@ -777,6 +895,63 @@ impl Store {
         })
     }
 
+    /// What a subscriber of `name` that holds the list at revision `held` (`None`: nothing
+    /// yet) is pushed next: nothing if it is current; what changed since `held` if this
+    /// service's change log reaches back that far; otherwise the whole list (from the cache).
+    /// The first call for a service starts its change log, so that the pushes after the first
+    /// full one are deltas; [`Store::unwatch`] ends it.
+    pub fn push_since(&self, name: &ServiceName, held: Option<u64>) -> PushBody {
+        {
+            let shard = self.shard_of(name).read().unwrap();
+            match shard.services.get(name) {
+                None => return self.push_of_unknown(name, held),
+                Some(svc) if svc.log.is_some() => return svc.push_since(name, held),
+                Some(_) => {}
+            }
+        }
+        // The first push of a service nobody watched: start its log (once per service).
+        let mut shard = self.shard_of(name).write().unwrap();
+        match shard.services.get_mut(name) {
+            None => self.push_of_unknown(name, held),
+            Some(svc) => {
+                let revision = svc.revision;
+                svc.log
+                    .get_or_insert_with(|| Box::new(ChangeLog::new(revision)));
+                svc.push_since(name, held)
+            }
+        }
+    }
+
+    /// [`Store::push_since`] for a service this node holds nothing of (emptied and dropped, or
+    /// never seen): the empty list at the node's latest revision (see [`Store::query`]), unless
+    /// the subscriber is already there.
+    fn push_of_unknown(&self, name: &ServiceName, held: Option<u64>) -> PushBody {
+        let revision = self.revisions.load(Ordering::Relaxed);
+        if held.is_some_and(|h| h >= revision) {
+            return PushBody::Unchanged;
+        }
+        let mut body = BytesMut::new();
+        ServiceSnapshot::encode_head(&mut body, name, revision, 0);
+        PushBody::Full {
+            body: body.freeze(),
+            revision,
+        }
+    }
+
+    /// Whether `name` keeps a change log (a subscriber asked for its changes).
+    pub fn is_watched(&self, name: &ServiceName) -> bool {
+        let shard = self.shard_of(name).read().unwrap();
+        shard.services.get(name).is_some_and(|s| s.log.is_some())
+    }
+
+    /// Nobody on this node subscribes to `name` any more: its change log goes.
+    pub fn unwatch(&self, name: &ServiceName) {
+        let mut shard = self.shard_of(name).write().unwrap();
+        if let Some(svc) = shard.services.get_mut(name) {
+            svc.log = None;
+        }
+    }
+
     /// One page of the services of a namespace, sorted by (group, service). Services with only
     /// tombstones are not listed.
     pub fn list_services(&self, namespace: &str, page: u32, page_size: u16) -> ServiceList {
@@ -813,6 +988,41 @@ impl Store {
         ServiceList { total, services }
     }
 
+    /// Every namespace with live instances, sorted by name: its services, live and healthy
+    /// instances. Walks every record (a scrape or a console refresh, not a request path), one
+    /// shard's read lock at a time.
+    pub fn namespace_counts(&self) -> Vec<NamespaceSummary> {
+        let mut by_ns: std::collections::BTreeMap<String, NamespaceSummary> = Default::default();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap();
+            for (name, svc) in &shard.services {
+                let (mut instances, mut healthy) = (0u64, 0u64);
+                for r in svc.instances.values().filter(|r| r.alive) {
+                    instances += 1;
+                    healthy += r.reported_healthy() as u64;
+                }
+                if instances == 0 {
+                    continue;
+                }
+                let ns = match by_ns.get_mut(name.namespace()) {
+                    Some(ns) => ns,
+                    None => by_ns
+                        .entry(name.namespace().to_string())
+                        .or_insert_with(|| NamespaceSummary {
+                            namespace: Text::from(name.namespace()),
+                            services: 0,
+                            instances: 0,
+                            healthy: 0,
+                        }),
+                };
+                ns.services += 1;
+                ns.instances += instances;
+                ns.healthy += healthy;
+            }
+        }
+        by_ns.into_values().collect()
+    }
+
     /// The lease duty for the records this node owns: lapse those past unhealthy-after, delete
     /// those past expire-after, and drop tombstones past their retention. Works shard by shard
     /// so no lock is held for long.
@@ -829,9 +1039,16 @@ impl Store {
 
     /// [`Store::lease_pass`] for one shard, so that a caller can yield between shards.
     pub fn lease_pass_shard(&self, index: usize) -> LeaseStats {
+        self.lease_pass_shard_at(index, self.clock.now_ms())
+    }
+
+    /// [`Store::lease_pass_shard`] judged at `now` (ms): the lease duty reads the time once,
+    /// checks it for a stall, and passes the same reading, so that a pause between the check
+    /// and the pass cannot expire what the check would have re-granted.
+    pub fn lease_pass_shard_at(&self, index: usize, now: u64) -> LeaseStats {
         let mut stats = LeaseStats::default();
         let shard = &self.shards[index];
-        if self.clock.now_ms() < self.next_due_ms[index].load(Ordering::Relaxed) {
+        if now < self.next_due_ms[index].load(Ordering::Relaxed) {
             return stats;
         }
         // Recomputed by this scan; writes meanwhile lower it again (fetch_min).
@@ -841,7 +1058,6 @@ impl Store {
             // write lock is taken afresh, and a service may be dropped and made again meanwhile.
             let mut changes: Vec<(InstanceKey, Record, u64)> = Vec::new();
             let mut drop: Vec<InstanceKey> = Vec::new();
-            let now = self.clock.now_ms();
             {
                 let shard = shard.read().unwrap();
                 for (name, svc) in &shard.services {
@@ -980,14 +1196,14 @@ impl Store {
             for (stored, svc) in shard.services.iter_mut() {
                 // Made only for the few services with records to hand off.
                 let mut name = None;
-                let mut restamped = false;
+                let mut restamped = Vec::new();
                 let Service {
                     instances,
                     clusters,
                     ..
                 } = svc;
-                for (id, r) in instances.iter_mut() {
-                    let text = id_text(clusters, id);
+                for (stored_id, r) in instances.iter_mut() {
+                    let text = id_text(clusters, stored_id);
                     let id = text.view();
                     let new_owner = o.owner(id.ip, id.port);
                     if new_owner != r.owner {
@@ -1005,7 +1221,7 @@ impl Store {
                             if restamp {
                                 r.version = self.next_version();
                                 self.observer.local_write(name, id, r);
-                                restamped = true;
+                                restamped.push(stored_id.clone());
                             }
                             if restamp || crate::clock::hlc_physical_ms(r.version.hlc) >= since_ms {
                                 change.lost.entry(new_owner).or_default().push(name, id, r);
@@ -1021,9 +1237,8 @@ impl Store {
                             .add(r.key_hash, r.digest_term());
                     }
                 }
-                if let (true, Some(name)) = (restamped, &name) {
-                    svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
-                    svc.cache = OnceLock::new();
+                if let (false, Some(name)) = (restamped.is_empty(), &name) {
+                    svc.changed(&self.revisions, restamped);
                     self.observer.service_changed(name);
                 }
             }
@@ -1042,13 +1257,21 @@ impl Store {
         d
     }
 
-    /// Records (tombstones included) owned by `owner` in the given buckets, encoded.
+    /// Records (tombstones included) owned by `owner` in the given buckets, encoded, all at once
+    /// (tests and tools; a pull's answer is streamed with [`chunks::RecordChunks`]).
     pub fn records_in_buckets(&self, owner: NodeId, buckets: &digest::BucketSet) -> RecordBatch {
+        let selection = chunks::Selection::Owned {
+            owner,
+            buckets: buckets.clone(),
+        };
+        self.collect_chunks(chunks::RecordChunks::new(selection))
+    }
+
+    fn collect_chunks(&self, mut walk: chunks::RecordChunks) -> RecordBatch {
         let mut batch = RecordBatch::default();
-        self.for_each_matching(
-            |r| r.owner == owner && buckets.contains(digest::bucket_of(r.key_hash)),
-            |name, id, r| batch.push(name, id, r),
-        );
+        while let Some(chunk) = walk.next_chunk(self) {
+            batch.append(chunk);
+        }
         batch
     }
 
@@ -1087,23 +1310,23 @@ impl Store {
             let shard = &mut *shard;
             let mut emptied = Vec::new();
             for (name, svc) in shard.services.iter_mut() {
-                let before = svc.instances.len();
                 let digests = &mut shard.digests;
-                svc.instances.retain(|_, r| {
+                let mut gone = Vec::new();
+                svc.instances.retain(|id, r| {
                     let stale = is_stale(r);
                     if stale {
                         if let Some(d) = digests.get_mut(&r.owner) {
                             d.remove(r.key_hash, r.digest_term());
                         }
+                        gone.push(id.clone());
                     }
                     !stale
                 });
-                let n = before - svc.instances.len();
+                let n = gone.len();
                 if n > 0 {
                     removed += n;
                     self.live.fetch_sub(n, Ordering::Relaxed);
-                    svc.revision = self.revisions.fetch_add(1, Ordering::Relaxed) + 1;
-                    svc.cache = OnceLock::new();
+                    svc.changed(&self.revisions, gone);
                     self.observer.service_changed(&name.to_name());
                     if svc.instances.is_empty() {
                         emptied.push(name.clone());
@@ -1117,17 +1340,11 @@ impl Store {
         removed
     }
 
-    /// Encodes every record of one shard (for the streamed snapshot a joining node loads).
+    /// Encodes every record of one shard, all at once (tests and fuzzing; a snapshot is
+    /// streamed with [`chunks::RecordChunks`]).
     pub fn encode_shard(&self, shard: usize) -> RecordBatch {
-        let mut batch = RecordBatch::default();
-        let shard = self.shards[shard].read().unwrap();
-        for (name, svc) in &shard.services {
-            let name = name.to_name();
-            for (id, r) in &svc.instances {
-                batch.push(&name, id_text(&svc.clusters, id).view(), r);
-            }
-        }
-        batch
+        let walk = chunks::RecordChunks::of_shards(chunks::Selection::All, shard..shard + 1);
+        self.collect_chunks(walk)
     }
 
     /// Visits every record under read locks, one shard at a time.
@@ -1196,9 +1413,28 @@ pub fn encode_record(out: &mut BytesMut, name: &ServiceName, id: InstanceIdRef, 
     );
 }
 
+/// Bytes of [`encode_record`]'s output less those of the service name (`6 +` its parts).
+fn record_len_after_name(cluster: &str, ip: &str, rec: &Record) -> usize {
+    const TAIL: usize = 8 + 2 + 1 + 8 + 12 + 8;
+    let meta: usize = if rec.alive {
+        rec.meta().iter().map(|(k, v)| 4 + k.len() + v.len()).sum()
+    } else {
+        0
+    };
+    2 + cluster.len() + 2 + ip.len() + 2 + TAIL + 2 + meta
+}
+
 impl RecordBatch {
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// Appends the records of `other`.
+    pub fn append(&mut self, other: RecordBatch) {
+        let base = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| e + base));
+        self.count += other.count;
     }
 
     /// Appends one record.

@@ -152,6 +152,14 @@ pub struct IpText<'a> {
 }
 
 impl IpText<'_> {
+    /// The text's bytes (what orders a snapshot; no UTF-8 check on the way).
+    pub fn as_bytes(&self) -> &[u8] {
+        match self.text {
+            Some(t) => t.as_bytes(),
+            None => &self.buf[..self.len as usize],
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self.text {
             Some(t) => t,

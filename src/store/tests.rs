@@ -14,7 +14,9 @@ use proptest::prelude::*;
 use super::digest::{BucketSet, bucket_of};
 use super::*;
 use crate::clock::Clock;
-use crate::model::{Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot, Text, Version};
+use crate::model::{
+    Instance, InstanceKey, Lease, ServiceDelta, ServiceName, ServiceSnapshot, Text, Version,
+};
 use crate::ownership::Ownership;
 use crate::wire::{Message, Opcode, Reader, SyncRecord};
 
@@ -1680,6 +1682,17 @@ enum Op {
         cluster: bool,
         healthy_only: bool,
     },
+    /// What a subscriber of the service of key `service` that holds the list `back` revisions
+    /// ago (none at all for 255) is pushed next; applied to what it held, it must give the
+    /// current list (checked in `run_ops`, which keeps the lists of past revisions).
+    Push {
+        service: usize,
+        back: u8,
+    },
+    /// The service's last subscriber went.
+    Unwatch {
+        service: usize,
+    },
 }
 
 fn op_strategy() -> impl Strategy<Value = Op> {
@@ -1709,8 +1722,11 @@ fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(owner, buckets_of, present, back_ms)| Op::DropMissing {
                 owner, buckets_of, present, back_ms,
             }),
-        2 => (key, any::<bool>(), any::<bool>())
+        2 => (key.clone(), any::<bool>(), any::<bool>())
             .prop_map(|(key, cluster, healthy_only)| Op::Query { key, cluster, healthy_only }),
+        4 => (0..3usize, prop_oneof![4 => 0..4u8, 1 => 4..40u8, 1 => Just(255u8)])
+            .prop_map(|(service, back)| Op::Push { service, back }),
+        1 => (0..3usize).prop_map(|service| Op::Unwatch { service }),
     ]
 }
 
@@ -1947,6 +1963,9 @@ fn apply(s: &Store, op: &Op) -> Result<(), TestCaseError> {
                 prop_assert!(!after.contains_key(&key), "{:?} kept", key);
             }
         }
+        // Checked in `run_ops`, which knows the past lists.
+        Op::Push { .. } => {}
+        Op::Unwatch { service } => s.unwatch(&prop_key(*service).service),
         Op::Query {
             key,
             cluster,
@@ -1983,14 +2002,68 @@ fn versions_where(s: &Store, f: impl Fn(&Record) -> bool) -> Vec<KeyTuple> {
     keys
 }
 
+/// A subscriber that held `held` (or nothing) is pushed what `push_since` answers: applied to
+/// what it held, that must be exactly the current list, at the current revision.
+fn check_push(
+    s: &Store,
+    name: &ServiceName,
+    held: Option<&ServiceSnapshot>,
+) -> Result<(), TestCaseError> {
+    let now = query_all(s, name);
+    let got = match s.push_since(name, held.map(|h| h.revision)) {
+        PushBody::Unchanged => {
+            let held = held.ok_or_else(|| TestCaseError::fail("Unchanged for a new subscriber"))?;
+            prop_assert_eq!(
+                held.revision,
+                now.revision,
+                "Unchanged, but the revision moved"
+            );
+            held.clone()
+        }
+        PushBody::Full { body, revision } => {
+            let snap = decode_snapshot(body);
+            prop_assert_eq!(snap.revision, revision);
+            snap
+        }
+        PushBody::Delta { body, revision } => {
+            let held = held.ok_or_else(|| TestCaseError::fail("a delta for a new subscriber"))?;
+            let delta = ServiceDelta::decode_body(body).expect("a delta body decodes");
+            prop_assert_eq!(delta.revision, revision);
+            prop_assert!(
+                delta.removed.len() + delta.updated.len() < now.instances.len().max(1) + 40,
+                "a delta of {} entries",
+                delta.removed.len() + delta.updated.len()
+            );
+            held.apply(&delta)
+                .map_err(|e| TestCaseError::fail(format!("the delta does not apply: {e}")))?
+        }
+    };
+    prop_assert_eq!(got, now);
+    Ok(())
+}
+
 async fn run_ops(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let s = new_store(1);
     let mut last: BTreeMap<KeyTuple, Version> = BTreeMap::new();
+    // Per service: its lists at the revisions seen so far, oldest first.
+    let mut history: Vec<Vec<ServiceSnapshot>> = vec![Vec::new(); 3];
     for (step, op) in ops.iter().enumerate() {
         if let Op::Advance { ms } = op {
             advance(*ms as u64).await;
         }
         apply(&s, op).map_err(|e| TestCaseError::fail(format!("step {step}, {op:?}: {e}")))?;
+        for (i, h) in history.iter_mut().enumerate() {
+            let now = query_all(&s, &prop_key(i).service);
+            if h.last().is_none_or(|l| l.revision != now.revision) {
+                h.push(now);
+            }
+        }
+        if let Op::Push { service, back } = op {
+            let h = &history[*service];
+            let held = (*back != 255).then(|| &h[h.len().saturating_sub(1 + *back as usize)]);
+            check_push(&s, &prop_key(*service).service, held)
+                .map_err(|e| TestCaseError::fail(format!("step {step}, {op:?}: {e}")))?;
+        }
         if let Err(e) = s.check_invariants() {
             return Err(TestCaseError::fail(format!(
                 "after step {step}, {op:?}: {e}"

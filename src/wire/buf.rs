@@ -4,7 +4,7 @@
 //! `u16` entry count and that many (key, value) string pairs. Lists carry their count before the
 //! items. The reader borrows: a decoded [`Text`] is a slice of the frame's `Bytes`, no copy.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::WireError;
 use crate::model::Text;
@@ -113,7 +113,67 @@ impl Reader {
     }
 }
 
-/// Appends a `u16`-length string. The caller has validated the length against the limits.
-pub fn put_text(out: &mut BytesMut, s: &str) {
+/// Appends a `u16`-length string of at most `max` bytes: the limit the decoder enforces on
+/// `what` (an encoder never sends what its decoder would refuse).
+pub fn put_text(
+    out: &mut BytesMut,
+    s: &str,
+    what: &'static str,
+    max: usize,
+) -> Result<(), WireError> {
+    check_len(s, what, max)?;
     crate::model::key::put_str(out, s);
+    Ok(())
+}
+
+/// Fails unless `s` is at most `max` bytes (the limit the decoder enforces on `what`).
+pub fn check_len(s: &str, what: &'static str, max: usize) -> Result<(), WireError> {
+    if s.len() > max {
+        return Err(WireError::StringTooLong {
+            what,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Appends a `u16` list count of at most `max` (the limit the decoder enforces on `what`).
+pub fn put_count_u16(
+    out: &mut BytesMut,
+    count: usize,
+    what: &'static str,
+    max: usize,
+) -> Result<(), WireError> {
+    check_count(count, what, max.min(u16::MAX as usize))?;
+    out.put_u16(count as u16);
+    Ok(())
+}
+
+/// Appends a `u32` list count of at most `max` (the limit the decoder enforces on `what`).
+pub fn put_count_u32(
+    out: &mut BytesMut,
+    count: usize,
+    what: &'static str,
+    max: usize,
+) -> Result<(), WireError> {
+    check_count(count, what, max.min(u32::MAX as usize))?;
+    out.put_u32(count as u32);
+    Ok(())
+}
+
+fn check_count(count: usize, what: &'static str, max: usize) -> Result<(), WireError> {
+    if count > max {
+        return Err(WireError::CountTooLarge { what, count, max });
+    }
+    Ok(())
+}
+
+/// Turns an encoding that broke a decoder's limit into a panic: for encoders whose input was
+/// validated on its way in (the store's records, the node's answers), where such a value is a
+/// bug and must not go out on the wire.
+pub(crate) fn must(encoded: Result<(), WireError>, what: &str) {
+    if let Err(e) = encoded {
+        panic!("refusing to encode {what} the decoder would refuse: {e}");
+    }
 }

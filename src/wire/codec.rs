@@ -112,13 +112,38 @@ impl Encoder<Bytes> for FrameCodec {
 }
 
 /// Appends a whole frame (length, header, body) for `msg` to `out`.
+///
+/// # Panics
+/// If the message breaks a limit the decoder enforces (a string or a list too long, the frame
+/// over [`FRAME_LEN_MAX`]): a peer would refuse the frame and close the connection, so sending it
+/// is a bug of the caller. Where the message comes from outside (an SDK caller's request), use
+/// [`try_encode_frame_into`].
 pub fn encode_frame_into(out: &mut BytesMut, request_id: u32, flags: u16, msg: &Message) {
-    encode_raw_frame_into(out, msg.opcode() as u8, request_id, flags, |b| {
-        msg.encode_body(b)
-    });
+    if let Err(e) = try_encode_frame_into(out, request_id, flags, msg) {
+        panic!(
+            "refusing to encode a {:?} frame the decoder would refuse: {e}",
+            msg.opcode()
+        );
+    }
+}
+
+/// Appends a whole frame for `msg` to `out`, or, when the message breaks a limit the decoder
+/// enforces, leaves `out` as it was and says which.
+pub fn try_encode_frame_into(
+    out: &mut BytesMut,
+    request_id: u32,
+    flags: u16,
+    msg: &Message,
+) -> Result<(), WireError> {
+    try_encode_raw_frame_into(out, msg.opcode() as u8, request_id, flags, |b| {
+        msg.try_encode_body(b)
+    })
 }
 
 /// Appends a frame whose body is written by `body`; the length prefix is patched afterwards.
+///
+/// # Panics
+/// If the frame is longer than [`FRAME_LEN_MAX`] (see [`encode_frame_into`]).
 pub fn encode_raw_frame_into(
     out: &mut BytesMut,
     opcode: u8,
@@ -126,19 +151,59 @@ pub fn encode_raw_frame_into(
     flags: u16,
     body: impl FnOnce(&mut BytesMut),
 ) {
+    let framed = try_encode_raw_frame_into(out, opcode, request_id, flags, |b| {
+        body(b);
+        Ok(())
+    });
+    if let Err(e) = framed {
+        panic!("refusing to send a frame of opcode 0x{opcode:02x} the decoder would refuse: {e}");
+    }
+}
+
+/// Appends a frame whose body is written by `body`, or, when `body` fails or the frame would be
+/// longer than [`FRAME_LEN_MAX`], leaves `out` as it was and says why.
+pub fn try_encode_raw_frame_into(
+    out: &mut BytesMut,
+    opcode: u8,
+    request_id: u32,
+    flags: u16,
+    body: impl FnOnce(&mut BytesMut) -> Result<(), WireError>,
+) -> Result<(), WireError> {
     let start = out.len();
     out.put_u32(0);
     out.put_u8(PROTOCOL_VERSION);
     out.put_u8(opcode);
     out.put_u16(flags);
     out.put_u32(request_id);
-    body(out);
+    if let Err(e) = body(out) {
+        out.truncate(start);
+        return Err(e);
+    }
     let len = out.len() - start - LEN_PREFIX;
-    debug_assert!(len <= FRAME_LEN_MAX, "encoded a frame over the limit");
+    if len > FRAME_LEN_MAX {
+        out.truncate(start);
+        return Err(WireError::FrameTooLarge {
+            len,
+            max: FRAME_LEN_MAX,
+        });
+    }
     out[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// Byte offset of the flags in a whole frame (after the length prefix, version and opcode).
+const FLAGS_AT: usize = LEN_PREFIX + 2;
+
+/// Sets the flags of a whole encoded frame (a streamed answer learns that a frame is not its
+/// last only when the next one is ready).
+pub fn set_frame_flags(frame: &mut [u8], flags: u16) {
+    frame[FLAGS_AT..FLAGS_AT + 2].copy_from_slice(&flags.to_be_bytes());
 }
 
 /// One whole frame for `msg`, ready to write.
+///
+/// # Panics
+/// As [`encode_frame_into`].
 pub fn encode_frame(request_id: u32, flags: u16, msg: &Message) -> Bytes {
     let mut out = BytesMut::with_capacity(64);
     encode_frame_into(&mut out, request_id, flags, msg);

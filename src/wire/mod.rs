@@ -20,7 +20,10 @@ pub mod msg;
 pub mod peer;
 
 pub use buf::Reader;
-pub use codec::{Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into};
+pub use codec::{
+    Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into, set_frame_flags,
+    try_encode_frame_into, try_encode_raw_frame_into,
+};
 pub use error::WireError;
 pub use msg::*;
 pub use peer::*;
@@ -68,6 +71,7 @@ pub enum Opcode {
     Subscribe = 0x28,
     Unsubscribe = 0x29,
     Push = 0x2A,
+    PushDelta = 0x2B,
     ClusterStatus = 0x30,
     ClusterStatusResult = 0x31,
     Owner = 0x32,
@@ -113,6 +117,7 @@ impl Opcode {
             0x28 => Subscribe,
             0x29 => Unsubscribe,
             0x2A => Push,
+            0x2B => PushDelta,
             0x30 => ClusterStatus,
             0x31 => ClusterStatusResult,
             0x32 => Owner,

@@ -7,20 +7,35 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::buf::{Reader, put_text};
+use super::buf::{Reader, check_len, must, put_count_u16, put_count_u32, put_text};
 use super::peer::{
     decode_instances, decode_keys, decode_records, encode_instances, encode_keys, encode_records,
     fixed,
 };
 use super::*;
 use crate::model::{
-    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceList, ServiceName,
-    ServiceSnapshot, ServiceSummary, Text, Version, key, limits::*,
+    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceDelta, ServiceList,
+    ServiceName, ServiceSnapshot, ServiceSummary, Text, Version, ViewKey, key, limits::*,
 };
 
 impl ServiceName {
+    /// # Panics
+    /// If a part is longer than [`NAME_LEN_MAX`] (see [`ServiceName::try_encode`]).
     pub fn encode(&self, out: &mut BytesMut) {
+        must(self.try_encode(out), "a service name");
+    }
+
+    /// Appends the name, or fails (writing nothing) if a part is longer than the decoder takes.
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        self.check()?;
         key::put_service(out, self);
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), WireError> {
+        check_len(&self.namespace, "namespace", NAME_LEN_MAX)?;
+        check_len(&self.group, "group", NAME_LEN_MAX)?;
+        check_len(&self.service, "service", NAME_LEN_MAX)
     }
 
     pub fn decode(r: &mut Reader) -> Result<ServiceName, WireError> {
@@ -37,8 +52,18 @@ impl InstanceKey {
     pub const MIN_LEN: usize = 2 * 5 + 2;
 
     /// The canonical key bytes (wire-spec.md §10.1).
+    ///
+    /// # Panics
+    /// If a part is longer than its limit (see [`InstanceKey::try_encode`]).
     pub fn encode(&self, out: &mut BytesMut) {
+        must(self.try_encode(out), "an instance key");
+    }
+
+    /// Appends the key, or fails (writing nothing) if a part is longer than the decoder takes.
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        check_key_parts(&self.service, &self.cluster, &self.ip)?;
         key::put_key(out, &self.service, &self.cluster, &self.ip, self.port);
+        Ok(())
     }
 
     pub fn decode(r: &mut Reader) -> Result<InstanceKey, WireError> {
@@ -51,13 +76,23 @@ impl InstanceKey {
     }
 }
 
+fn check_key_parts(name: &ServiceName, cluster: &str, ip: &str) -> Result<(), WireError> {
+    name.check()?;
+    check_len(cluster, "cluster", NAME_LEN_MAX)?;
+    check_len(ip, "ip", IP_LEN_MAX)
+}
+
 /// Appends a metadata map; generic so that the store encodes its own string types directly.
-pub fn encode_metadata<K: AsRef<str>, V: AsRef<str>>(out: &mut BytesMut, meta: &[(K, V)]) {
-    out.put_u16(meta.len() as u16);
+fn encode_metadata<K: AsRef<str>, V: AsRef<str>>(
+    out: &mut BytesMut,
+    meta: &[(K, V)],
+) -> Result<(), WireError> {
+    put_count_u16(out, meta.len(), "metadata entries", META_ENTRIES_MAX)?;
     for (k, v) in meta {
-        put_text(out, k.as_ref());
-        put_text(out, v.as_ref());
+        put_text(out, k.as_ref(), "metadata key", META_KEY_LEN_MAX)?;
+        put_text(out, v.as_ref(), "metadata value", META_VALUE_LEN_MAX)?;
     }
+    Ok(())
 }
 
 fn decode_metadata(r: &mut Reader) -> Result<Metadata, WireError> {
@@ -129,14 +164,22 @@ impl Instance {
         Self::MIN_LEN + texts.iter().map(|t| t.len()).sum::<usize>() + meta
     }
 
+    /// # Panics
+    /// If a field breaks a limit of the decoder (see [`Instance::try_encode`]).
     pub fn encode(&self, out: &mut BytesMut) {
-        self.key.encode(out);
+        must(self.try_encode(out), "an instance");
+    }
+
+    /// Appends the instance, or fails if a field breaks a limit of the decoder (`out` may then
+    /// hold part of it: frame encoders cut it off).
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        self.key.try_encode(out)?;
         out.put_f64(self.weight);
         encode_status(out, self.healthy, self.enabled);
         out.put_u32(self.lease.beat_ms);
         out.put_u32(self.lease.unhealthy_ms);
         out.put_u32(self.lease.expire_ms);
-        encode_metadata(out, &self.metadata);
+        encode_metadata(out, &self.metadata)
     }
 
     pub fn decode(r: &mut Reader) -> Result<Instance, WireError> {
@@ -161,10 +204,17 @@ impl Instance {
 }
 
 impl InstanceView {
-    const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
+    pub const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
 
+    /// # Panics
+    /// If a field breaks a limit of the decoder (see [`InstanceView::try_encode`]).
     pub fn encode(&self, out: &mut BytesMut) {
-        encode_instance_view(
+        must(self.try_encode(out), "an instance view");
+    }
+
+    /// Appends the view, or fails if a field breaks a limit of the decoder.
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        try_encode_instance_view(
             out,
             &self.cluster,
             &self.ip,
@@ -173,7 +223,7 @@ impl InstanceView {
             self.healthy,
             self.enabled,
             &self.metadata,
-        );
+        )
     }
 
     pub fn decode(r: &mut Reader) -> Result<InstanceView, WireError> {
@@ -196,6 +246,9 @@ impl InstanceView {
 }
 
 /// Encodes one InstanceView from its parts, so the store can encode straight from its records.
+///
+/// # Panics
+/// If a field breaks a limit of the decoder (the store holds only validated instances).
 #[allow(clippy::too_many_arguments)]
 pub fn encode_instance_view<K: AsRef<str>, V: AsRef<str>>(
     out: &mut BytesMut,
@@ -207,27 +260,50 @@ pub fn encode_instance_view<K: AsRef<str>, V: AsRef<str>>(
     enabled: bool,
     metadata: &[(K, V)],
 ) {
-    put_text(out, cluster);
-    put_text(out, ip);
+    must(
+        try_encode_instance_view(out, cluster, ip, port, weight, healthy, enabled, metadata),
+        "an instance view",
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn try_encode_instance_view<K: AsRef<str>, V: AsRef<str>>(
+    out: &mut BytesMut,
+    cluster: &str,
+    ip: &str,
+    port: u16,
+    weight: f64,
+    healthy: bool,
+    enabled: bool,
+    metadata: &[(K, V)],
+) -> Result<(), WireError> {
+    put_text(out, cluster, "cluster", NAME_LEN_MAX)?;
+    put_text(out, ip, "ip", IP_LEN_MAX)?;
     out.put_u16(port);
     out.put_f64(weight);
     encode_status(out, healthy, enabled);
-    encode_metadata(out, metadata);
+    encode_metadata(out, metadata)
 }
 
 impl ServiceSnapshot {
     /// Appends the header part of a snapshot body; `count` InstanceViews must follow.
+    ///
+    /// # Panics
+    /// If the name breaks a limit of the decoder.
     pub fn encode_head(out: &mut BytesMut, name: &ServiceName, revision: u64, count: u32) {
         name.encode(out);
         out.put_u64(revision);
         out.put_u32(count);
     }
 
-    fn encode(&self, out: &mut BytesMut) {
-        Self::encode_head(out, &self.name, self.revision, self.instances.len() as u32);
+    fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        self.name.try_encode(out)?;
+        out.put_u64(self.revision);
+        put_count_u32(out, self.instances.len(), "instances", usize::MAX)?;
         for i in &self.instances {
-            i.encode(out);
+            i.try_encode(out)?;
         }
+        Ok(())
     }
 
     /// Decodes a whole snapshot body (a QueryResult's or Push's).
@@ -251,6 +327,108 @@ impl ServiceSnapshot {
             name,
             revision,
             instances,
+        })
+    }
+}
+
+impl ViewKey {
+    /// Smallest encoding: two empty strings and the port.
+    pub const MIN_LEN: usize = 2 + 2 + 2;
+
+    /// # Panics
+    /// If a part is longer than its limit (see [`ViewKey::try_encode`]).
+    pub fn encode(&self, out: &mut BytesMut) {
+        encode_view_key(out, &self.cluster, &self.ip, self.port);
+    }
+
+    /// Appends the ViewKey, or fails if a part is longer than its limit.
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        try_encode_view_key(out, &self.cluster, &self.ip, self.port)
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ViewKey, WireError> {
+        Ok(ViewKey {
+            cluster: r.text("cluster", NAME_LEN_MAX)?,
+            ip: r.text("ip", IP_LEN_MAX)?,
+            port: r.u16("port")?,
+        })
+    }
+}
+
+/// Encodes one ViewKey from its parts (the store keeps them apart).
+///
+/// # Panics
+/// If a part is longer than its limit (the store holds only validated keys).
+pub fn encode_view_key(out: &mut BytesMut, cluster: &str, ip: &str, port: u16) {
+    must(try_encode_view_key(out, cluster, ip, port), "a view key");
+}
+
+fn try_encode_view_key(
+    out: &mut BytesMut,
+    cluster: &str,
+    ip: &str,
+    port: u16,
+) -> Result<(), WireError> {
+    put_text(out, cluster, "cluster", NAME_LEN_MAX)?;
+    put_text(out, ip, "ip", IP_LEN_MAX)?;
+    out.put_u16(port);
+    Ok(())
+}
+
+impl ServiceDelta {
+    /// Appends the part of a PushDelta body before its lists: the removed keys (a `u32` count,
+    /// then ViewKeys) and the updated instances (a `u32` count, then InstanceViews) follow.
+    pub fn encode_head(out: &mut BytesMut, name: &ServiceName, base_revision: u64, revision: u64) {
+        name.encode(out);
+        out.put_u64(base_revision);
+        out.put_u64(revision);
+    }
+
+    fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        self.name.try_encode(out)?;
+        out.put_u64(self.base_revision);
+        out.put_u64(self.revision);
+        put_count_u32(out, self.removed.len(), "removed keys", usize::MAX)?;
+        for k in &self.removed {
+            k.try_encode(out)?;
+        }
+        put_count_u32(out, self.updated.len(), "updated instances", usize::MAX)?;
+        for v in &self.updated {
+            v.try_encode(out)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes a whole PushDelta body.
+    pub fn decode_body(body: Bytes) -> Result<ServiceDelta, WireError> {
+        let mut r = Reader::new(body);
+        let d = ServiceDelta::decode(&mut r)?;
+        r.finish()?;
+        Ok(d)
+    }
+
+    fn decode(r: &mut Reader) -> Result<ServiceDelta, WireError> {
+        let name = ServiceName::decode(r)?;
+        let base_revision = r.u64("base revision")?;
+        let revision = r.u64("revision")?;
+        let n = r.u32("removed count")? as usize;
+        let n = r.count(n, "removed instances", usize::MAX, ViewKey::MIN_LEN)?;
+        let mut removed = Vec::with_capacity(n);
+        for _ in 0..n {
+            removed.push(ViewKey::decode(r)?);
+        }
+        let n = r.u32("updated count")? as usize;
+        let n = r.count(n, "updated instances", usize::MAX, InstanceView::MIN_LEN)?;
+        let mut updated = Vec::with_capacity(n);
+        for _ in 0..n {
+            updated.push(InstanceView::decode(r)?);
+        }
+        Ok(ServiceDelta {
+            name,
+            base_revision,
+            revision,
+            removed,
+            updated,
         })
     }
 }
@@ -378,6 +556,8 @@ pub enum Message {
     Subscribe(ServiceName),
     Unsubscribe(ServiceName),
     Push(ServiceSnapshot),
+    /// What changed in a subscribed service since the last push (request id 0).
+    PushDelta(ServiceDelta),
     /// Asks a node for its view of the cluster (empty body).
     ClusterStatus,
     ClusterStatusResult(ClusterStatus),
@@ -433,6 +613,7 @@ impl Message {
             Message::Subscribe(_) => Opcode::Subscribe,
             Message::Unsubscribe(_) => Opcode::Unsubscribe,
             Message::Push(_) => Opcode::Push,
+            Message::PushDelta(_) => Opcode::PushDelta,
             Message::ClusterStatus => Opcode::ClusterStatus,
             Message::ClusterStatusResult(_) => Opcode::ClusterStatusResult,
             Message::Owner { .. } => Opcode::Owner,
@@ -453,11 +634,21 @@ impl Message {
     }
 
     /// Appends the body (not the header) to `out`.
+    ///
+    /// # Panics
+    /// If the message breaks a limit the decoder enforces (see [`Message::try_encode_body`]).
     pub fn encode_body(&self, out: &mut BytesMut) {
+        must(self.try_encode_body(out), "a message body");
+    }
+
+    /// Appends the body (not the header) to `out`, or fails if the message breaks a limit the
+    /// decoder enforces on a string or a list (`out` may then hold part of it: frame encoders
+    /// cut it off). The frame length is the frame encoder's to check.
+    pub fn try_encode_body(&self, out: &mut BytesMut) -> Result<(), WireError> {
         match self {
             Message::Hello(h) => {
                 out.put_u8(h.max_version);
-                put_text(out, &h.client_name);
+                put_text(out, &h.client_name, "client name", MESSAGE_LEN_MAX)?;
             }
             Message::HelloOk(h) => {
                 out.put_u8(h.version);
@@ -471,49 +662,48 @@ impl Message {
             Message::Ack(n) => out.put_u32(*n),
             Message::Error(e) => {
                 out.put_u16(e.code);
-                put_text(out, &e.message);
+                put_text(out, &e.message, "error message", MESSAGE_LEN_MAX)?;
             }
-            Message::Auth(t) => put_text(out, &t.0),
+            Message::Auth(t) => put_text(out, &t.0, "token", TOKEN_LEN_MAX)?,
             Message::Register(reg) => {
                 out.put_u8(reg.session_bound as u8);
-                out.put_u16(reg.instances.len() as u16);
-                for i in &reg.instances {
-                    i.encode(out);
-                }
+                encode_instances(out, &reg.instances)?;
             }
-            Message::Deregister(keys) | Message::Beat(keys) => encode_keys(out, keys),
+            Message::Deregister(keys) => encode_keys(out, keys, BATCH_INSTANCES_MAX)?,
+            Message::Beat(keys) => encode_keys(out, keys, BEAT_KEYS_MAX)?,
             Message::BeatAck(idx) => {
-                out.put_u16(idx.len() as u16);
+                put_count_u16(out, idx.len(), "unknown key indexes", BEAT_KEYS_MAX)?;
                 for i in idx {
                     out.put_u16(*i);
                 }
             }
             Message::Query(q) => {
-                q.name.encode(out);
-                put_text(out, &q.cluster);
+                q.name.try_encode(out)?;
+                put_text(out, &q.cluster, "cluster", NAME_LEN_MAX)?;
                 out.put_u8(q.healthy_only as u8);
             }
-            Message::QueryResult(s) | Message::Push(s) => s.encode(out),
+            Message::QueryResult(s) | Message::Push(s) => s.try_encode(out)?,
+            Message::PushDelta(d) => d.try_encode(out)?,
             Message::ListServices(l) => {
-                put_text(out, &l.namespace);
+                put_text(out, &l.namespace, "namespace", NAME_LEN_MAX)?;
                 out.put_u32(l.page);
                 out.put_u16(l.page_size);
             }
             Message::ServiceList(l) => {
                 out.put_u32(l.total);
-                out.put_u16(l.services.len() as u16);
+                put_count_u16(out, l.services.len(), "services", PAGE_SIZE_MAX)?;
                 for s in &l.services {
-                    put_text(out, &s.group);
-                    put_text(out, &s.service);
+                    put_text(out, &s.group, "group", NAME_LEN_MAX)?;
+                    put_text(out, &s.service, "service", NAME_LEN_MAX)?;
                     out.put_u32(s.instances);
                     out.put_u32(s.healthy);
                 }
             }
-            Message::Subscribe(n) | Message::Unsubscribe(n) => n.encode(out),
+            Message::Subscribe(n) | Message::Unsubscribe(n) => n.try_encode(out)?,
             Message::ClusterStatus | Message::SnapshotRequest => {}
-            Message::ClusterStatusResult(s) => s.encode(out),
+            Message::ClusterStatusResult(s) => s.try_encode(out)?,
             Message::Owner { ip, port } => {
-                put_text(out, ip);
+                put_text(out, ip, "ip", IP_LEN_MAX)?;
                 out.put_u16(*port);
             }
             Message::OwnerResult(id) => out.put_u16(*id),
@@ -531,23 +721,25 @@ impl Message {
             Message::PeerAuth(mac) => out.put_slice(mac),
             Message::FwdRegister { session, instances } => {
                 out.put_u64(*session);
-                encode_instances(out, instances);
+                encode_instances(out, instances)?;
             }
-            Message::FwdDeregister(keys) | Message::FwdBeat(keys) => encode_keys(out, keys),
+            Message::FwdDeregister(keys) => encode_keys(out, keys, BATCH_INSTANCES_MAX)?,
+            Message::FwdBeat(keys) => encode_keys(out, keys, BEAT_KEYS_MAX)?,
             Message::FwdLapse { session, keys } => {
                 out.put_u64(*session);
-                encode_keys(out, keys);
+                encode_keys(out, keys, BATCH_INSTANCES_MAX)?;
             }
-            Message::SyncBatch(recs) | Message::Records(recs) => encode_records(out, recs),
-            Message::Digest(d) => d.encode(out),
+            Message::SyncBatch(recs) | Message::Records(recs) => encode_records(out, recs)?,
+            Message::Digest(d) => d.try_encode(out)?,
             Message::Pull(p) => {
                 out.put_u16(p.owner);
-                out.put_u16(p.buckets.len() as u16);
+                put_count_u16(out, p.buckets.len(), "buckets", DIGEST_BUCKETS)?;
                 for b in &p.buckets {
                     out.put_u16(*b);
                 }
             }
         }
+        Ok(())
     }
 
     /// Decodes the body of a frame with the given opcode. The whole body must be consumed.
@@ -605,6 +797,7 @@ impl Message {
             }),
             Opcode::QueryResult => Message::QueryResult(ServiceSnapshot::decode(&mut r)?),
             Opcode::Push => Message::Push(ServiceSnapshot::decode(&mut r)?),
+            Opcode::PushDelta => Message::PushDelta(ServiceDelta::decode(&mut r)?),
             Opcode::ListServices => Message::ListServices(ListServices {
                 namespace: r.text("namespace", NAME_LEN_MAX)?,
                 page: r.u32("page")?,
@@ -709,9 +902,17 @@ pub struct SyncRecord {
 impl SyncRecord {
     pub const MIN_LEN: usize = InstanceKey::MIN_LEN + 10 + 1 + 8 + 12 + 8 + 2;
 
+    /// # Panics
+    /// If a field breaks a limit of the decoder (see [`SyncRecord::try_encode`]).
     pub fn encode(&self, out: &mut BytesMut) {
-        self.key.encode(out);
-        encode_record_tail(
+        must(self.try_encode(out), "a sync record");
+    }
+
+    /// Appends the record, or fails if a field breaks a limit of the decoder (`out` may then
+    /// hold part of it: frame encoders cut it off).
+    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
+        self.key.try_encode(out)?;
+        try_encode_record_tail(
             out,
             self.version,
             self.status_bits(),
@@ -719,7 +920,7 @@ impl SyncRecord {
             self.lease,
             self.session,
             &self.metadata,
-        );
+        )
     }
 
     pub fn status_bits(&self) -> u8 {
@@ -780,6 +981,9 @@ pub fn record_status_bits(alive: bool, healthy: bool, enabled: bool, lapsed: boo
 }
 
 /// Everything of a SyncRecord after its key, so that the store can encode from its own types.
+///
+/// # Panics
+/// If the metadata breaks a limit of the decoder (the store holds only validated instances).
 pub fn encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
     out: &mut BytesMut,
     version: Version,
@@ -789,6 +993,21 @@ pub fn encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
     session: u64,
     metadata: &[(K, V)],
 ) {
+    must(
+        try_encode_record_tail(out, version, status_bits, weight, lease, session, metadata),
+        "a sync record",
+    );
+}
+
+fn try_encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
+    out: &mut BytesMut,
+    version: Version,
+    status_bits: u8,
+    weight: f64,
+    lease: Lease,
+    session: u64,
+    metadata: &[(K, V)],
+) -> Result<(), WireError> {
     out.put_u64(version.hlc);
     out.put_u16(version.origin);
     out.put_u8(status_bits);
@@ -797,10 +1016,13 @@ pub fn encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
     out.put_u32(lease.unhealthy_ms);
     out.put_u32(lease.expire_ms);
     out.put_u64(session);
-    encode_metadata(out, metadata);
+    encode_metadata(out, metadata)
 }
 
 /// Appends an InstanceKey from its parts (the store keeps them apart).
+///
+/// # Panics
+/// If a part breaks a limit of the decoder (the store holds only validated keys).
 pub fn encode_key_parts(
     out: &mut BytesMut,
     name: &ServiceName,
@@ -808,5 +1030,6 @@ pub fn encode_key_parts(
     ip: &str,
     port: u16,
 ) {
+    must(check_key_parts(name, cluster, ip), "an instance key");
     key::put_key(out, name, cluster, ip, port);
 }

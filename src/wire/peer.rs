@@ -3,12 +3,13 @@
 
 use bytes::{BufMut, BytesMut};
 
-use super::buf::{Reader, put_text};
+use super::buf::{Reader, put_count_u16, put_count_u32, put_text};
 use super::msg::SyncRecord;
 use super::*;
 use crate::model::{
-    BATCH_INSTANCES_MAX, ClusterStatus, DIGEST_BUCKETS, Instance, InstanceKey, MEMBERS_MAX,
-    MemberStatus, NAME_LEN_MAX,
+    BATCH_INSTANCES_MAX, ClusterStatus, DIGEST_BUCKETS, IP_LEN_MAX, Instance, InstanceKey,
+    MEMBERS_MAX, META_ENTRIES_MAX, META_KEY_LEN_MAX, META_VALUE_LEN_MAX, MemberStatus,
+    NAME_LEN_MAX,
 };
 
 /// Bytes of a handshake nonce.
@@ -17,6 +18,12 @@ pub const NONCE_LEN: usize = 16;
 pub const MAC_LEN: usize = 32;
 /// Records in one record-carrying frame (SyncBatch, Records); frames are also cut by size.
 pub const RECORDS_PER_FRAME_MAX: usize = 65_536;
+/// The largest SyncRecord within the model's limits (every string and metadata entry at its
+/// longest): about 272 KiB, so a frame cut at some size holds at most this much beyond it.
+pub const SYNC_RECORD_LEN_MAX: usize = SyncRecord::MIN_LEN
+    + 4 * NAME_LEN_MAX
+    + IP_LEN_MAX
+    + META_ENTRIES_MAX * (4 + META_KEY_LEN_MAX + META_VALUE_LEN_MAX);
 
 /// First frame on a peer connection, from the dialing node.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,11 +72,12 @@ pub(crate) fn fixed<const N: usize>(
     Ok(out)
 }
 
-pub(crate) fn encode_records(out: &mut BytesMut, records: &[SyncRecord]) {
-    out.put_u32(records.len() as u32);
+pub(crate) fn encode_records(out: &mut BytesMut, records: &[SyncRecord]) -> Result<(), WireError> {
+    put_count_u32(out, records.len(), "records", RECORDS_PER_FRAME_MAX)?;
     for r in records {
-        r.encode(out);
+        r.try_encode(out)?;
     }
+    Ok(())
 }
 
 pub(crate) fn decode_records(r: &mut Reader) -> Result<Vec<SyncRecord>, WireError> {
@@ -82,11 +90,15 @@ pub(crate) fn decode_records(r: &mut Reader) -> Result<Vec<SyncRecord>, WireErro
     Ok(v)
 }
 
-pub(crate) fn encode_instances(out: &mut BytesMut, instances: &[Instance]) {
-    out.put_u16(instances.len() as u16);
+pub(crate) fn encode_instances(
+    out: &mut BytesMut,
+    instances: &[Instance],
+) -> Result<(), WireError> {
+    put_count_u16(out, instances.len(), "instances", BATCH_INSTANCES_MAX)?;
     for i in instances {
-        i.encode(out);
+        i.try_encode(out)?;
     }
+    Ok(())
 }
 
 pub(crate) fn decode_instances(r: &mut Reader) -> Result<Vec<Instance>, WireError> {
@@ -99,11 +111,17 @@ pub(crate) fn decode_instances(r: &mut Reader) -> Result<Vec<Instance>, WireErro
     Ok(v)
 }
 
-pub(crate) fn encode_keys(out: &mut BytesMut, keys: &[InstanceKey]) {
-    out.put_u16(keys.len() as u16);
+/// Appends a key list of at most `max` keys (the limit of the message that carries it).
+pub(crate) fn encode_keys(
+    out: &mut BytesMut,
+    keys: &[InstanceKey],
+    max: usize,
+) -> Result<(), WireError> {
+    put_count_u16(out, keys.len(), "instance keys", max)?;
     for k in keys {
-        k.encode(out);
+        k.try_encode(out)?;
     }
+    Ok(())
 }
 
 pub(crate) fn decode_keys(r: &mut Reader, max: usize) -> Result<Vec<InstanceKey>, WireError> {
@@ -117,14 +135,15 @@ pub(crate) fn decode_keys(r: &mut Reader, max: usize) -> Result<Vec<InstanceKey>
 }
 
 impl DigestMsg {
-    pub(crate) fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
         out.put_u16(self.owner);
         out.put_u64(self.view_hash);
-        out.put_u16(self.buckets.len() as u16);
+        put_count_u16(out, self.buckets.len(), "digest buckets", DIGEST_BUCKETS)?;
         for (c, s) in &self.buckets {
             out.put_u32(*c);
             out.put_u64(*s);
         }
+        Ok(())
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<DigestMsg, WireError> {
@@ -145,17 +164,18 @@ impl DigestMsg {
 }
 
 impl ClusterStatus {
-    pub(crate) fn encode(&self, out: &mut BytesMut) {
+    pub(crate) fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
         out.put_u16(self.node_id);
         out.put_u8(self.ready as u8);
         out.put_u64(self.instances);
-        out.put_u16(self.members.len() as u16);
+        put_count_u16(out, self.members.len(), "members", MEMBERS_MAX)?;
         for m in &self.members {
             out.put_u16(m.id);
-            put_text(out, &m.addr);
+            put_text(out, &m.addr, "member address", NAME_LEN_MAX)?;
             out.put_u8(m.up as u8);
             out.put_u64(m.owned);
         }
+        Ok(())
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<ClusterStatus, WireError> {

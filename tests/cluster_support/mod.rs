@@ -55,7 +55,7 @@ pub fn node_config(
         node_id: id,
         listen,
         peer_listen,
-        members: members.to_vec(),
+        members: members.iter().map(|&a| a.into()).collect(),
         cluster_token: Some(TOKEN.into()),
         member_timeout_ms: 600,
         verify_interval_ms: 500,

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,13 +27,16 @@ use tokio_util::codec::Decoder;
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// The settings every test server starts from: loopback port 0 (and a port-0 peer address, so
-/// parallel tests never collide), a low lease floor and a quick lease duty so short leases work.
+/// parallel tests never collide), no admin port, a low lease floor and a quick lease duty so
+/// short leases work.
 pub fn test_config() -> Config {
     Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         peer_listen: "127.0.0.1:0".parse().unwrap(),
         lease_floor_ms: 100,
         lease_pass_ms: 50,
+        // No admin port unless a test asks for one (the default port would collide).
+        http: None,
         ..Config::default()
     }
 }
@@ -157,8 +161,25 @@ pub struct Raw {
     buf: BytesMut,
     codec: FrameCodec,
     next_id: u32,
-    /// Pushes that arrived while [`Raw::call`] waited for an answer, in order.
-    pub pushes: Vec<ServiceSnapshot>,
+    /// Push frames (Push, PushDelta) that arrived while [`Raw::call`] waited for an answer, in
+    /// order.
+    pub pushes: Vec<Frame>,
+    /// Per subscribed service, the whole list the pushes so far make (deltas applied).
+    pub lists: HashMap<ServiceName, ServiceSnapshot>,
+}
+
+/// One push as it came, and the whole list after it.
+pub struct PushSeen {
+    /// The frame's bytes on the wire (length prefix, header, body).
+    pub wire_bytes: usize,
+    pub message: Message,
+    pub list: ServiceSnapshot,
+}
+
+impl PushSeen {
+    pub fn is_delta(&self) -> bool {
+        matches!(self.message, Message::PushDelta(_))
+    }
 }
 
 impl Raw {
@@ -171,6 +192,7 @@ impl Raw {
             codec: FrameCodec::default(),
             next_id: 1,
             pushes: Vec::new(),
+            lists: HashMap::new(),
         }
     }
 
@@ -222,18 +244,41 @@ impl Raw {
         }
     }
 
-    /// The next push (request id 0), skipping nothing: any other frame fails the test.
+    /// The whole list after the next push (request id 0), skipping nothing: any other frame
+    /// fails the test.
     pub async fn push(&mut self) -> ServiceSnapshot {
-        if !self.pushes.is_empty() {
-            return self.pushes.remove(0);
-        }
-        let f = self
-            .frame()
-            .await
-            .expect("connection closed while waiting for a push");
-        match f.message().expect("decodable push") {
-            Message::Push(s) if f.request_id == 0 => s,
-            other => panic!("expected a push, got {other:?} (request {})", f.request_id),
+        self.push_seen().await.list
+    }
+
+    /// The next push (request id 0) as it came, applied to the list of its service: a delta must
+    /// follow on from the list the earlier pushes of this connection made.
+    pub async fn push_seen(&mut self) -> PushSeen {
+        let f = if self.pushes.is_empty() {
+            self.frame()
+                .await
+                .expect("connection closed while waiting for a push")
+        } else {
+            self.pushes.remove(0)
+        };
+        assert_eq!(f.request_id, 0, "a push carries request id 0: {f:?}");
+        let message = f.message().expect("decodable push");
+        let list = match &message {
+            Message::Push(s) => s.clone(),
+            Message::PushDelta(d) => {
+                let held = self
+                    .lists
+                    .get(&d.name)
+                    .unwrap_or_else(|| panic!("a delta of {} before any whole list", d.name));
+                held.apply(d)
+                    .unwrap_or_else(|e| panic!("a delta that does not follow on: {e}"))
+            }
+            other => panic!("expected a push, got {other:?}"),
+        };
+        self.lists.insert(list.name.clone(), list.clone());
+        PushSeen {
+            wire_bytes: 4 + 8 + f.body.len(),
+            message,
+            list,
         }
     }
 
@@ -247,7 +292,9 @@ impl Raw {
                 .unwrap_or_else(|| panic!("connection closed while waiting for answer {id}"));
             let m = f.message().expect("decodable answer");
             match m {
-                Message::Push(s) if f.request_id == 0 => self.pushes.push(s),
+                Message::Push(_) | Message::PushDelta(_) if f.request_id == 0 => {
+                    self.pushes.push(f)
+                }
                 m if f.request_id == id => return m,
                 other => panic!("unexpected frame {other:?} for request {}", f.request_id),
             }
@@ -273,4 +320,85 @@ pub fn last_error(frames: &[Frame]) -> (u32, ErrorBody) {
         Message::Error(e) => (last.request_id, e),
         other => panic!("expected an Error frame last, got {other:?}"),
     }
+}
+
+/// An HTTP answer: status, content type and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One plain HTTP/1.1 GET of `path` on `addr` (`Connection: close`), within [`DEADLINE`].
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
+    let fut = async {
+        let mut s = TcpStream::connect(addr)
+            .await
+            .expect("connect to the admin port");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(DEADLINE, fut)
+        .await
+        .expect("the admin port answers in time");
+    let text = String::from_utf8(raw).expect("a UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut content_type = String::new();
+    let mut chunked = false;
+    for l in lines {
+        let (k, v) = l.split_once(':').unwrap();
+        match k.to_ascii_lowercase().as_str() {
+            "content-type" => content_type = v.trim().to_string(),
+            "transfer-encoding" => chunked = v.trim().eq_ignore_ascii_case("chunked"),
+            _ => {}
+        }
+    }
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let n = usize::from_str_radix(size.trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = &after[n + 2..];
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    HttpAnswer {
+        status,
+        content_type,
+        body,
+    }
+}
+
+/// The value of the sample `series` (the metric name with its labels, as the text shows it)
+/// in Prometheus text `text`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
 }

@@ -13,6 +13,10 @@
 //!   connected to N (the same connection, to the incarnation of N that answered) since before
 //!   that sighting, must still be in N's next read — and, for a subscriber of every service on
 //!   every node, in N's next push;
+//! - *pushes are right*: the probe's subscriber applies every push of a connection in order (a
+//!   whole list replaces, a delta must follow on from the list it holds, or it is a violation),
+//!   and the list it then holds must equal N's own list at that revision (a query of N's store
+//!   at the same revision, sampled after every step);
 //! - every second, and at the end: `Store::check_invariants` on every running node;
 //! - at the end, [`SETTLE_MS`] after the faults stopped: every running node is ready and all
 //!   hold the same live instances with the same versions (convergence); every instance whose
@@ -172,6 +176,10 @@ pub struct Stats {
     pub deregisters_failed: u64,
     pub reads_ok: u64,
     pub pushes: u64,
+    /// Of the pushes, those that were deltas.
+    pub deltas: u64,
+    /// Pushes whose resulting list was compared with the node's list at the same revision.
+    pub pushes_checked: u64,
     pub reads_not_ready: u64,
     pub reads_excused: u64,
     pub node_crashes: u64,
@@ -226,6 +234,9 @@ pub struct State {
     /// (node, reads or pushes, service) -> hash of the last one, so the trace records only
     /// changes.
     last_read: BTreeMap<(usize, Via, usize), u64>,
+    /// (node, incarnation, service) -> the node's lists at the last revisions the driver saw
+    /// (after each step), oldest first: what a push at one of those revisions must equal.
+    lists_seen: BTreeMap<(usize, u32, usize), VecDeque<ServiceSnapshot>>,
     pub violations: Vec<String>,
     /// Flaps, when they are only reported ([`Checks::flaps_fail`] off).
     pub flaps: Vec<String>,
@@ -248,6 +259,56 @@ impl State {
         } else {
             self.trace.push(t, format!("FLAP (reported only) {v}"));
             self.flaps.push(format!("at {t} ms: {v}"));
+        }
+    }
+
+    /// The list the probe's subscriber holds for service `s` after a push of node `i`
+    /// (incarnation `inc`) must be the node's list at that revision.
+    fn check_pushed_list(&mut self, i: usize, inc: u32, s: usize, list: &ServiceSnapshot, t: u64) {
+        let current = match &self.nodes[i] {
+            NodeSlot {
+                node: Some(node),
+                inc: now_inc,
+                running: true,
+                ..
+            } if *now_inc == inc => Some(node_list(node, s)),
+            _ => None,
+        };
+        let want = self
+            .lists_seen
+            .get(&(i, inc, s))
+            .and_then(|h| {
+                h.iter()
+                    .rev()
+                    .find(|l| l.revision == list.revision)
+                    .cloned()
+            })
+            .or(current.filter(|c| c.revision == list.revision));
+        let Some(want) = want else {
+            // A revision that came and went within one step: not sampled.
+            return;
+        };
+        self.stats.pushes_checked += 1;
+        if want != *list {
+            let show = |l: &ServiceSnapshot| {
+                l.instances
+                    .iter()
+                    .map(|v| format!("{}:{}{}", v.ip, v.port, if v.healthy { "" } else { "!" }))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            self.violation(
+                t,
+                format!(
+                    "the probe's list of svc{s} after n{}'s pushes is [{}] at revision {}, but \
+                     n{} listed [{}] at that revision",
+                    i + 1,
+                    show(list),
+                    list.revision,
+                    i + 1,
+                    show(&want)
+                ),
+            );
         }
     }
 
@@ -548,6 +609,23 @@ impl State {
     }
 }
 
+/// Lists kept per (node, incarnation, service) for the push check.
+const LISTS_KEPT: usize = 256;
+
+/// Node `node`'s whole list of service `s` now, as a query answers it.
+fn node_list(node: &Node, s: usize) -> ServiceSnapshot {
+    ServiceSnapshot::decode_body(node.store.query(&service(s), "", false))
+        .expect("the store encodes well-formed snapshots")
+}
+
+/// The revision of an encoded snapshot, without decoding the instances.
+fn revision_of(body: &bytes::Bytes) -> u64 {
+    let mut r = distro::wire::Reader::new(body.clone());
+    ServiceName::decode(&mut r)
+        .and_then(|_| r.u64("revision"))
+        .expect("the store encodes well-formed snapshots")
+}
+
 /// Counts panics on this thread: a panic in a task spawned by a simulated node is caught by its
 /// runtime and would otherwise go unnoticed.
 fn count_panics() {
@@ -572,7 +650,7 @@ fn node_config(i: usize, ips: &[IpAddr]) -> Config {
         peer_listen: SocketAddr::new(ips[i], PEER_PORT),
         members: ips
             .iter()
-            .map(|ip| SocketAddr::new(*ip, PEER_PORT))
+            .map(|ip| SocketAddr::new(*ip, PEER_PORT).into())
             .collect(),
         cluster_token: Some("sim-cluster-token".into()),
         member_timeout_ms: 600,
@@ -671,6 +749,8 @@ impl Via {
 /// node (once it takes subscriptions) and checks every push like a read.
 async fn watch_pushes(shared: Shared, i: usize, addr: String) {
     let mut conn: Option<(u32, ProbeConn)> = None;
+    // The lists the pushes of the current connection made, per service.
+    let mut lists: BTreeMap<usize, ServiceSnapshot> = BTreeMap::new();
     loop {
         let status = shared.lock().unwrap().node_status(i);
         let Some((inc, true)) = status else {
@@ -679,6 +759,7 @@ async fn watch_pushes(shared: Shared, i: usize, addr: String) {
             continue;
         };
         if conn.as_ref().is_none_or(|(ci, _)| *ci != inc) {
+            lists.clear();
             conn = match tokio::time::timeout(PROBE_TIMEOUT, ProbeConn::subscribed(&addr)).await {
                 Ok(Ok(c)) => Some((inc, c)),
                 _ => {
@@ -699,20 +780,51 @@ async fn watch_pushes(shared: Shared, i: usize, addr: String) {
                 continue;
             }
         };
-        match frame.message() {
-            Ok(Message::Push(snap)) => {
-                let t = now_ms();
-                if let Some(s) = (0..SERVICES).find(|&s| service(s) == snap.name) {
-                    shared
-                        .lock()
-                        .unwrap()
-                        .observed(i, inc, Via::Push, s, &snap, t, t);
+        let (s, list, delta) = match frame.message() {
+            Ok(Message::Push(snap)) => match (0..SERVICES).find(|&s| service(s) == snap.name) {
+                Some(s) => (s, snap, false),
+                None => continue,
+            },
+            Ok(Message::PushDelta(d)) => {
+                let Some(s) = (0..SERVICES).find(|&s| service(s) == d.name) else {
+                    continue;
+                };
+                let applied = match lists.get(&s) {
+                    Some(held) => held.apply(&d).map_err(|e| e.to_string()),
+                    None => Err("no whole list came before it".to_string()),
+                };
+                match applied {
+                    Ok(list) => (s, list, true),
+                    Err(why) => {
+                        shared.lock().unwrap().violation(
+                            now_ms(),
+                            format!(
+                                "n{} pushed a delta of svc{s} that does not follow on ({why}): \
+                                 base revision {}, revision {}",
+                                i + 1,
+                                d.base_revision,
+                                d.revision
+                            ),
+                        );
+                        conn = None;
+                        continue;
+                    }
                 }
             }
             // Subscribed (Ack) — or refused (not ready yet): subscribe again later.
-            Ok(Message::Ack(_)) => {}
-            _ => conn = None,
-        }
+            Ok(Message::Ack(_)) => continue,
+            _ => {
+                conn = None;
+                continue;
+            }
+        };
+        let t = now_ms();
+        let mut st = shared.lock().unwrap();
+        st.stats.deltas += delta as u64;
+        st.observed(i, inc, Via::Push, s, &list, t, t);
+        st.check_pushed_list(i, inc, s, &list, t);
+        drop(st);
+        lists.insert(s, list);
     }
 }
 
@@ -1185,6 +1297,33 @@ impl Driver<'_> {
         }
     }
 
+    /// Notes every running node's list of every service whose revision moved (for the push
+    /// check).
+    fn sample_lists(&self) {
+        let mut st = self.shared.lock().unwrap();
+        let State {
+            nodes, lists_seen, ..
+        } = &mut *st;
+        for (i, slot) in nodes.iter().enumerate() {
+            let (true, Some(node)) = (slot.running, &slot.node) else {
+                continue;
+            };
+            for s in 0..SERVICES {
+                let body = node.store.query(&service(s), "", false);
+                let kept = lists_seen.entry((i, slot.inc, s)).or_default();
+                if kept.back().is_none_or(|l| l.revision != revision_of(&body)) {
+                    if kept.len() == LISTS_KEPT {
+                        kept.pop_front();
+                    }
+                    kept.push_back(
+                        ServiceSnapshot::decode_body(body)
+                            .expect("the store encodes well-formed snapshots"),
+                    );
+                }
+            }
+        }
+    }
+
     fn check_invariants(&mut self, t: u64) {
         let mut st = self.shared.lock().unwrap();
         let mut found = Vec::new();
@@ -1373,6 +1512,7 @@ pub fn run(plan: &Plan, verbose: bool, checks: Checks) -> Outcome {
         insts: BTreeMap::new(),
         seen: BTreeMap::new(),
         last_read: BTreeMap::new(),
+        lists_seen: BTreeMap::new(),
         violations: Vec::new(),
         flaps: Vec::new(),
         checks,
@@ -1485,6 +1625,7 @@ pub fn run(plan: &Plan, verbose: bool, checks: Checks) -> Outcome {
                 .violation(t, format!("the simulation stopped: {e}"));
             break;
         }
+        d.sample_lists();
     }
     let t = d.now();
     d.check_invariants(t);
@@ -1503,6 +1644,11 @@ pub fn run(plan: &Plan, verbose: bool, checks: Checks) -> Outcome {
                 t,
                 "the probe's subscribers received no push at all: the push check checked nothing"
                     .into(),
+            );
+        } else if st.stats.pushes_checked == 0 {
+            st.violation(
+                t,
+                "no push could be compared with its node's list at the same revision".into(),
             );
         }
     }

@@ -144,7 +144,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
     let snapshot = ServiceSnapshot {
         name: orders(),
         revision: 3,
-        instances: vec![view],
+        instances: vec![view.clone()],
     };
     vec![
         (
@@ -224,6 +224,23 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         ("subscribe", Message::Subscribe(orders())),
         ("unsubscribe", Message::Unsubscribe(orders())),
         ("push", Message::Push(snapshot)),
+        (
+            "push-delta",
+            Message::PushDelta(ServiceDelta {
+                name: orders(),
+                base_revision: 3,
+                revision: 5,
+                removed: vec![ViewKey {
+                    cluster: "DEFAULT".into(),
+                    ip: "10.0.0.2".into(),
+                    port: 8080,
+                }],
+                updated: vec![InstanceView {
+                    healthy: false,
+                    ..view.clone()
+                }],
+            }),
+        ),
         ("cluster-status", Message::ClusterStatus),
         (
             "cluster-status-result",
@@ -363,6 +380,41 @@ fn write_session_seeds(dir: &Path) {
         .message(&Message::Unsubscribe(orders()))
         .message(&Message::Ping(1));
     write(dir, "life", &seed(0, &w));
+
+    // A subscriber of a service that keeps changing: the whole list, then deltas (registers,
+    // a re-register with other metadata, a deregister, a lapse), a renewed subscription (the
+    // whole list again), more changes, an unsubscribe and a subscribe again.
+    let mut w = Writer::default();
+    let many = Message::Register(Register {
+        session_bound: false,
+        instances: (1..=20)
+            .map(|i| instance(&format!("10.0.1.{i}"), (5_000, 15_000, 30_000)))
+            .collect(),
+    });
+    let mut moved = instance("10.0.1.3", (5_000, 15_000, 30_000));
+    moved.metadata = vec![("zone".into(), "b".into())];
+    w.message(&many)
+        .message(&Message::Subscribe(orders()))
+        .pause_ms(10)
+        .message(&register(false, "10.0.1.21", (5_000, 15_000, 30_000)))
+        .message(&Message::Register(Register {
+            session_bound: false,
+            instances: vec![moved],
+        }))
+        .pause_ms(10)
+        .message(&Message::Deregister(vec![key("10.0.1.4", 8080)]))
+        .message(&register(true, "10.0.1.22", (100, 200, 300)))
+        .message(&Message::Subscribe(orders()))
+        .message(&Message::Deregister(vec![key("10.0.1.5", 8080)]))
+        .pause_ms(250)
+        .message(&Message::Unsubscribe(orders()))
+        .message(&register(false, "10.0.1.23", (5_000, 15_000, 30_000)))
+        .message(&Message::Subscribe(orders()))
+        .pause_ms(10)
+        .message(&Message::Deregister(vec![key("10.0.1.6", 8080)]))
+        .pause_ms(10)
+        .message(&query);
+    write(dir, "deltas", &w.bytes);
 
     // Short leases run out while the client is silent; a beat after expiry is unknown.
     let mut w = Writer::default();

@@ -41,10 +41,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::{Bytes, BytesMut};
 use clap::{Parser, Subcommand};
-use distro::client::Conn;
+use distro::client::{Conn, PushSink};
 use distro::model::{
-    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, Lease, ServiceName,
-    ServiceSnapshot, Text,
+    BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView, Lease,
+    ServiceName, Text,
 };
 use distro::wire::{Message, Opcode, Query, Register, encode_frame, encode_frame_into};
 use hdrhistogram::Histogram;
@@ -672,18 +672,29 @@ impl Rng {
 // ---------------------------------------------------------------------------------------------
 // Connections and node status
 
-fn no_push() -> Arc<dyn Fn(ServiceSnapshot) + Send + Sync> {
+fn no_push() -> PushSink {
     Arc::new(|_| {})
 }
 
-/// One SDK connection over TCP.
+/// One SDK connection over TCP. Its tasks live until it is closed (or the bench exits).
 async fn dial(
     addr: &str,
     name: &str,
     timeout: Duration,
-    on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
+    on_push: PushSink,
 ) -> Result<Arc<Conn>, distro::client::ClientError> {
-    let conn = Conn::open(&distro::net::Tcp, addr, name, timeout, on_push).await?;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let owner = CancellationToken::new();
+    let conn = Conn::open(
+        &distro::net::Tcp,
+        addr,
+        name,
+        timeout,
+        on_push,
+        &tasks,
+        &owner,
+    )
+    .await?;
     if let Some(t) = client_token() {
         let auth = Message::Auth(distro::wire::Token::new(t));
         match conn.call(&auth, timeout).await? {
@@ -713,10 +724,7 @@ async fn open_conns(servers: &[String], n: usize) -> anyhow::Result<Vec<Arc<Conn
     Ok(conns)
 }
 
-async fn open_ready(
-    addr: &str,
-    on_push: Arc<dyn Fn(ServiceSnapshot) + Send + Sync>,
-) -> anyhow::Result<Arc<Conn>> {
+async fn open_ready(addr: &str, on_push: PushSink) -> anyhow::Result<Arc<Conn>> {
     let c = dial(addr, "distro-bench", Duration::from_secs(5), on_push)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
@@ -1265,6 +1273,9 @@ struct Visibility {
     /// wire (length prefix and header included).
     push_frames: AtomicU64,
     push_bytes: AtomicU64,
+    /// Of those, whole lists and deltas (what changed since the last push).
+    full_pushes: AtomicU64,
+    delta_pushes: AtomicU64,
     /// Writes seen by a subscriber for the first time, summed over the subscribers: the changes
     /// they observed.
     observed: AtomicU64,
@@ -1276,13 +1287,20 @@ impl Visibility {
         self.start + Duration::from_nanos((k as f64 * self.interval_ns) as u64)
     }
 
-    /// A Push frame of `len` bytes from node `node` arrived now.
-    fn push(&self, node: usize, len: usize, snap: &ServiceSnapshot) {
+    /// A push frame of `len` bytes from node `node` arrived now, showing `views` as they are:
+    /// the whole list, or (`delta`) the instances changed since the last push.
+    fn push(&self, node: usize, len: usize, views: &[InstanceView], delta: bool) {
         let now = Instant::now();
+        let kind = if delta {
+            &self.delta_pushes
+        } else {
+            &self.full_pushes
+        };
+        kind.fetch_add(1, Ordering::Relaxed);
         self.push_frames.fetch_add(1, Ordering::Relaxed);
         self.push_bytes.fetch_add(len as u64, Ordering::Relaxed);
         let bit = 1u8 << node;
-        for v in &snap.instances {
+        for v in views {
             let Some(k) = bench_index(&v.ip, v.port).filter(|k| *k < self.writes) else {
                 continue;
             };
@@ -1345,7 +1363,7 @@ async fn subscriber(
                 }
                 return ControlFlow::Continue(());
             }
-            if opcode != Opcode::Push as u8 {
+            if opcode != Opcode::Push as u8 && opcode != Opcode::PushDelta as u8 {
                 failed = Some(raw::unexpected(opcode, &body));
                 return ControlFlow::Break(());
             }
@@ -1354,14 +1372,19 @@ async fn subscriber(
                 // The initial snapshots, before the clock starts.
                 return ControlFlow::Continue(());
             };
-            match Message::decode(Opcode::Push, body) {
+            let op = Opcode::from_u8(opcode).expect("checked above");
+            match Message::decode(op, body) {
                 Ok(Message::Push(snap)) => {
-                    vis.push(node, frame.len(), &snap);
+                    vis.push(node, frame.len(), &snap.instances, false);
                     ControlFlow::Continue(())
                 }
-                Ok(_) => unreachable!("decoded as a Push"),
+                Ok(Message::PushDelta(d)) => {
+                    vis.push(node, frame.len(), &d.updated, true);
+                    ControlFlow::Continue(())
+                }
+                Ok(_) => unreachable!("decoded as a push"),
                 Err(e) => {
-                    failed = Some(format!("malformed Push: {e}"));
+                    failed = Some(format!("malformed {op:?}: {e}"));
                     ControlFlow::Break(())
                 }
             }
@@ -1493,6 +1516,8 @@ async fn converge(
         hist: Mutex::new(new_histogram()),
         push_frames: AtomicU64::new(0),
         push_bytes: AtomicU64::new(0),
+        full_pushes: AtomicU64::new(0),
+        delta_pushes: AtomicU64::new(0),
         observed: AtomicU64::new(0),
     });
     *slot.lock().unwrap() = Some(vis.clone());
@@ -1575,6 +1600,14 @@ async fn converge(
     out.insert("service_size".into(), json!(writes.div_ceil(services)));
     out.insert("connections".into(), json!(connections));
     out.insert("visible".into(), json!(visible));
+    out.insert(
+        "full_pushes".into(),
+        json!(vis.full_pushes.load(Ordering::Relaxed)),
+    );
+    out.insert(
+        "delta_pushes".into(),
+        json!(vis.delta_pushes.load(Ordering::Relaxed)),
+    );
     insert_percentiles(&mut out, "visible_", &vis.hist.lock().unwrap());
     out.insert(
         "schedule_late_max_us".into(),
@@ -1772,6 +1805,8 @@ impl SpawnedCluster {
             .args(["--listen", &self.client_addrs[i]])
             .args(["--peer-listen", &self.peer_addrs[i]])
             .args(["--log-level", "warn"])
+            // Several nodes on one machine: the default admin port would collide.
+            .args(["--http", "off"])
             .args(
                 self.token_file
                     .iter()

@@ -6,7 +6,7 @@
 //! grace after it (see [`super::reconcile`]), since a record may still be on its way to its new
 //! owner.
 
-use std::net::SocketAddr;
+use crate::config::PeerAddr;
 
 use super::{Engine, Timing};
 use crate::model::NodeId;
@@ -27,9 +27,9 @@ pub struct ViewPlan {
 }
 
 /// Send the records lost to `owner` over the data link of the member at `to`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Handoff {
-    pub to: SocketAddr,
+    pub to: PeerAddr,
     pub owner: NodeId,
 }
 
@@ -62,7 +62,10 @@ impl Engine {
             .into_iter()
             .filter_map(|owner| {
                 let m = self.members.by_id(owner)?;
-                Some(Handoff { to: m.addr, owner })
+                Some(Handoff {
+                    to: m.addr.clone(),
+                    owner,
+                })
             })
             .collect()
     }

@@ -4,8 +4,8 @@
 //! loading too, and either every member is up (the whole cluster is starting, nobody holds data
 //! yet) or no member with data has been reachable for [`alone_after_ms`].
 
+use crate::config::PeerAddr;
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 
 use tracing::info;
 
@@ -45,7 +45,7 @@ pub struct Load {
 #[derive(Debug, Default)]
 struct Round {
     /// Members still to try in this round.
-    queue: VecDeque<SocketAddr>,
+    queue: VecDeque<PeerAddr>,
     /// Members up when the round began.
     up: usize,
     /// Of them, those that answered that they are loading.
@@ -63,7 +63,7 @@ impl Engine {
 
     /// A round of the load at `now_ms`: try the members that are up now, in order.
     pub fn load_round(&mut self, now_ms: u64) -> Vec<Command> {
-        let queue: VecDeque<SocketAddr> = self.members.up().map(|m| m.addr).collect();
+        let queue: VecDeque<PeerAddr> = self.members.up().map(|m| m.addr.clone()).collect();
         self.load.round = Round {
             up: queue.len(),
             queue,
@@ -73,7 +73,7 @@ impl Engine {
     }
 
     /// The load from `from` ended with `outcome` at `now_ms`.
-    pub fn on_load(&mut self, from: SocketAddr, outcome: LoadOutcome, now_ms: u64) -> Vec<Command> {
+    pub fn on_load(&mut self, from: PeerAddr, outcome: LoadOutcome, now_ms: u64) -> Vec<Command> {
         match outcome {
             LoadOutcome::Loaded { records } => {
                 info!(peer = %from, records, "loaded the cluster's data; ready");

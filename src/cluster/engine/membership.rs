@@ -5,7 +5,7 @@
 //! — this node and every member that is up and whose id is known — is what ownership is
 //! computed over.
 
-use std::net::SocketAddr;
+use crate::config::PeerAddr;
 
 use tracing::{info, warn};
 
@@ -28,7 +28,7 @@ pub enum Probe {
 /// One other member, as this node sees it.
 #[derive(Debug, Clone)]
 pub struct MemberState {
-    pub addr: SocketAddr,
+    pub addr: PeerAddr,
     /// Learned in the handshake; 0 until then.
     pub id: NodeId,
     pub up: bool,
@@ -55,8 +55,8 @@ impl Membership {
     }
 
     /// Adds a member, not reached yet. False if it is a member already.
-    pub fn add(&mut self, addr: SocketAddr) -> bool {
-        if self.get(addr).is_some() {
+    pub fn add(&mut self, addr: PeerAddr) -> bool {
+        if self.get(&addr).is_some() {
             return false;
         }
         self.members.push(MemberState {
@@ -70,7 +70,7 @@ impl Membership {
     }
 
     /// Removes a member. Its links go, and the view changes if it was part of it.
-    pub fn remove(&mut self, addr: SocketAddr) -> Vec<Command> {
+    pub fn remove(&mut self, addr: PeerAddr) -> Vec<Command> {
         let Some(i) = self.members.iter().position(|m| m.addr == addr) else {
             return Vec::new();
         };
@@ -82,12 +82,12 @@ impl Membership {
         out
     }
 
-    pub fn get(&self, addr: SocketAddr) -> Option<&MemberState> {
-        self.members.iter().find(|m| m.addr == addr)
+    pub fn get(&self, addr: &PeerAddr) -> Option<&MemberState> {
+        self.members.iter().find(|m| m.addr == *addr)
     }
 
-    pub(super) fn get_mut(&mut self, addr: SocketAddr) -> Option<&mut MemberState> {
-        self.members.iter_mut().find(|m| m.addr == addr)
+    pub(super) fn get_mut(&mut self, addr: &PeerAddr) -> Option<&mut MemberState> {
+        self.members.iter_mut().find(|m| m.addr == *addr)
     }
 
     /// The member with this node id (0, unknown, matches none).
@@ -125,8 +125,8 @@ impl Membership {
     }
 
     /// A handshake with the member told its node id.
-    pub fn on_handshake(&mut self, addr: SocketAddr, id: NodeId) {
-        let Some(m) = self.get_mut(addr) else { return };
+    pub fn on_handshake(&mut self, addr: PeerAddr, id: NodeId) {
+        let Some(m) = self.get_mut(&addr) else { return };
         if m.id != 0 && m.id != id {
             warn!(peer = %addr, old = m.id, new = id, "member changed its node id");
         }
@@ -134,9 +134,9 @@ impl Membership {
     }
 
     /// The outcome of one probe of the member at `now_ms`.
-    pub fn on_probe(&mut self, addr: SocketAddr, probe: Probe, now_ms: u64) -> Vec<Command> {
+    pub fn on_probe(&mut self, addr: PeerAddr, probe: Probe, now_ms: u64) -> Vec<Command> {
         let timeout = self.member_timeout_ms;
-        let Some(m) = self.get_mut(addr) else {
+        let Some(m) = self.get_mut(&addr) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -158,9 +158,9 @@ impl Membership {
                 // and digest after it. Redial the data link too — unless it is visibly alive
                 // (it received within the member timeout): a node that is merely slow under
                 // load must not lose its in-flight forwards to one late ping.
-                out.push(Command::CloseControl(addr));
+                out.push(Command::CloseControl(addr.clone()));
                 if data_idle_ms.is_some_and(|idle| idle >= timeout) {
-                    out.push(Command::CloseData(addr));
+                    out.push(Command::CloseData(addr.clone()));
                 }
             }
             Probe::Unreachable => {}
@@ -209,27 +209,36 @@ mod tests {
             // Silence shorter than the timeout: still up, links left alone when unreachable.
             (Probe::Unreachable, 1_000 + T - 1, &[], true),
             // A lost ping closes the control link; the data link stays while it receives.
-            (lost(T - 1), 1_000 + T - 1, &[CloseControl(a)], true),
+            (lost(T - 1), 1_000 + T - 1, &[CloseControl(a.clone())], true),
             // A silent data link is closed with it.
-            (lost(T), 1_000 + 10, &[CloseControl(a), CloseData(a)], true),
+            (
+                lost(T),
+                1_000 + 10,
+                &[CloseControl(a.clone()), CloseData(a.clone())],
+                true,
+            ),
             // No data link at all: only the control link.
             (
                 Probe::PingLost { data_idle_ms: None },
                 1_000 + 10,
-                &[CloseControl(a)],
+                &[CloseControl(a.clone())],
                 true,
             ),
             // A member timeout without an answer: down, and the view changes.
             (
                 Probe::Unreachable,
                 1_000 + T,
-                &[MemberDown { addr: a }, InstallView],
+                &[MemberDown { addr: a.clone() }, InstallView],
                 false,
             ),
             (
                 lost(0),
                 1_000 + T,
-                &[CloseControl(a), MemberDown { addr: a }, InstallView],
+                &[
+                    CloseControl(a.clone()),
+                    MemberDown { addr: a.clone() },
+                    InstallView,
+                ],
                 false,
             ),
             // An answer from an up member changes nothing.
@@ -237,8 +246,8 @@ mod tests {
         ];
         for (i, (probe, now, commands, up)) in table.iter().enumerate() {
             let mut ms = up_since_1000();
-            assert_eq!(&ms.on_probe(a, *probe, *now), commands, "row {i}");
-            assert_eq!(ms.get(a).unwrap().up, *up, "row {i}");
+            assert_eq!(&ms.on_probe(a.clone(), *probe, *now), commands, "row {i}");
+            assert_eq!(ms.get(&a).unwrap().up, *up, "row {i}");
         }
     }
 
@@ -246,16 +255,25 @@ mod tests {
     fn a_down_member_that_answers_is_up_again_and_its_silence_counts_from_the_answer() {
         let a = addr(2);
         let mut ms = up_since_1000();
-        ms.on_probe(a, Probe::Unreachable, 1_000 + T);
-        assert!(!ms.get(a).unwrap().up);
+        ms.on_probe(a.clone(), Probe::Unreachable, 1_000 + T);
+        assert!(!ms.get(&a).unwrap().up);
         // Down members stay down quietly.
-        assert_eq!(ms.on_probe(a, Probe::Unreachable, 5_000), vec![]);
+        assert_eq!(ms.on_probe(a.clone(), Probe::Unreachable, 5_000), vec![]);
         assert_eq!(
-            ms.on_probe(a, Probe::Answered, 6_000),
-            vec![Command::MemberUp { addr: a, id: 2 }, Command::InstallView]
+            ms.on_probe(a.clone(), Probe::Answered, 6_000),
+            vec![
+                Command::MemberUp {
+                    addr: a.clone(),
+                    id: 2
+                },
+                Command::InstallView
+            ]
         );
-        assert_eq!(ms.on_probe(a, Probe::Unreachable, 6_000 + T - 1), vec![]);
-        assert!(ms.get(a).unwrap().up);
+        assert_eq!(
+            ms.on_probe(a.clone(), Probe::Unreachable, 6_000 + T - 1),
+            vec![]
+        );
+        assert!(ms.get(&a).unwrap().up);
     }
 
     #[test]
@@ -270,7 +288,7 @@ mod tests {
         assert_eq!(ms.live_view(), vec![1]);
         ms.on_probe(addr(2), Probe::Answered, 10);
         assert_eq!(ms.live_view(), vec![1, 7]);
-        assert_eq!(ms.by_id(7).map(|m| m.addr), Some(addr(2)));
+        assert_eq!(ms.by_id(7).map(|m| m.addr.clone()), Some(addr(2)));
         assert!(ms.by_id(0).is_none());
     }
 
@@ -287,7 +305,7 @@ mod tests {
         let mut ms = up_since_1000();
         assert!(!ms.add(addr(2)), "a member is added once");
         assert!(ms.add(addr(4)));
-        let order: Vec<SocketAddr> = ms.iter().map(|m| m.addr).collect();
+        let order: Vec<PeerAddr> = ms.iter().map(|m| m.addr.clone()).collect();
         assert_eq!(order, vec![addr(2), addr(3), addr(4)]);
         // Removing a member that was never up drops its links only.
         assert_eq!(

@@ -20,7 +20,7 @@ pub mod membership;
 pub mod reconcile;
 pub mod verify;
 
-use std::net::SocketAddr;
+use crate::config::PeerAddr;
 
 use crate::config::Config;
 use crate::model::NodeId;
@@ -73,17 +73,17 @@ impl Timing {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Close the control link to this member (the next probe redials it).
-    CloseControl(SocketAddr),
+    CloseControl(PeerAddr),
     /// Close the data link to this member (the next good probe redials it).
-    CloseData(SocketAddr),
+    CloseData(PeerAddr),
     /// The member answers: publish it as up.
-    MemberUp { addr: SocketAddr, id: NodeId },
+    MemberUp { addr: PeerAddr, id: NodeId },
     /// The member stopped answering: publish it as down and drop both its links.
-    MemberDown { addr: SocketAddr },
+    MemberDown { addr: PeerAddr },
     /// The live set changed: install the new view (see [`Engine::plan_view`]).
     InstallView,
     /// Stream a snapshot from this member and report how it went ([`Engine::on_load`]).
-    Load { from: SocketAddr },
+    Load { from: PeerAddr },
     /// Serve clients.
     MarkReady(Ready),
     /// Nothing to do until this time (ms): then ask again.
@@ -94,7 +94,7 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ready {
     /// It loaded the cluster's data from this member.
-    Loaded { from: SocketAddr, records: usize },
+    Loaded { from: PeerAddr, records: usize },
     /// No member with data was reachable: it serves alone (`loading` members answered that
     /// they were loading themselves).
     Alone { loading: usize },
@@ -114,8 +114,8 @@ impl Engine {
     /// are `addrs` (its own address among them or not).
     pub fn new(
         me: NodeId,
-        my_addr: SocketAddr,
-        addrs: impl IntoIterator<Item = SocketAddr>,
+        my_addr: PeerAddr,
+        addrs: impl IntoIterator<Item = PeerAddr>,
         timing: Timing,
     ) -> Engine {
         let mut members = Membership::new(me, timing.member_timeout_ms);
@@ -152,8 +152,8 @@ pub(crate) mod testing {
         verify_interval_ms: 500,
     };
 
-    pub fn addr(i: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 7000 + i))
+    pub fn addr(i: u16) -> PeerAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], 7000 + i)).into()
     }
 
     /// Node 1 at `addr(1)` with members `addr(2..=n)`, none reached yet.
@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn an_engine_leaves_its_own_address_out_of_the_members() {
         let e = Engine::new(1, addr(1), [addr(2), addr(1), addr(3), addr(2)], TIMING);
-        let addrs: Vec<SocketAddr> = e.members().iter().map(|m| m.addr).collect();
+        let addrs: Vec<PeerAddr> = e.members().iter().map(|m| m.addr.clone()).collect();
         assert_eq!(addrs, vec![addr(2), addr(3)]);
     }
 }

@@ -3,7 +3,7 @@
 //! of that owner's records and pulls the buckets that differ — one pull per member at a time,
 //! and only between equal views of the live set (different views mean different owners).
 
-use std::net::SocketAddr;
+use crate::config::PeerAddr;
 
 use tracing::debug;
 
@@ -40,7 +40,7 @@ pub enum Unfit {
 /// Pull these buckets of `owner`'s records from the member at `from`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullPlan {
-    pub from: SocketAddr,
+    pub from: PeerAddr,
     pub owner: NodeId,
     /// The view the digest was sent under (a pull deletes nothing once it changed).
     pub view_hash: u64,
@@ -107,11 +107,11 @@ impl Engine {
     /// The members a verify round sends this node's digest to: every member that is up, when
     /// this node is ready (a node still loading holds a partial copy; its digest would make
     /// peers pull for nothing).
-    pub fn digest_targets(&self, ready: bool) -> Vec<SocketAddr> {
+    pub fn digest_targets(&self, ready: bool) -> Vec<PeerAddr> {
         if !ready {
             return Vec::new();
         }
-        self.members.up().map(|m| m.addr).collect()
+        self.members.up().map(|m| m.addr.clone()).collect()
     }
 
     /// A digest of `owner`'s records sent under `view_hash` differed from this node's copy in
@@ -138,7 +138,7 @@ impl Engine {
         }
         m.verify.pulling = true;
         Verdict::Pull(PullPlan {
-            from: m.addr,
+            from: m.addr.clone(),
             owner,
             view_hash,
             buckets,
@@ -146,8 +146,8 @@ impl Engine {
     }
 
     /// The pull from `from` ended (however it went): the next digest may start another.
-    pub fn pull_done(&mut self, from: SocketAddr) {
-        if let Some(m) = self.members.get_mut(from) {
+    pub fn pull_done(&mut self, from: PeerAddr) {
+        if let Some(m) = self.members.get_mut(&from) {
             m.verify.pulling = false;
         }
     }

@@ -1,5 +1,6 @@
 //! One client connection: a reader that decodes frames in order and turns each into a call of
-//! the request API, and a writer task that batches answers and pushes onto the socket.
+//! the request API, and the connection layer's writer ([`crate::net::writer`]) that batches
+//! answers and pushes onto the socket (the pushes are its [`Extra`] output).
 //!
 //! Requests are pipelined: the client may send many before reading answers; each answer carries
 //! its request's id. A frame that cannot be decoded is answered with an Error frame and the
@@ -18,18 +19,18 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::subscriptions::PushQueue;
-use crate::api::{AUTH_FAILURES_MAX, Api, Rejection, Session, Write};
+use crate::api::{AUTH_FAILURES_MAX, Api, Push, Rejection, Session, Write};
 use crate::model::BATCH_INSTANCES_MAX;
-use crate::net::{BoxStream, StreamWriter};
+use crate::net::{BoxStream, Extra, WriterConfig};
 use crate::wire::{
     ErrorBody, ErrorCode, FRAME_LEN_MAX, Frame, FrameCodec, HelloOk, Message, Opcode,
-    PROTOCOL_VERSION, WireError, codec::encode_raw_frame_into, encode_frame,
+    PROTOCOL_VERSION, WireError, encode_frame, try_encode_raw_frame_into,
 };
 
 /// Answers queued for the writer. When full the reader stops reading: a client that sends
@@ -39,6 +40,12 @@ const ANSWER_QUEUE_MAX: usize = 1024;
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// A client that does not read what it is sent for this long is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pushes one wake of a connection's writer sends add up to at most this many bytes (and
+/// at least one push); services left over stay marked for its next wake. Bounds the buffer one
+/// connection's pushes can take (a subscriber of thousands of large services, all owed whole
+/// lists after a resubscribe, would otherwise be handed all of them in one buffer) and lets
+/// answers to its requests go out between the pushes. The size of a gathered answer write.
+const PUSH_BYTES_PER_WAKE: usize = 256 << 10;
 
 enum Flow {
     Continue,
@@ -55,15 +62,28 @@ struct Conn {
 /// Serves one client connection until it closes, fails, idles out or the node shuts down.
 pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     let node = api.node().clone();
+    let _open = node.metrics.client_connection();
     let (rd, wr) = crate::net::split(stream);
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let (tx, rx) = mpsc::channel(ANSWER_QUEUE_MAX);
     let session = api.open_session();
-    let writer = node.tracker.spawn(write_loop(
+    let pushes = Pushes {
+        queue: session.push_queue().clone(),
+        api: api.clone(),
+        delay: Duration::from_millis(node.config.push_delay_ms),
+    };
+    // Never stopped from here: the writer ends once the answers channel is closed and drained
+    // (the last answer, a ShuttingDown error, goes out), or a write fails.
+    let writer_config = WriterConfig {
+        batch_bytes: WRITE_BATCH_BYTES,
+        write_timeout: Some(WRITE_TIMEOUT),
+    };
+    let writer = node.tracker.spawn(crate::net::writer::run(
         wr,
         rx,
-        session.push_queue().clone(),
-        api.clone(),
+        writer_config,
+        CancellationToken::new(),
+        pushes,
     ));
     let mut c = Conn {
         api,
@@ -105,7 +125,11 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
         info!(%peer, instances = lapsed, "session dropped; instances marked unhealthy");
     }
     drop(c);
-    let _ = writer.await;
+    if let Ok(crate::net::writer::WriterEnd::TimedOut) = writer.await {
+        // The client stopped reading what it was sent (answers and pushes) for the write
+        // timeout: it is dropped rather than buffered for.
+        node.metrics.subscribers_dropped_lag.inc();
+    }
     debug!(%peer, "client disconnected");
 }
 
@@ -288,11 +312,21 @@ impl Conn {
 
     /// Sends a frame whose body the store already encoded (query answers share the service's
     /// cached snapshot body).
+    /// An answer too large for one frame (a service of some hundred thousand instances) is
+    /// refused with `TooLarge` instead.
     async fn send_body(&self, request_id: u32, opcode: Opcode, body: &Bytes) -> Flow {
         let mut out = BytesMut::with_capacity(12 + body.len());
-        encode_raw_frame_into(&mut out, opcode as u8, request_id, 0, |b| {
-            b.extend_from_slice(body)
+        let framed = try_encode_raw_frame_into(&mut out, opcode as u8, request_id, 0, |b| {
+            b.extend_from_slice(body);
+            Ok(())
         });
+        if let Err(e) = framed {
+            let e = ErrorBody::new(
+                ErrorCode::TooLarge,
+                format!("the answer does not fit one frame ({e}); query one cluster at a time"),
+            );
+            return self.send_error(request_id, e).await;
+        }
         match self.answers.send(out.freeze()).await {
             Ok(()) => Flow::Continue,
             Err(_) => Flow::Close,
@@ -300,50 +334,35 @@ impl Conn {
     }
 }
 
-/// Writes answers and pushes, gathering whatever is ready into one socket write.
-async fn write_loop(
-    mut wr: StreamWriter,
-    mut answers: mpsc::Receiver<Bytes>,
-    push: Arc<PushQueue>,
+/// The pushes of a session, written by the connection's writer between its answers: when the
+/// push queue wakes, wait `push_delay_ms` more to coalesce, then encode the current snapshot of
+/// every service with news.
+struct Pushes {
+    queue: Arc<PushQueue>,
     api: Api,
-) {
-    let push_delay = Duration::from_millis(api.node().config.push_delay_ms);
-    let mut buf = BytesMut::new();
-    loop {
-        tokio::select! {
-            biased;
-            a = answers.recv() => match a {
-                Some(b) => {
-                    buf.extend_from_slice(&b);
-                    crate::net::gather_queued(&mut buf, &mut answers, WRITE_BATCH_BYTES).await;
-                }
-                None => {
-                    if !buf.is_empty() {
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await;
-                    }
-                    let _ = wr.shutdown().await;
-                    return;
-                }
-            },
-            _ = push.wait() => {
-                if !push_delay.is_zero() {
-                    tokio::time::sleep(push_delay).await;
-                }
-                for snap in api.pushes(&push) {
-                    encode_raw_frame_into(&mut buf, Opcode::Push as u8, 0, 0, |b| {
-                        b.extend_from_slice(snap.body())
-                    });
-                }
-            }
+    delay: Duration,
+}
+
+impl Extra for Pushes {
+    async fn ready(&mut self) {
+        self.queue.wait().await
+    }
+
+    async fn fill(&mut self, buf: &mut BytesMut) {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
         }
-        if buf.is_empty() {
-            continue;
-        }
-        match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&buf)).await {
-            Ok(Ok(())) => crate::net::recycle_write_buf(&mut buf),
-            _ => {
-                debug!("client write failed or timed out; dropping connection");
-                return;
+        for p in self.api.pushes(&self.queue, PUSH_BYTES_PER_WAKE) {
+            let opcode = match p {
+                Push::Full(_) => Opcode::Push,
+                Push::Delta(_) => Opcode::PushDelta,
+            };
+            let framed = try_encode_raw_frame_into(buf, opcode as u8, 0, 0, |b| {
+                b.extend_from_slice(p.body());
+                Ok(())
+            });
+            if let Err(e) = framed {
+                tracing::warn!(error = %e, "a push does not fit one frame; not sent");
             }
         }
     }

@@ -1,0 +1,354 @@
+//! The admin HTTP port (`--http ADDR`, default `127.0.0.1:8860`): what operators and their
+//! tools read — Prometheus metrics, the liveness and readiness probes, the cluster, namespaces,
+//! services and instances as JSON, and a web console. Like every front end it only translates:
+//! what it shows comes from the request API ([`crate::api::Api`]) and the node's metrics. It
+//! writes nothing.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /metrics` | every metric, Prometheus text format |
+//! | `GET /health` | 200 while the process serves HTTP at all (liveness) |
+//! | `GET /ready` | 200 when the node serves clients; 503 while loading or shutting down |
+//! | `GET /cluster` | [`json::ClusterJson`] (= `distroctl cluster --json`) |
+//! | `GET /namespaces` | [`json::NamespaceJson`] array |
+//! | `GET /services?namespace=NS` | [`json::ServiceJson`] array (= `distroctl services --json`) |
+//! | `GET /instances?service=S[&namespace=NS][&group=G][&healthy_only=true]` | [`json::InstanceJson`] array (= `distroctl list --json`) |
+//! | `GET /` | the console (`console/`: HTML, JS and CSS compiled into the binary) |
+//!
+//! - [`json`]: the JSON shapes, shared with `distroctl`.
+
+pub mod json;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{Query, State, rejection::QueryRejection};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{Api, Rejection};
+use crate::model::{PAGE_SIZE_MAX, ServiceName};
+use json::{ClusterJson, ErrorJson, InstanceJson, NamespaceJson, ServiceJson};
+
+/// Admin connections at once: a few scrapers, probes and consoles. Beyond it new connections
+/// wait for a free slot, so a flood of them costs the node nothing but queued sockets.
+pub const ADMIN_CONNECTIONS_MAX: usize = 64;
+
+const INDEX_HTML: &str = include_str!("console/index.html");
+const CONSOLE_JS: &str = include_str!("console/console.js");
+const CONSOLE_CSS: &str = include_str!("console/console.css");
+
+/// The admin port's routes over `api`.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/console.js", get(console_js))
+        .route("/console.css", get(console_css))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/cluster", get(cluster))
+        .route("/namespaces", get(namespaces))
+        .route("/services", get(services))
+        .route("/instances", get(instances))
+        .fallback(not_found)
+        .with_state(api)
+}
+
+/// Serves the admin port on `listener` until `shutdown`, then lets the requests in progress
+/// finish.
+pub async fn serve(api: Api, listener: TcpListener, shutdown: CancellationToken) {
+    let listener = Bounded {
+        inner: listener,
+        slots: Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX)),
+    };
+    let app = router(api);
+    let stop = async move { shutdown.cancelled().await };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        tracing::error!(error = %e, "admin port failed");
+    }
+}
+
+async fn index() -> Response {
+    static_file("text/html; charset=utf-8", INDEX_HTML)
+}
+
+async fn console_js() -> Response {
+    static_file("text/javascript; charset=utf-8", CONSOLE_JS)
+}
+
+async fn console_css() -> Response {
+    static_file("text/css; charset=utf-8", CONSOLE_CSS)
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        api.metrics_text(),
+    )
+        .into_response()
+}
+
+async fn health() -> &'static str {
+    "ok\n"
+}
+
+async fn ready(State(api): State<Api>) -> Response {
+    if api.is_serving() {
+        return (StatusCode::OK, "ready\n").into_response();
+    }
+    let why = if api.node().shutdown.is_cancelled() {
+        "not ready: shutting down\n"
+    } else {
+        "not ready: loading the cluster's data\n"
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
+}
+
+// The registry's data is read as the guest (`Api::guest`): everything on a node without a
+// token file, nothing on a node with one, until this port takes tokens (docs/security.md §4.2).
+
+async fn cluster(State(api): State<Api>) -> Result<Json<ClusterJson>, AdminError> {
+    Ok(Json(ClusterJson::from(&api.cluster_status(&api.guest())?)))
+}
+
+async fn namespaces(State(api): State<Api>) -> Result<Json<Vec<NamespaceJson>>, AdminError> {
+    let list = api.list_namespaces(&api.guest())?;
+    Ok(Json(list.iter().map(NamespaceJson::from).collect()))
+}
+
+#[derive(Debug, Deserialize)]
+struct ServicesParams {
+    #[serde(default = "default_namespace")]
+    namespace: String,
+}
+
+async fn services(
+    State(api): State<Api>,
+    params: Result<Query<ServicesParams>, QueryRejection>,
+) -> Result<Json<Vec<ServiceJson>>, AdminError> {
+    let Query(p) = params?;
+    let mut out = Vec::new();
+    let mut page = 0;
+    loop {
+        let list = api.list_services(&api.guest(), &p.namespace, page, PAGE_SIZE_MAX as u16)?;
+        out.extend(
+            list.services
+                .iter()
+                .map(|s| ServiceJson::new(&p.namespace, s)),
+        );
+        if list.services.is_empty() || out.len() >= list.total as usize {
+            return Ok(Json(out));
+        }
+        page += 1;
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct InstancesParams {
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    #[serde(default = "default_group")]
+    group: String,
+    service: String,
+    #[serde(default)]
+    healthy_only: bool,
+}
+
+fn default_namespace() -> String {
+    "public".into()
+}
+
+fn default_group() -> String {
+    "DEFAULT_GROUP".into()
+}
+
+async fn instances(
+    State(api): State<Api>,
+    params: Result<Query<InstancesParams>, QueryRejection>,
+) -> Result<Json<Vec<InstanceJson>>, AdminError> {
+    let Query(p) = params?;
+    let name = ServiceName::new(&p.namespace, &p.group, &p.service);
+    let snap = api.query(&api.guest(), &name, "", p.healthy_only)?.decode();
+    Ok(Json(InstanceJson::all(&snap)))
+}
+
+async fn not_found() -> AdminError {
+    AdminError::NotFound
+}
+
+/// Why the admin port did not answer a request, as JSON ([`ErrorJson`]) with its HTTP status.
+enum AdminError {
+    Rejected(Rejection),
+    BadRequest(String),
+    NotFound,
+}
+
+impl From<Rejection> for AdminError {
+    fn from(r: Rejection) -> AdminError {
+        AdminError::Rejected(r)
+    }
+}
+
+impl From<QueryRejection> for AdminError {
+    fn from(r: QueryRejection) -> AdminError {
+        AdminError::BadRequest(r.body_text())
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            AdminError::Rejected(r) => (status_of(&r), ErrorJson::from(&r)),
+            AdminError::BadRequest(message) => (
+                StatusCode::BAD_REQUEST,
+                ErrorJson {
+                    error: "bad_request".into(),
+                    message,
+                },
+            ),
+            AdminError::NotFound => (
+                StatusCode::NOT_FOUND,
+                ErrorJson {
+                    error: "not_found".into(),
+                    message: "no such path on the admin port; see / for the console".into(),
+                },
+            ),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The HTTP status that tells a caller what it can do about a rejection.
+fn status_of(r: &Rejection) -> StatusCode {
+    match r {
+        Rejection::NotReady | Rejection::ShuttingDown | Rejection::Overloaded { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Rejection::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        Rejection::NotFound { .. } => StatusCode::NOT_FOUND,
+        Rejection::Invalid(_)
+        | Rejection::InvalidArgument { .. }
+        | Rejection::LimitExceeded { .. }
+        | Rejection::Refused { .. } => StatusCode::BAD_REQUEST,
+        Rejection::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Rejection::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+    }
+}
+
+/// The admin listener with a bound on connections at once ([`ADMIN_CONNECTIONS_MAX`]): each
+/// accepted connection holds a slot until it closes.
+struct Bounded {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+impl axum::serve::Listener for Bounded {
+    type Io = Slotted;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Slotted, std::net::SocketAddr) {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        (
+            Slotted {
+                stream,
+                _slot: permit,
+            },
+            addr,
+        )
+    }
+
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// An admin connection and the slot it holds.
+struct Slotted {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::config::Config;
+    use crate::node::Node;
+
+    /// While a node stops, its readiness probe says so (the admin port outlives the rest of the
+    /// node, see `Server::run`).
+    #[tokio::test]
+    async fn a_stopping_node_is_not_ready() {
+        let api = Api::new(Node::new(Config::default(), Clock::system()));
+        assert_eq!(ready(State(api.clone())).await.status(), StatusCode::OK);
+        api.node().shutdown.cancel();
+        let r = ready(State(api.clone())).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 10).await.unwrap();
+        assert_eq!(&body[..], b"not ready: shutting down\n");
+        // Liveness stays up: the process still answers.
+        assert_eq!(health().await, "ok\n");
+    }
+}

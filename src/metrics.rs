@@ -1,0 +1,931 @@
+//! The node's metrics: one registry per node, counted where the work happens (the request API,
+//! the front ends, the cluster, the lease duty) and exposed only by the admin port
+//! ([`crate::frontend::admin`]) in the Prometheus text format.
+//!
+//! Counting on the hot paths is one relaxed atomic add: every counter a request or a sync
+//! batch touches is created once (on first use) and kept as a handle, so that no lock and no
+//! map lookup happen per request. The latency histograms are atomic buckets of our own
+//! ([`LatencyHistogram`]) because the registry crate's histogram takes a mutex per
+//! observation. What is a state rather than an event (instances held, members up, readiness)
+//! is read from the node when the metrics are scraped ([`NodeCollector`]).
+//!
+//! Every name starts with `distro_` and carries its unit (`_seconds`, `_bytes`) and, for
+//! counters, `_total`; README.md, "Metrics", lists them all.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeGaugeValue, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::exemplar::Exemplar;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Registry, Unit};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Rejection;
+use crate::api::subscriptions::Subscriptions;
+use crate::cluster::Cluster;
+use crate::model::{MEMBERS_MAX, NodeId};
+use crate::store::Store;
+use crate::wire::{Opcode, SyncRecord};
+
+/// The content type of what [`Metrics::encode`] writes.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// Upper bounds of the latency histograms' buckets, microseconds: 100 µs to 10 s, about three
+/// per decade, which covers a local read (well under a millisecond) as well as a forwarded write
+/// waiting out a slow owner (the forward deadline is 2 s).
+const LATENCY_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram whose observation is two relaxed atomic adds (no lock): one bucket count
+/// and the sum. Clones share the same counts.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram(Arc<HistogramCounts>);
+
+#[derive(Debug, Default)]
+struct HistogramCounts {
+    /// Per bucket of [`LATENCY_BOUNDS_US`], and one more for everything above the last bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, d: std::time::Duration) {
+        self.observe_us(d.as_micros().min(u64::MAX as u128) as u64);
+    }
+
+    pub fn observe_us(&self, us: u64) {
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.0
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_US.len() + 1);
+        let mut count = 0;
+        for (i, b) in self.0.buckets.iter().enumerate() {
+            let n = b.load(Ordering::Relaxed);
+            count += n;
+            let bound = LATENCY_BOUNDS_US
+                .get(i)
+                .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+            buckets.push((bound, n));
+        }
+        let sum = self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        encoder.encode_histogram(
+            sum,
+            count,
+            &buckets,
+            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// A request of the request API, as the metrics name it (`op` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Register,
+    Deregister,
+    Beat,
+    Query,
+    Instance,
+    ListServices,
+    ListNamespaces,
+    Subscribe,
+    Unsubscribe,
+    Owner,
+}
+
+impl Op {
+    const ALL: [Op; 10] = [
+        Op::Register,
+        Op::Deregister,
+        Op::Beat,
+        Op::Query,
+        Op::Instance,
+        Op::ListServices,
+        Op::ListNamespaces,
+        Op::Subscribe,
+        Op::Unsubscribe,
+        Op::Owner,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Register => "register",
+            Op::Deregister => "deregister",
+            Op::Beat => "beat",
+            Op::Query => "query",
+            Op::Instance => "instance",
+            Op::ListServices => "list_services",
+            Op::ListNamespaces => "list_namespaces",
+            Op::Subscribe => "subscribe",
+            Op::Unsubscribe => "unsubscribe",
+            Op::Owner => "owner",
+        }
+    }
+}
+
+/// The `result` label of a request: `ok` or the rejection's kind.
+const RESULTS: [&str; 12] = [
+    "ok",
+    "not_ready",
+    "shutting_down",
+    "overloaded",
+    "timeout",
+    "invalid",
+    "invalid_argument",
+    "limit_exceeded",
+    "not_found",
+    "refused",
+    "unauthenticated",
+    "permission_denied",
+];
+
+fn result_index(r: Option<&Rejection>) -> usize {
+    let Some(r) = r else { return 0 };
+    RESULTS
+        .iter()
+        .position(|&k| k == r.kind())
+        .expect("every rejection kind has a result label")
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The per-peer counters of one member (label `peer`: its node id).
+#[derive(Debug)]
+pub struct PeerMetrics {
+    pub sync_sent_batches: Counter,
+    pub sync_sent_records: Counter,
+    pub sync_sent_bytes: Counter,
+    pub sync_dropped_batches: Counter,
+    pub sync_applied_batches: Counter,
+    pub sync_applied_bytes: Counter,
+    pub sync_received_records: Counter,
+    pub sync_applied_records: Counter,
+    pub forwards_sent: Counter,
+    pub forward_errors: Counter,
+    pub forwards_received: Counter,
+    pub digests_received: Counter,
+    pub digest_mismatched_buckets: Counter,
+    pub repaired_records: Counter,
+    pub pull_served_bytes: Counter,
+    /// From the moment the peer (the owner) wrote a record to the moment this node applied it.
+    pub write_applied: LatencyHistogram,
+}
+
+impl PeerMetrics {
+    /// A sync batch of `count` records, `bytes` long, went out to this peer.
+    pub fn sync_sent(&self, count: u32, bytes: usize) {
+        self.sync_sent_batches.inc();
+        self.sync_sent_records.inc_by(count as u64);
+        self.sync_sent_bytes.inc_by(bytes as u64);
+    }
+
+    /// A frame of `len` body bytes arrived from this peer (counted before it is handled).
+    pub fn frame_received(&self, opcode: u8, len: usize) {
+        match Opcode::from_u8(opcode) {
+            Ok(Opcode::SyncBatch) => {
+                self.sync_applied_bytes.inc_by(len as u64);
+            }
+            Ok(
+                Opcode::FwdRegister | Opcode::FwdDeregister | Opcode::FwdBeat | Opcode::FwdLapse,
+            ) => {
+                self.forwards_received.inc();
+            }
+            Ok(Opcode::Digest) => {
+                self.digests_received.inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// This node applied a sync batch from this peer: `applied` of its records were newer than
+    /// what it held; `now_ms` is this node's clock.
+    pub fn sync_applied(&self, records: &[SyncRecord], applied: usize, now_ms: u64, from: NodeId) {
+        self.sync_applied_batches.inc();
+        self.sync_received_records.inc_by(records.len() as u64);
+        self.sync_applied_records.inc_by(applied as u64);
+        // A version carries its writer's HLC physical milliseconds: the lag from the write to
+        // now is the time the record took to get here (plus the clock skew between the two
+        // nodes, which NTP keeps to milliseconds). Only the sender's own writes are measured:
+        // a handoff carries records written earlier by others.
+        for r in records.iter().filter(|r| r.version.origin == from) {
+            let written_ms = crate::clock::hlc_physical_ms(r.version.hlc);
+            self.write_applied
+                .observe_us(now_ms.saturating_sub(written_ms).saturating_mul(1_000));
+        }
+    }
+}
+
+/// Per-peer metrics by node id, created on first use and then found without a lock: a fixed
+/// open-addressing table (ids are claimed with a compare-and-swap). Twice the member limit, so
+/// probes stay short; ids beyond that share one entry labelled `other`.
+struct PeerTable {
+    ids: Box<[AtomicU32]>,
+    slots: Box<[OnceLock<PeerMetrics>]>,
+    other: OnceLock<PeerMetrics>,
+}
+
+const PEER_SLOTS: usize = 2 * MEMBERS_MAX;
+
+impl PeerTable {
+    fn new() -> PeerTable {
+        PeerTable {
+            ids: (0..PEER_SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            slots: (0..PEER_SLOTS).map(|_| OnceLock::new()).collect(),
+            other: OnceLock::new(),
+        }
+    }
+
+    fn get(&self, id: NodeId, make: impl Fn(String) -> PeerMetrics) -> &PeerMetrics {
+        // Stored as id + 1, so that 0 marks a free slot and node id 0 (a member not reached
+        // yet) still has an entry.
+        let key = id as u32 + 1;
+        let start = (id as usize).wrapping_mul(0x9E37) % PEER_SLOTS;
+        for i in 0..PEER_SLOTS {
+            let slot = (start + i) % PEER_SLOTS;
+            let cur = self.ids[slot].load(Ordering::Acquire);
+            let claimed = cur == key
+                || (cur == 0
+                    && match self.ids[slot].compare_exchange(
+                        0,
+                        key,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => true,
+                        Err(now) => now == key,
+                    });
+            if claimed {
+                return self.slots[slot].get_or_init(|| make(id.to_string()));
+            }
+        }
+        self.other.get_or_init(|| make("other".into()))
+    }
+}
+
+/// The families the per-peer counters live in.
+struct PeerFamilies {
+    sync_sent_batches: Family<Labels, Counter>,
+    sync_sent_records: Family<Labels, Counter>,
+    sync_sent_bytes: Family<Labels, Counter>,
+    sync_dropped_batches: Family<Labels, Counter>,
+    sync_applied_batches: Family<Labels, Counter>,
+    sync_applied_bytes: Family<Labels, Counter>,
+    sync_received_records: Family<Labels, Counter>,
+    sync_applied_records: Family<Labels, Counter>,
+    forwards_sent: Family<Labels, Counter>,
+    forward_errors: Family<Labels, Counter>,
+    forwards_received: Family<Labels, Counter>,
+    digests_received: Family<Labels, Counter>,
+    digest_mismatched_buckets: Family<Labels, Counter>,
+    repaired_records: Family<Labels, Counter>,
+    pull_served_bytes: Family<Labels, Counter>,
+    write_applied: Family<Labels, LatencyHistogram>,
+}
+
+/// Every metric of one node.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<Labels, Counter>,
+    request_cells: Box<[[OnceLock<Counter>; RESULTS.len()]; Op::ALL.len()]>,
+    request_seconds_family: Family<Labels, LatencyHistogram>,
+    request_seconds: [OnceLock<LatencyHistogram>; Op::ALL.len()],
+    /// Open client connections (every front end's).
+    pub client_connections: Gauge,
+    /// Open connection-bound sessions of the request API.
+    pub client_sessions: Gauge,
+    /// Snapshots pushed to subscribers.
+    pub pushes_sent: Counter,
+    /// Connections dropped because they did not read what they were sent in time.
+    pub subscribers_dropped_lag: Counter,
+    expiries_unhealthy: Counter,
+    expiries_removed: Counter,
+    /// Verify rounds this node ran (one digest to every live peer each).
+    pub digest_rounds: Counter,
+    /// How long the last snapshot load took, ms (0: none yet).
+    snapshot_load_ms: Gauge,
+    peers: PeerTable,
+    peer_families: PeerFamilies,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        r.register(
+            "distro_requests",
+            "Requests of the request API by operation and result (ok or the rejection's kind)",
+            requests.clone(),
+        );
+        let request_family = Family::<Labels, LatencyHistogram>::default();
+        r.register_with_unit(
+            "distro_request_duration",
+            "Time from a request's arrival at the request API to its answer, by operation",
+            Unit::Seconds,
+            request_family.clone(),
+        );
+        let client_connections = Gauge::default();
+        r.register(
+            "distro_client_connections",
+            "Open client connections",
+            client_connections.clone(),
+        );
+        let client_sessions = Gauge::default();
+        r.register(
+            "distro_client_sessions",
+            "Open connection-bound client sessions (their instances lapse when they close)",
+            client_sessions.clone(),
+        );
+        let pushes_sent = Counter::default();
+        r.register(
+            "distro_pushes_sent",
+            "Service snapshots pushed to subscribers",
+            pushes_sent.clone(),
+        );
+        let subscribers_dropped_lag = Counter::default();
+        r.register(
+            "distro_subscribers_dropped",
+            "Client connections dropped because they did not read their answers and pushes \
+             within the write timeout",
+            subscribers_dropped_lag.clone(),
+        );
+        let expiries = Family::<Labels, Counter>::default();
+        r.register(
+            "distro_expiries",
+            "Lease expiries of instances this node owns: kind=unhealthy (no beat for \
+             unhealthy-after) or kind=removed (no beat for expire-after)",
+            expiries.clone(),
+        );
+        let expiries_unhealthy = expiries.get_or_create_owned(&vec![("kind", "unhealthy".into())]);
+        let expiries_removed = expiries.get_or_create_owned(&vec![("kind", "removed".into())]);
+        let digest_rounds = Counter::default();
+        r.register(
+            "distro_digest_rounds",
+            "Verify rounds this node ran (its digest sent to every live peer)",
+            digest_rounds.clone(),
+        );
+        let snapshot_load_ms = Gauge::default();
+
+        macro_rules! peer_families {
+            ($($field:ident: $name:literal, $unit:expr, $help:literal;)*) => {{
+                let f = PeerFamilies {
+                    $($field: Family::default(),)*
+                    write_applied: Family::default(),
+                };
+                $(
+                    match $unit {
+                        Some(unit) => r.register_with_unit($name, $help, unit, f.$field.clone()),
+                        None => r.register($name, $help, f.$field.clone()),
+                    }
+                )*
+                f
+            }};
+        }
+        let peer_families = peer_families! {
+            sync_sent_batches: "distro_sync_sent_batches", None,
+                "SyncBatch frames sent to the peer";
+            sync_sent_records: "distro_sync_sent_records", None,
+                "Records sent to the peer in SyncBatch frames";
+            sync_sent_bytes: "distro_sync_sent", Some(Unit::Bytes),
+                "Bytes of SyncBatch frames sent to the peer";
+            sync_dropped_batches: "distro_sync_dropped_batches", None,
+                "SyncBatch frames not sent to the peer because it was down or its link full \
+                 (anti-entropy repairs what they carried)";
+            sync_applied_batches: "distro_sync_applied_batches", None,
+                "SyncBatch frames received from the peer and applied";
+            sync_applied_bytes: "distro_sync_applied", Some(Unit::Bytes),
+                "Bytes of SyncBatch frames received from the peer and applied";
+            sync_received_records: "distro_sync_received_records", None,
+                "Records received from the peer in SyncBatch frames";
+            sync_applied_records: "distro_sync_applied_records", None,
+                "Records from the peer's SyncBatch frames that were newer than this node's copy";
+            forwards_sent: "distro_forwards_sent", None,
+                "Writes forwarded to the peer, their owner";
+            forward_errors: "distro_forward_errors", None,
+                "Forwards to the peer that failed (unreachable, timed out or refused)";
+            forwards_received: "distro_forwards_received", None,
+                "Forwarded writes received from the peer";
+            digests_received: "distro_digests_received", None,
+                "Digests received from the peer";
+            digest_mismatched_buckets: "distro_digest_mismatched_buckets", None,
+                "Digest buckets that differed between the peer's digest and this node's copy \
+                 of the peer's records";
+            repaired_records: "distro_repaired_records", None,
+                "Records a pull from the peer brought that were newer than this node's copy";
+            pull_served_bytes: "distro_pull_served", Some(Unit::Bytes),
+                "Bytes of records this node sent answering the peer's pulls";
+        };
+        r.register_with_unit(
+            "distro_write_applied_delay",
+            "Time from a write at its owner (peer) to its application on this node, from the \
+             record version's clock (includes the clock skew between the two nodes)",
+            Unit::Seconds,
+            peer_families.write_applied.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(r),
+            requests,
+            request_cells: Box::new(std::array::from_fn(|_| {
+                std::array::from_fn(|_| OnceLock::new())
+            })),
+            request_seconds_family: request_family,
+            request_seconds: std::array::from_fn(|_| OnceLock::new()),
+            client_connections,
+            client_sessions,
+            pushes_sent,
+            subscribers_dropped_lag,
+            expiries_unhealthy,
+            expiries_removed,
+            digest_rounds,
+            snapshot_load_ms,
+            peers: PeerTable::new(),
+            peer_families,
+        }
+    }
+
+    /// Counts a request of the API and its latency since `started`.
+    pub fn request(&self, op: Op, started: tokio::time::Instant, rejection: Option<&Rejection>) {
+        let o = op as usize;
+        let res = result_index(rejection);
+        self.request_cells[o][res]
+            .get_or_init(|| {
+                self.requests.get_or_create_owned(&vec![
+                    ("op", op.name().to_string()),
+                    ("result", RESULTS[res].to_string()),
+                ])
+            })
+            .inc();
+        self.request_seconds[o]
+            .get_or_init(|| {
+                self.request_seconds_family
+                    .get_or_create_owned(&vec![("op", op.name().to_string())])
+            })
+            .observe(started.elapsed());
+    }
+
+    /// Requests of `op` counted so far with `result` (tests).
+    pub fn requests(&self, op: Op, result: &str) -> u64 {
+        RESULTS
+            .iter()
+            .position(|&r| r == result)
+            .and_then(|i| self.request_cells[op as usize][i].get())
+            .map_or(0, |c| c.get())
+    }
+
+    /// The counters of one peer (by node id).
+    pub fn peer(&self, id: NodeId) -> &PeerMetrics {
+        self.peers.get(id, |label| {
+            let f = &self.peer_families;
+            let l = vec![("peer", label)];
+            PeerMetrics {
+                sync_sent_batches: f.sync_sent_batches.get_or_create_owned(&l),
+                sync_sent_records: f.sync_sent_records.get_or_create_owned(&l),
+                sync_sent_bytes: f.sync_sent_bytes.get_or_create_owned(&l),
+                sync_dropped_batches: f.sync_dropped_batches.get_or_create_owned(&l),
+                sync_applied_batches: f.sync_applied_batches.get_or_create_owned(&l),
+                sync_applied_bytes: f.sync_applied_bytes.get_or_create_owned(&l),
+                sync_received_records: f.sync_received_records.get_or_create_owned(&l),
+                sync_applied_records: f.sync_applied_records.get_or_create_owned(&l),
+                forwards_sent: f.forwards_sent.get_or_create_owned(&l),
+                forward_errors: f.forward_errors.get_or_create_owned(&l),
+                forwards_received: f.forwards_received.get_or_create_owned(&l),
+                digests_received: f.digests_received.get_or_create_owned(&l),
+                digest_mismatched_buckets: f.digest_mismatched_buckets.get_or_create_owned(&l),
+                repaired_records: f.repaired_records.get_or_create_owned(&l),
+                pull_served_bytes: f.pull_served_bytes.get_or_create_owned(&l),
+                write_applied: f.write_applied.get_or_create_owned(&l),
+            }
+        })
+    }
+
+    /// The lease duty lapsed (`unhealthy`) and removed (`removed`) instances.
+    pub fn expired(&self, unhealthy: usize, removed: usize) {
+        self.expiries_unhealthy.inc_by(unhealthy as u64);
+        self.expiries_removed.inc_by(removed as u64);
+    }
+
+    /// The node finished loading the cluster's data after `elapsed`.
+    pub fn snapshot_loaded(&self, elapsed: std::time::Duration) {
+        self.snapshot_load_ms.set(elapsed.as_millis() as i64);
+    }
+
+    /// A client connection opened; it counts until the guard is dropped.
+    pub fn client_connection(&self) -> GaugeGuard {
+        GaugeGuard::new(self.client_connections.clone())
+    }
+
+    /// Registers what is read from the node at each scrape.
+    pub fn register_collector(&self, c: NodeCollector) {
+        self.registry
+            .lock()
+            .unwrap()
+            .register_collector(Box::new(c));
+    }
+
+    /// Every metric in the Prometheus text format ([`CONTENT_TYPE`]).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap();
+        prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Holds a gauge up by one while it lives.
+#[derive(Debug)]
+pub struct GaugeGuard(Gauge);
+
+impl GaugeGuard {
+    pub fn new(g: Gauge) -> GaugeGuard {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What the metrics read from the node at each scrape: instances and services held, members,
+/// readiness, subscriptions, and the cluster's own counters ([`crate::cluster::stats`]). Holds
+/// the cluster weakly: the cluster holds the metrics.
+pub struct NodeCollector {
+    store: Arc<Store>,
+    cluster: Option<Weak<Cluster>>,
+    subs: Arc<Subscriptions>,
+    ready: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+    node_id: NodeId,
+    snapshot_load_ms: Gauge,
+}
+
+impl NodeCollector {
+    pub fn new(
+        metrics: &Metrics,
+        store: Arc<Store>,
+        cluster: Option<Weak<Cluster>>,
+        subs: Arc<Subscriptions>,
+        ready: Arc<AtomicBool>,
+        shutdown: CancellationToken,
+        node_id: NodeId,
+    ) -> NodeCollector {
+        NodeCollector {
+            store,
+            cluster,
+            subs,
+            ready,
+            shutdown,
+            node_id,
+            snapshot_load_ms: metrics.snapshot_load_ms.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for NodeCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeCollector")
+    }
+}
+
+fn gauge<V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: V,
+) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    ConstGauge::new(v).encode(m)
+}
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    let m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    ConstCounter::new(v).encode(m)
+}
+
+/// One gauge per label value.
+fn gauge_family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (Labels, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in rows {
+        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ready = self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled();
+        gauge(
+            &mut enc,
+            "distro_ready",
+            "1 while the node serves clients (loaded and not shutting down), else 0",
+            None,
+            ready as i64,
+        )?;
+        let info = enc.encode_descriptor(
+            "distro_node",
+            "This node's id and version",
+            None,
+            MetricType::Info,
+        )?;
+        prometheus_client::metrics::info::Info::new(vec![
+            ("node", self.node_id.to_string()),
+            ("version", env!("CARGO_PKG_VERSION").to_string()),
+        ])
+        .encode(info)?;
+        let ns = self.store.namespace_counts();
+        gauge_family(
+            &mut enc,
+            "distro_instances",
+            "Live instances this node holds, by namespace",
+            ns.iter().map(|n| {
+                (
+                    vec![("namespace", n.namespace.to_string())],
+                    n.instances as i64,
+                )
+            }),
+        )?;
+        gauge_family(
+            &mut enc,
+            "distro_healthy_instances",
+            "Live instances reported healthy, by namespace",
+            ns.iter().map(|n| {
+                (
+                    vec![("namespace", n.namespace.to_string())],
+                    n.healthy as i64,
+                )
+            }),
+        )?;
+        gauge_family(
+            &mut enc,
+            "distro_services",
+            "Services with live instances, by namespace",
+            ns.iter().map(|n| {
+                (
+                    vec![("namespace", n.namespace.to_string())],
+                    n.services as i64,
+                )
+            }),
+        )?;
+        gauge(
+            &mut enc,
+            "distro_subscriptions",
+            "Subscriptions of connected clients, over all services",
+            None,
+            self.subs.count() as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "distro_snapshot_load_duration",
+            "How long this node's load of the cluster's data took when it started (0: none)",
+            Some(&Unit::Seconds),
+            self.snapshot_load_ms.get() as f64 / 1e3,
+        )?;
+        let Some(cluster) = self.cluster.as_ref().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let status = cluster.status();
+        let me = self.node_id;
+        let peers = || status.members.iter().filter(move |m| m.id != me);
+        gauge_family(
+            &mut enc,
+            "distro_member_up",
+            "1 if the member answers this node's pings, else 0 (peer: its node id, 0 until \
+             first reached)",
+            peers().map(|m| {
+                (
+                    vec![("peer", m.id.to_string()), ("addr", m.addr.to_string())],
+                    m.up as i64,
+                )
+            }),
+        )?;
+        gauge_family(
+            &mut enc,
+            "distro_owned_instances",
+            "Live instances each member owns, as this node sees the cluster",
+            status.members.iter().map(|m| {
+                (
+                    vec![("peer", m.id.to_string()), ("addr", m.addr.to_string())],
+                    m.owned as i64,
+                )
+            }),
+        )?;
+        let s = cluster.stats.snapshot();
+        let counters: [(&str, &str, Option<Unit>, u64); 10] = [
+            (
+                "distro_records_applied",
+                "Records from peers (sync, pull, load, handoff) newer than this node's copy",
+                None,
+                s.records_applied,
+            ),
+            (
+                "distro_view_changes",
+                "Changes of the live member set (each moves ownership)",
+                None,
+                s.view_changes,
+            ),
+            (
+                "distro_handoff_records",
+                "Records handed to their new owner after an ownership move",
+                None,
+                s.records_handed_off,
+            ),
+            (
+                "distro_digest_sent",
+                "Bytes of digest frames sent, over all peers",
+                Some(Unit::Bytes),
+                s.digest_bytes_sent,
+            ),
+            (
+                "distro_digests_matched",
+                "Digests received whose buckets all matched this node's copy",
+                None,
+                s.digests_matched,
+            ),
+            (
+                "distro_digest_view_mismatches",
+                "Digests ignored because the sender saw a different live member set",
+                None,
+                s.digest_view_mismatches,
+            ),
+            (
+                "distro_pulls",
+                "Pulls of differing buckets from their owner",
+                None,
+                s.pulls,
+            ),
+            (
+                "distro_pull_dropped_records",
+                "Records removed after a pull because their owner no longer had them",
+                None,
+                s.records_dropped_by_pull,
+            ),
+            (
+                "distro_pull_returned_records",
+                "Records sent back to their owner after a pull because this node held them \
+                 newer",
+                None,
+                s.records_pushed_to_owner,
+            ),
+            (
+                "distro_snapshot_loaded_records",
+                "Records received in the snapshot this node loaded at start",
+                None,
+                s.snapshot_records_loaded,
+            ),
+        ];
+        for (name, help, unit, v) in counters {
+            counter(&mut enc, name, help, unit.as_ref(), v)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_text() {
+        let m = Metrics::new();
+        let t = tokio::time::Instant::now();
+        m.request(Op::Query, t, None);
+        m.request(Op::Register, t, Some(&Rejection::NotReady));
+        let h = m.request_seconds[Op::Register as usize].get().unwrap();
+        h.observe_us(3_000);
+        h.observe_us(20_000_000);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"distro_requests_total{op="query",result="ok"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"distro_requests_total{op="register",result="not_ready"} 1"#),
+            "{text}"
+        );
+        assert_eq!(m.requests(Op::Register, "not_ready"), 1);
+        // 3 observations: ~0, 3 ms, 20 s. Buckets count everything at or below their bound.
+        let line = |le: &str| {
+            format!(r#"distro_request_duration_seconds_bucket{{op="register",le="{le}"}}"#)
+        };
+        assert!(text.contains(&format!("{} 2", line("0.005"))), "{text}");
+        assert!(text.contains(&format!("{} 2", line("10"))), "{text}");
+        assert!(text.contains(&format!("{} 3", line("+Inf"))), "{text}");
+        assert!(text.contains(r#"distro_request_duration_seconds_count{op="register"} 3"#));
+    }
+
+    #[test]
+    fn peers_get_their_own_counters_and_ids_beyond_the_table_share_one() {
+        let m = Metrics::new();
+        m.peer(2).forwards_sent.inc();
+        m.peer(2).forwards_sent.inc();
+        m.peer(3).forwards_sent.inc();
+        assert_eq!(m.peer(2).forwards_sent.get(), 2);
+        assert_eq!(m.peer(3).forwards_sent.get(), 1);
+        for id in 100..100 + PEER_SLOTS as u16 + 10 {
+            m.peer(id).forwards_sent.inc();
+        }
+        let text = m.encode();
+        assert!(
+            text.contains(r#"distro_forwards_sent_total{peer="2"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"distro_forwards_sent_total{peer="other"}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn write_delay_counts_only_the_senders_own_writes() {
+        let m = Metrics::new();
+        let key = crate::model::InstanceKey {
+            service: crate::model::ServiceName::new("public", "DEFAULT_GROUP", "s"),
+            cluster: "DEFAULT".into(),
+            ip: "10.0.0.1".into(),
+            port: 1,
+        };
+        let rec = |origin, ms: u64| SyncRecord {
+            key: key.clone(),
+            version: crate::model::Version {
+                hlc: ms << 16,
+                origin,
+            },
+            alive: true,
+            healthy: true,
+            enabled: true,
+            lapsed: false,
+            weight: 1.0,
+            lease: crate::model::Lease::default(),
+            session: 0,
+            metadata: Default::default(),
+        };
+        m.peer(2)
+            .sync_applied(&[rec(2, 1_000), rec(3, 10)], 2, 1_007, 2);
+        let h = &m.peer(2).write_applied;
+        assert_eq!(h.count(), 1);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"distro_write_applied_delay_seconds_bucket{le="0.01",peer="2"} 1"#)
+                || text
+                    .contains(r#"distro_write_applied_delay_seconds_bucket{peer="2",le="0.01"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"distro_sync_received_records_total{peer="2"} 2"#));
+    }
+}
