@@ -414,7 +414,7 @@ fn write_session_seeds(dir: &Path) {
         .message(&Message::Deregister(vec![key("10.0.1.6", 8080)]))
         .pause_ms(10)
         .message(&query);
-    write(dir, "deltas", &w.bytes);
+    write(dir, "deltas", &seed(0, &w));
 
     // Short leases run out while the client is silent; a beat after expiry is unknown.
     let mut w = Writer::default();
