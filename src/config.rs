@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -179,6 +179,9 @@ pub struct Config {
     pub peer_advertise: Option<PeerAddr>,
     /// Shared secret the members authenticate each other with.
     pub cluster_token: Option<String>,
+    /// The client tokens and their rights (`docs/security.md`); reloaded on SIGHUP. Without
+    /// it every client may do everything.
+    pub token_file: Option<PathBuf>,
     /// Client connections at once; the accept loop waits for a free slot beyond that.
     pub max_connections: usize,
     /// Smallest lease setting (beat, unhealthy-after, expire-after) a client may ask for, ms.
@@ -216,6 +219,7 @@ impl Default for Config {
             members: Vec::new(),
             peer_advertise: None,
             cluster_token: None,
+            token_file: None,
             max_connections: 10_000,
             lease_floor_ms: 500,
             push_delay_ms: 5,
@@ -468,6 +472,13 @@ impl Config {
                 }
             }
         }
+        // Read here so that a bad file stops the node before it starts, with the reason; the
+        // node reads it again when it starts (and refuses every client if it went bad since).
+        if let Some(path) = &self.token_file
+            && let Err(e) = crate::auth::TokenSet::load(path)
+        {
+            return invalid("token_file", &e.to_string());
+        }
         Ok(())
     }
 
@@ -529,7 +540,7 @@ mod tests {
             err("node_id = 2\nlisen = \"127.0.0.1:9000\"\n"),
             "config file f.toml:2:1: key `lisen`: unknown field `lisen`, expected one of \
              `node_id`, `listen`, `peer_listen`, `http`, `members`, `peer_advertise`, \
-             `cluster_token`, \
+             `cluster_token`, `token_file`, \
              `max_connections`, `lease_floor_ms`, `push_delay_ms`, `lease_pass_ms`, \
              `client_idle_timeout_ms`, `sync_delay_ms`, `verify_interval_ms`, \
              `member_timeout_ms`, `log_level`, `log_format`, `nacos_listen`"

@@ -20,6 +20,8 @@
 //!   by the admin port in the Prometheus text format.
 //! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
 //!   task tracker) and its lease duty.
+//! - [`auth`]: who may do what — client tokens and their rights per namespace, the token file
+//!   (`--token-file`), reloads (`docs/security.md`).
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,
 //!   query, list, subscribe, owner, status; model types in, `Rejection` out.
 //! - [`frontend`]: the protocols clients speak, each translating to the request API: the
@@ -35,6 +37,8 @@
 
 #[cfg(feature = "server")]
 pub mod api;
+#[cfg(feature = "server")]
+pub mod auth;
 pub mod client;
 pub mod clock;
 #[cfg(feature = "server")]

@@ -155,7 +155,7 @@ impl Op {
 }
 
 /// The `result` label of a request: `ok` or the rejection's kind.
-const RESULTS: [&str; 10] = [
+const RESULTS: [&str; 12] = [
     "ok",
     "not_ready",
     "shutting_down",
@@ -166,6 +166,8 @@ const RESULTS: [&str; 10] = [
     "limit_exceeded",
     "not_found",
     "refused",
+    "unauthenticated",
+    "permission_denied",
 ];
 
 fn result_index(r: Option<&Rejection>) -> usize {

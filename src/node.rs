@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use crate::api::subscriptions::Subscriptions;
+use crate::auth::Tokens;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
@@ -31,6 +32,8 @@ pub struct Node {
     pub subs: Arc<Subscriptions>,
     /// The cluster machinery; `None` for a standalone node.
     pub cluster: Option<Arc<Cluster>>,
+    /// Client tokens and their rights (off without a token file); reloaded on SIGHUP.
+    pub tokens: Tokens,
     /// Every part of the node counts into these; the admin port exposes them.
     pub metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -92,6 +95,10 @@ impl Node {
                 metrics.clone(),
             )
         });
+        let tokens = match &config.token_file {
+            Some(path) => Tokens::from_file(path),
+            None => Tokens::off(),
+        };
         metrics.register_collector(NodeCollector::new(
             &metrics,
             store.clone(),
@@ -104,6 +111,7 @@ impl Node {
         Arc::new(Node {
             metrics,
             ready,
+            tokens,
             cluster,
             config,
             store,

@@ -329,6 +329,9 @@ fn message_of(op: Opcode) -> BoxedStrategy<Message> {
         Opcode::Error => (any::<u16>(), text(MESSAGE_LEN_MAX))
             .prop_map(|(code, message)| Message::Error(ErrorBody { code, message }))
             .boxed(),
+        Opcode::Auth => text(TOKEN_LEN_MAX)
+            .prop_map(|t| Message::Auth(Token::new(t)))
+            .boxed(),
         Opcode::Register => (any::<bool>(), vec(instance(), 0..4))
             .prop_map(|(session_bound, instances)| {
                 Message::Register(Register {
@@ -1227,6 +1230,26 @@ fn a_string_over_its_limit_is_refused() {
         decode_message(&encode_frame(1, 0, &at_limit)).unwrap(),
         at_limit
     );
+    // A token is bounded too (a stranger's Auth is hashed: it may not be large), both ways.
+    let long_token = "t".repeat(TOKEN_LEN_MAX + 1);
+    let mut body = BytesMut::new();
+    body.put_u16(long_token.len() as u16);
+    body.put_slice(long_token.as_bytes());
+    match Message::decode(Opcode::Auth, body.freeze()) {
+        Err(WireError::StringTooLong { what, len, max }) => {
+            assert_eq!(
+                (what, len, max),
+                ("token", TOKEN_LEN_MAX + 1, TOKEN_LEN_MAX)
+            );
+        }
+        other => panic!("expected StringTooLong, got {other:?}"),
+    }
+    let mut out = BytesMut::new();
+    let token = Message::Auth(Token::new(long_token));
+    assert!(matches!(
+        try_encode_frame_into(&mut out, 1, 0, &token),
+        Err(WireError::StringTooLong { what: "token", .. })
+    ));
     // The limit is checked on the length field, before the bytes are looked for.
     let body = claim(&[], &u16::MAX.to_be_bytes(), 0);
     assert!(matches!(

@@ -14,8 +14,10 @@ use bytes::{Bytes, BytesMut};
 use tokio_util::codec::Decoder;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use distro::api::session::BOUND_PER_SESSION_MAX;
+use distro::api::Rejection;
+use distro::api::session::{AUTH_FAILURES_MAX, BOUND_PER_SESSION_MAX};
 use distro::api::subscriptions::SUBSCRIPTIONS_PER_CONNECTION_MAX;
+use distro::auth::Access;
 use distro::clock::Clock;
 use distro::model::WEIGHT_MAX;
 use distro::model::*;
@@ -227,6 +229,10 @@ const EXAMPLE_NAMES: &[&str] = &[
     "ClusterStatusResult",
     "Owner",
     "OwnerResult",
+    "Auth",
+    "AuthAccepted",
+    "ErrorUnauthenticated",
+    "ErrorPermissionDenied",
     "SyncRecord",
     "SyncRecordTombstone",
     "PeerHello",
@@ -585,6 +591,23 @@ fn expected(name: &str) -> Option<Expected> {
                 }),
             )
         }
+        "Auth" => frame(2, Message::Auth(Token::new("distro_example"))),
+        "AuthAccepted" => frame(2, Message::Ack(1)),
+        // The messages are those of the request API's rejections: what a node sends.
+        "ErrorUnauthenticated" => frame(
+            2,
+            Message::Error(Rejection::Unauthenticated.to_error_body()),
+        ),
+        "ErrorPermissionDenied" => frame(
+            4,
+            Message::Error(
+                Rejection::PermissionDenied {
+                    namespace: "prod".into(),
+                    access: Access::Write,
+                }
+                .to_error_body(),
+            ),
+        ),
         "Pull" => frame(
             25,
             Message::Pull(PullMsg {
@@ -876,6 +899,8 @@ fn limit_value(name: &str) -> Option<u64> {
         "BEAT_KEYS_MAX" => BEAT_KEYS_MAX as u64,
         "PAGE_SIZE_MAX" => PAGE_SIZE_MAX as u64,
         "MESSAGE_LEN_MAX" => MESSAGE_LEN_MAX as u64,
+        "TOKEN_LEN_MAX" => TOKEN_LEN_MAX as u64,
+        "AUTH_FAILURES_MAX" => AUTH_FAILURES_MAX as u64,
         "FLAG_MORE" => FLAG_MORE as u64,
         "DIGEST_BUCKETS" => DIGEST_BUCKETS as u64,
         "WEIGHT_MAX" => {

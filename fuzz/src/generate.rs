@@ -7,7 +7,7 @@
 //! rejects (empty names, control characters, port 0, leases below the floor, weights out of
 //! range) are in the pools on purpose.
 
-use distro::wire::{DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, ListServices, Message, PeerHello, PullMsg, Query, Register, SyncRecord};
+use distro::wire::{DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, ListServices, Message, PeerHello, PullMsg, Query, Register, SyncRecord, TOKEN_LEN_MAX, Token};
 use distro::model::{BATCH_INSTANCES_MAX, IP_LEN_MAX, Instance, InstanceKey, Lease, META_ENTRIES_MAX, Metadata, NAME_LEN_MAX, ServiceName, Text, Version};
 
 use crate::Input;
@@ -32,6 +32,45 @@ pub const LEASES: &[(u32, u32, u32)] = &[
     (1_000, 500, 2_000),
     (0, 0, 0),
 ];
+
+/// The tokens of the `client_session` target's guarded node ([`token_file`]): one writes every
+/// namespace, one reads `public`, one writes `dev`.
+pub const TOKENS: &[&str] = &["distro_fuzz_admin", "distro_fuzz_reader", "distro_fuzz_dev"];
+/// Tokens an Auth may carry: the node's, near misses of them, and nothing.
+pub const AUTH_TOKENS: &[&str] = &[
+    "distro_fuzz_admin",
+    "distro_fuzz_reader",
+    "distro_fuzz_dev",
+    "distro_fuzz_admi",
+    "distro_fuzz_adminx",
+    "",
+];
+
+/// The token file of the guarded node: [`TOKENS`] with their rights.
+pub fn token_file() -> &'static str {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let entry = |name: &str, token: &str, read: &[&str], write: &[&str]| {
+            let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            distro::auth::file::token_entry(name, token, &v(read), &v(write)).expect("an entry")
+        };
+        [
+            entry("admin", TOKENS[0], &[], &["*"]),
+            entry("reader", TOKENS[1], &["public"], &[]),
+            entry("dev", TOKENS[2], &[], &["dev"]),
+        ]
+        .join("\n")
+    })
+}
+
+/// The namespaces the token of the guarded node may write; `None` for every namespace.
+pub fn writable_by(token: &str) -> Option<&'static [&'static str]> {
+    match token {
+        t if t == TOKENS[0] => None,
+        t if t == TOKENS[2] => Some(&["dev"]),
+        _ => Some(&[]),
+    }
+}
 
 /// Bytes at or above this pick a name made of input bytes instead of a pool entry.
 pub const RAW_NAME: u8 = 0xF0;
@@ -197,8 +236,9 @@ fn list<T>(inp: &mut Input, max: usize, mut item: impl FnMut(&mut Input) -> T) -
 }
 
 /// A message a client might send, request or not: a kind byte, then its fields. Requests are
-/// most of them (registers twice as often); one kind in eight is a reply or a cluster message,
-/// which a client port must refuse.
+/// most of them (registers twice as often); one kind in sixteen is an Auth (a token from
+/// [`AUTH_TOKENS`], or raw bytes), one in sixteen a reply or a cluster message, which a client
+/// port must refuse.
 pub fn client_message(inp: &mut Input) -> Message {
     match inp.u8() % 16 {
         0 => Message::Hello(Hello {
@@ -229,6 +269,7 @@ pub fn client_message(inp: &mut Input) -> Message {
             ip: text(inp, IPS, IP_LEN_MAX),
             port: port(inp),
         },
+        13 => Message::Auth(Token::new(text(inp, AUTH_TOKENS, TOKEN_LEN_MAX))),
         _ => not_a_request(inp),
     }
 }

@@ -5,6 +5,9 @@
 //! cluster and no rule is written twice.
 //!
 //! - [`Api`]: the node's requests that need no connection (lease-bound writes, reads, status).
+//!   Every request names its caller, a [`Principal`]; `authorize` below is the one place that
+//!   decides what a caller may do (rights per namespace, `docs/security.md`), before anything
+//!   else is looked at.
 //! - [`session`]: [`Session`], the state of one connection-bound client (its session-bound
 //!   instances, subscriptions and in-flight writes).
 //! - [`subscriptions`]: who is subscribed to what, and the coalesced push queues.
@@ -22,6 +25,7 @@ use bytes::Bytes;
 
 use tokio::time::Instant;
 
+use crate::auth::{Access, Principal};
 use crate::metrics::Op;
 use crate::model::{
     BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, ClusterStatus, Instance, InstanceKey, InstanceView,
@@ -32,6 +36,7 @@ use crate::node::Node;
 use crate::store::PushBody;
 use crate::wire::Reader;
 pub use rejection::Rejection;
+pub use session::AUTH_FAILURES_MAX;
 pub use session::{Session, Write};
 pub use subscriptions::PushMode;
 use subscriptions::PushQueue;
@@ -142,6 +147,23 @@ impl Api {
         self.node.config.lease_floor_ms
     }
 
+    /// The principal of a caller that presented no token: every right on a node without a
+    /// token file, none on a node with one. Front ends that have not found out who their caller
+    /// is use this, and so refuse everything when tokens are on.
+    pub fn guest(&self) -> Principal {
+        self.node.tokens.guest()
+    }
+
+    /// The principal a presented token stands for. Hashes the token once: a connection-bound
+    /// front end calls this once per connection and keeps the principal. The refusal is the
+    /// same, and takes as long, whatever was presented.
+    pub fn authenticate(&self, token: &str) -> Result<Principal, Rejection> {
+        self.node
+            .tokens
+            .authenticate(token)
+            .ok_or(Rejection::Unauthenticated)
+    }
+
     /// Counts a request's outcome and its latency since `started` (every request the API
     /// answers goes through here once).
     fn counted<T>(
@@ -166,7 +188,8 @@ impl Api {
     }
 
     /// Checks a register batch whole before any of it is applied.
-    fn check_register(&self, instances: &[Instance]) -> Result<(), Rejection> {
+    fn check_register(&self, who: &Principal, instances: &[Instance]) -> Result<(), Rejection> {
+        authorize_each(who, Access::Write, instances.iter().map(|i| &i.key))?;
         self.admit()?;
         check_count(
             "instances in one request",
@@ -180,7 +203,8 @@ impl Api {
     }
 
     /// Checks a deregister batch whole before any of it is applied.
-    fn check_deregister(&self, keys: &[InstanceKey]) -> Result<(), Rejection> {
+    fn check_deregister(&self, who: &Principal, keys: &[InstanceKey]) -> Result<(), Rejection> {
+        authorize_each(who, Access::Write, keys.iter())?;
         self.admit()?;
         check_count("keys in one request", keys.len(), BATCH_INSTANCES_MAX)?;
         for k in keys {
@@ -189,16 +213,21 @@ impl Api {
         Ok(())
     }
 
-    fn check_beat(&self, keys: &[InstanceKey]) -> Result<(), Rejection> {
+    fn check_beat(&self, who: &Principal, keys: &[InstanceKey]) -> Result<(), Rejection> {
+        authorize_each(who, Access::Write, keys.iter())?;
         self.admit()?;
         check_count("keys in one beat", keys.len(), BEAT_KEYS_MAX)
     }
 
     /// Registers instances that live on their lease (renewed by [`Api::beat`]); answers how
     /// many were registered. In a cluster each goes to its owner.
-    pub async fn register(&self, instances: &[Instance]) -> Result<u32, Rejection> {
+    pub async fn register(
+        &self,
+        who: &Principal,
+        instances: &[Instance],
+    ) -> Result<u32, Rejection> {
         let started = Instant::now();
-        let r = match self.check_register(instances) {
+        let r = match self.check_register(who, instances) {
             Ok(()) => apply_register(&self.node, instances, 0).await,
             Err(e) => Err(e),
         };
@@ -206,9 +235,13 @@ impl Api {
     }
 
     /// Deletes instances; answers how many existed.
-    pub async fn deregister(&self, keys: &[InstanceKey]) -> Result<u32, Rejection> {
+    pub async fn deregister(
+        &self,
+        who: &Principal,
+        keys: &[InstanceKey],
+    ) -> Result<u32, Rejection> {
         let started = Instant::now();
-        let r = match self.check_deregister(keys) {
+        let r = match self.check_deregister(who, keys) {
             Ok(()) => apply_deregister(&self.node, keys).await,
             Err(e) => Err(e),
         };
@@ -216,9 +249,9 @@ impl Api {
     }
 
     /// Renews leases; answers the indexes (into `keys`) of those no live instance has.
-    pub async fn beat(&self, keys: &[InstanceKey]) -> Result<Vec<u16>, Rejection> {
+    pub async fn beat(&self, who: &Principal, keys: &[InstanceKey]) -> Result<Vec<u16>, Rejection> {
         let started = Instant::now();
-        let r = match self.check_beat(keys) {
+        let r = match self.check_beat(who, keys) {
             Ok(()) => apply_beat(&self.node, keys).await,
             Err(e) => Err(e),
         };
@@ -229,21 +262,24 @@ impl Api {
     /// and enabled. An unknown service is an empty list.
     pub fn query(
         &self,
+        who: &Principal,
         name: &ServiceName,
         cluster: &str,
         healthy_only: bool,
     ) -> Result<Snapshot, Rejection> {
         let started = Instant::now();
-        let r = self
-            .admit()
+        let r = authorize(who, Need::Read(&name.namespace))
+            .and_then(|()| self.admit())
             .map(|()| Snapshot(self.node.store.query(name, cluster, healthy_only)));
         self.counted(Op::Query, started, r)
     }
 
     /// One live instance.
-    pub fn instance(&self, key: &InstanceKey) -> Result<InstanceView, Rejection> {
+    pub fn instance(&self, who: &Principal, key: &InstanceKey) -> Result<InstanceView, Rejection> {
         let started = Instant::now();
-        let r = self.admit().and_then(|()| self.find_instance(key));
+        let r = authorize(who, Need::Read(&key.service.namespace))
+            .and_then(|()| self.admit())
+            .and_then(|()| self.find_instance(key));
         self.counted(Op::Instance, started, r)
     }
 
@@ -275,34 +311,46 @@ impl Api {
     /// (group, service).
     pub fn list_services(
         &self,
+        who: &Principal,
         namespace: &str,
         page: u32,
         page_size: u16,
     ) -> Result<ServiceList, Rejection> {
         let started = Instant::now();
-        let r = self.admit().and_then(|()| {
-            check_page_size(page_size)?;
-            Ok(self.node.store.list_services(namespace, page, page_size))
-        });
+        let r = authorize(who, Need::Read(namespace))
+            .and_then(|()| self.admit())
+            .and_then(|()| {
+                check_page_size(page_size)?;
+                Ok(self.node.store.list_services(namespace, page, page_size))
+            });
         self.counted(Op::ListServices, started, r)
     }
 
-    /// Every namespace that has live instances, sorted by name, with what it holds. Walks the
-    /// whole store: for operators (the admin port), not for clients' request paths.
-    pub fn list_namespaces(&self) -> Result<Vec<NamespaceSummary>, Rejection> {
+    /// Every namespace that has live instances and that `who` may read, sorted by name, with
+    /// what it holds. Walks the whole store: for operators (the admin port), not for clients'
+    /// request paths.
+    pub fn list_namespaces(&self, who: &Principal) -> Result<Vec<NamespaceSummary>, Rejection> {
         let started = Instant::now();
-        let r = self.admit().map(|()| self.node.store.namespace_counts());
+        let r = authorize(who, Need::Caller)
+            .and_then(|()| self.admit())
+            .map(|()| {
+                let mut all = self.node.store.namespace_counts();
+                all.retain(|n| who.may(Access::Read, &n.namespace));
+                all
+            });
         self.counted(Op::ListNamespaces, started, r)
     }
 
     /// [`Api::list_services`] of one group of the namespace (the Nacos APIs list by group).
     pub fn list_group_services(
         &self,
+        who: &Principal,
         namespace: &str,
         group: &str,
         page: u32,
         page_size: u16,
     ) -> Result<ServiceList, Rejection> {
+        authorize(who, Need::Read(namespace))?;
         self.admit()?;
         check_page_size(page_size)?;
         Ok(self
@@ -321,11 +369,12 @@ impl Api {
         }
     }
 
-    /// The node responsible for `ip:port`, as this node sees the cluster.
-    pub fn owner(&self, ip: &str, port: u16) -> Result<NodeId, Rejection> {
+    /// The node responsible for `ip:port`, as this node sees the cluster. Names no
+    /// namespace; any authenticated caller may ask.
+    pub fn owner(&self, who: &Principal, ip: &str, port: u16) -> Result<NodeId, Rejection> {
         let started = Instant::now();
-        let r = self
-            .admit()
+        let r = authorize(who, Need::Caller)
+            .and_then(|()| self.admit())
             .map(|()| self.node.store.ownership().owner(ip, port));
         self.counted(Op::Owner, started, r)
     }
@@ -340,9 +389,12 @@ impl Api {
         self.node.metrics.encode()
     }
 
-    /// This node's view of the cluster; answered also while loading or stopping.
-    pub fn cluster_status(&self) -> ClusterStatus {
-        self.node.cluster_status()
+    /// This node's view of the cluster; answered also while loading or stopping. It shows the
+    /// members' peer addresses and counts, no namespace: any authenticated caller may ask (an
+    /// anonymous probe has Hello's `ready` flag, and the admin port's probes).
+    pub fn cluster_status(&self, who: &Principal) -> Result<ClusterStatus, Rejection> {
+        authorize(who, Need::Caller)?;
+        Ok(self.node.cluster_status())
     }
 
     /// A new connection-bound client of the native protocol (pushed deltas).
@@ -409,6 +461,67 @@ fn check_page_size(page_size: u16) -> Result<(), Rejection> {
             what: "page size",
             reason: format!("must be 1..={PAGE_SIZE_MAX}"),
         });
+    }
+    Ok(())
+}
+
+/// What a request needs of its caller.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Need<'a> {
+    /// Only to be authenticated: requests that name no namespace (owner, cluster status).
+    Caller,
+    /// To read this namespace: query, list, subscribe.
+    Read(&'a str),
+    /// To write this namespace: register, deregister, beat.
+    Write(&'a str),
+}
+
+/// THE check of rights: whether `who` may make a request that needs `need`. Every request of
+/// the API passes here first, before readiness or validation, so that a caller without the
+/// right learns nothing else about the request. Costs a match for a node without tokens and a
+/// short scan of the grant's namespaces with them; never hashing.
+pub(crate) fn authorize(who: &Principal, need: Need) -> Result<(), Rejection> {
+    if !who.is_authenticated() {
+        return Err(Rejection::Unauthenticated);
+    }
+    let (access, namespace) = match need {
+        Need::Caller => return Ok(()),
+        Need::Read(ns) => (Access::Read, ns),
+        Need::Write(ns) => (Access::Write, ns),
+    };
+    if who.may(access, namespace) {
+        Ok(())
+    } else {
+        Err(Rejection::PermissionDenied {
+            namespace: namespace.to_string(),
+            access,
+        })
+    }
+}
+
+/// [`authorize`] for every namespace a batch of keys touches (the first one refused is named);
+/// a run of keys in one namespace is checked once.
+fn authorize_each<'a>(
+    who: &Principal,
+    access: Access,
+    keys: impl Iterator<Item = &'a InstanceKey>,
+) -> Result<(), Rejection> {
+    let mut last: Option<&str> = None;
+    for k in keys {
+        let ns = k.service.namespace.as_str();
+        if last == Some(ns) {
+            continue;
+        }
+        let need = match access {
+            Access::Read => Need::Read(ns),
+            Access::Write => Need::Write(ns),
+        };
+        authorize(who, need)?;
+        last = Some(ns);
+    }
+    // An empty batch touches nothing, but still comes from someone.
+    if last.is_none() {
+        authorize(who, Need::Caller)?;
     }
     Ok(())
 }
@@ -501,7 +614,9 @@ mod tests {
     async fn a_delta_session_gets_the_whole_list_then_deltas_a_full_only_one_whole_lists() {
         let api = api();
         let a = svc("a");
-        api.register(&instances(&a, 20)).await.unwrap();
+        api.register(&Principal::anyone(), &instances(&a, 20))
+            .await
+            .unwrap();
         let deltas = api.open_session();
         let full = api.open_session_with(PushMode::FullOnly);
         for s in [&deltas, &full] {
@@ -509,7 +624,9 @@ mod tests {
             assert_eq!(kinds(&s.pushes(usize::MAX)), ["full"]);
             assert!(s.pushes(usize::MAX).is_empty(), "nothing changed since");
         }
-        api.register(&instances(&svc("a"), 21)[20..]).await.unwrap();
+        api.register(&Principal::anyone(), &instances(&svc("a"), 21)[20..])
+            .await
+            .unwrap();
         let d = deltas.pushes(usize::MAX);
         assert_eq!(kinds(&d), ["delta"]);
         let Push::Delta(delta) = &d[0] else {
@@ -522,7 +639,10 @@ mod tests {
             unreachable!()
         };
         assert_eq!(snap.decode().instances.len(), 21);
-        assert_eq!(snap, &api.query(&a, "", false).unwrap());
+        assert_eq!(
+            snap,
+            &api.query(&Principal::anyone(), &a, "", false).unwrap()
+        );
     }
 
     #[tokio::test]
@@ -531,7 +651,9 @@ mod tests {
         let s = api.open_session();
         let names: Vec<ServiceName> = (0..5).map(|i| svc(&format!("s{i}"))).collect();
         for n in &names {
-            api.register(&instances(n, 30)).await.unwrap();
+            api.register(&Principal::anyone(), &instances(n, 30))
+                .await
+                .unwrap();
             s.subscribe(n).unwrap();
         }
         // Each whole list is over a kilobyte: a 1-byte budget still sends one.
@@ -553,7 +675,9 @@ mod tests {
     async fn the_change_log_of_a_service_goes_with_its_last_subscriber() {
         let api = api();
         let a = svc("a");
-        api.register(&instances(&a, 20)).await.unwrap();
+        api.register(&Principal::anyone(), &instances(&a, 20))
+            .await
+            .unwrap();
         let (s1, s2) = (api.open_session(), api.open_session());
         for s in [&s1, &s2] {
             s.subscribe(&a).unwrap();

@@ -8,6 +8,7 @@
 
 use thiserror::Error;
 
+use crate::auth::Access;
 use crate::cluster::ForwardError;
 use crate::model::{InvalidInstance, NodeId};
 use crate::wire::{ErrorBody, ErrorCode};
@@ -41,6 +42,13 @@ pub enum Rejection {
     /// The owner of a forwarded write refused it for a reason of its own.
     #[error("owner node {owner}: {message}")]
     Refused { owner: NodeId, message: String },
+    /// The node requires a token and the caller presented none that it holds. The same answer
+    /// whatever was presented, so that it tells nothing about which tokens exist.
+    #[error("not authenticated: this node requires a valid token")]
+    Unauthenticated,
+    /// The caller's token (or user) does not grant `access` to `namespace`.
+    #[error("permission denied: no {access} right on namespace {namespace:?}")]
+    PermissionDenied { namespace: String, access: Access },
 }
 
 impl Rejection {
@@ -67,6 +75,8 @@ impl Rejection {
             Rejection::LimitExceeded { .. } => "limit_exceeded",
             Rejection::NotFound { .. } => "not_found",
             Rejection::Refused { .. } => "refused",
+            Rejection::Unauthenticated => "unauthenticated",
+            Rejection::PermissionDenied { .. } => "permission_denied",
         }
     }
 
@@ -82,6 +92,8 @@ impl Rejection {
             | Rejection::LimitExceeded { .. }
             | Rejection::NotFound { .. }
             | Rejection::Refused { .. } => ErrorCode::InvalidArgument,
+            Rejection::Unauthenticated => ErrorCode::Unauthenticated,
+            Rejection::PermissionDenied { .. } => ErrorCode::PermissionDenied,
         }
     }
 
@@ -146,10 +158,27 @@ mod tests {
                 },
                 ErrorCode::InvalidArgument,
             ),
+            (Rejection::Unauthenticated, ErrorCode::Unauthenticated),
+            (
+                Rejection::PermissionDenied {
+                    namespace: "prod".into(),
+                    access: Access::Write,
+                },
+                ErrorCode::PermissionDenied,
+            ),
         ];
         for (r, code) in rows {
             assert_eq!(r.code(), code, "{r}");
             let back = Rejection::from_owner(2, &r.to_error_body());
+            if matches!(
+                code,
+                ErrorCode::Unauthenticated | ErrorCode::PermissionDenied
+            ) {
+                // Owners never check rights (peers are trusted once the handshake passed), so
+                // such an answer from one is the owner's own refusal.
+                assert!(matches!(back, Rejection::Refused { .. }), "{back}");
+                continue;
+            }
             assert_eq!(back.code(), code, "{r} came back as {back}");
             assert_eq!(back.is_retryable(), r.is_retryable(), "{r}");
         }

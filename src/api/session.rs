@@ -2,6 +2,11 @@
 //! instances it registered bound to its session, its subscriptions and push queue, and its
 //! writes in flight.
 //!
+//! A session also holds its caller, a [`Principal`]: set once per connection, when the client
+//! presents its token ([`Session::authenticate`]), and looked up again by the token's digest
+//! after the node reloads its token file (a narrowed grant drops the subscriptions it no longer
+//! covers; a removed one leaves the session anonymous and [`Session::is_revoked`] true).
+//!
 //! Session-bound instances are reported unhealthy as soon as the session closes without
 //! deregistering them, and removed at their lease's end unless the client comes back and
 //! registers them again (design.md §3). Writes of one session may run concurrently (a clustered
@@ -10,20 +15,31 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::inflight::InFlight;
 use super::subscriptions::{PushMode, PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
-use super::{Api, Push, Rejection, apply_beat, apply_deregister, apply_lapse, apply_register};
+use super::{
+    Api, Need, Push, Rejection, Snapshot, apply_beat, apply_deregister, apply_lapse,
+    apply_register, authorize,
+};
+use crate::auth::{Access, Principal};
 use crate::hash::HashSet;
 use crate::metrics::{GaugeGuard, Op};
-use crate::model::{Instance, InstanceKey, ServiceName};
+use crate::model::{ClusterStatus, Instance, InstanceKey, NodeId, ServiceList, ServiceName};
 
 /// Session-bound instances one session may hold; bounds what a drop has to lapse.
 pub const BOUND_PER_SESSION_MAX: usize = 100_000;
+
+/// Refusals for want of a valid token (failed presentations, and requests made without one)
+/// after which a connection is closed. A client with a wrong token gets it wrong every time;
+/// three leave room for a client that sends a request before its token, and make guessing cost
+/// a new connection every three tries.
+pub const AUTH_FAILURES_MAX: u32 = 3;
 
 /// A write a session admitted: done at once (a standalone node applies it in place), or to be
 /// run — by the front end, in a task of its own if it wants to go on reading meanwhile. The
@@ -51,6 +67,14 @@ pub struct Session {
     subscribed: Mutex<HashSet<ServiceName>>,
     push: Arc<PushQueue>,
     inflight: Arc<InFlight>,
+    /// Who the client is: the guest until it presents a token.
+    principal: Mutex<Principal>,
+    /// Whether a token was accepted on this session (one presentation per connection).
+    presented: AtomicBool,
+    /// The accepted token's entry was removed by a reload.
+    revoked: AtomicBool,
+    /// Refusals for want of a valid token so far (see [`AUTH_FAILURES_MAX`]).
+    auth_failures: AtomicU32,
     /// Counts this session in the open sessions while it lives.
     _open: GaugeGuard,
 }
@@ -62,11 +86,134 @@ impl Session {
             id: node.new_session(),
             push: node.subs.new_queue(mode),
             _open: GaugeGuard::new(node.metrics.client_sessions.clone()),
+            principal: Mutex::new(api.guest()),
             api,
             bound: Mutex::default(),
             subscribed: Mutex::default(),
             inflight: Arc::default(),
+            presented: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
+            auth_failures: AtomicU32::new(0),
         }
+    }
+
+    /// The client presents its token: from now on the session acts with its entry's rights.
+    /// Once per connection; a node without a token file accepts any token and changes nothing.
+    /// A refusal counts towards [`AUTH_FAILURES_MAX`].
+    pub fn authenticate(&self, token: &str) -> Result<(), Rejection> {
+        if !self.api.node().tokens.is_on() {
+            return Ok(());
+        }
+        if self.presented.load(Ordering::Acquire) {
+            return Err(Rejection::InvalidArgument {
+                what: "Auth",
+                reason: "this connection has presented its token already".into(),
+            });
+        }
+        match self.api.authenticate(token) {
+            Ok(p) => {
+                info!(session = self.id, token = p.name(), "client authenticated");
+                *self.principal.lock().unwrap() = p;
+                self.presented.store(true, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => self.counted(Err(e)),
+        }
+    }
+
+    /// The session's caller as of now: if the node reloaded its tokens since the caller was
+    /// resolved, its entry is looked up again — subscriptions it may no longer read end, and
+    /// a removed entry leaves the session anonymous (and revoked).
+    pub fn principal(&self) -> Principal {
+        let mut p = self.principal.lock().unwrap();
+        if let Some(now) = self.api.node().tokens.refresh(&p) {
+            if now.is_authenticated() {
+                self.drop_unreadable_subscriptions(&now);
+            } else {
+                info!(
+                    session = self.id,
+                    token = p.name(),
+                    "token withdrawn by a reload"
+                );
+                self.revoked.store(true, Ordering::Release);
+                self.drop_unreadable_subscriptions(&now);
+            }
+            *p = now;
+        }
+        p.clone()
+    }
+
+    /// Whether a reload withdrew the token this session presented: the front end closes the
+    /// connection (checked on every frame; a silent client idles out).
+    pub fn is_revoked(&self) -> bool {
+        let _ = self.principal();
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Whether the session has been refused for want of a valid token [`AUTH_FAILURES_MAX`]
+    /// times: the front end closes the connection.
+    pub fn auth_failures_exhausted(&self) -> bool {
+        self.auth_failures.load(Ordering::Acquire) >= AUTH_FAILURES_MAX
+    }
+
+    /// Counts `r` if it is an `Unauthenticated` refusal.
+    fn counted<T>(&self, r: Result<T, Rejection>) -> Result<T, Rejection> {
+        if let Err(e) = &r {
+            self.note(e);
+        }
+        r
+    }
+
+    /// Counts `e` if it is an `Unauthenticated` refusal.
+    fn note(&self, e: &Rejection) {
+        if let Rejection::Unauthenticated = e {
+            self.auth_failures.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn drop_unreadable_subscriptions(&self, now: &Principal) {
+        let mut subscribed = self.subscribed.lock().unwrap();
+        subscribed.retain(|name| {
+            let keep = now.may(Access::Read, &name.namespace);
+            if !keep {
+                self.api.unsubscribe(name, &self.push);
+            }
+            keep
+        });
+    }
+
+    /// [`Api::query`] as this session's caller.
+    pub fn query(
+        &self,
+        name: &ServiceName,
+        cluster: &str,
+        healthy_only: bool,
+    ) -> Result<Snapshot, Rejection> {
+        let who = self.principal();
+        self.counted(self.api.query(&who, name, cluster, healthy_only))
+    }
+
+    /// [`Api::list_services`] as this session's caller.
+    pub fn list_services(
+        &self,
+        namespace: &str,
+        page: u32,
+        page_size: u16,
+    ) -> Result<ServiceList, Rejection> {
+        let who = self.principal();
+        self.counted(self.api.list_services(&who, namespace, page, page_size))
+    }
+
+    /// [`Api::owner`] as this session's caller.
+    pub fn owner(&self, ip: &str, port: u16) -> Result<NodeId, Rejection> {
+        let who = self.principal();
+        self.counted(self.api.owner(&who, ip, port))
+    }
+
+    /// [`Api::cluster_status`] as this session's caller.
+    pub fn cluster_status(&self) -> Result<ClusterStatus, Rejection> {
+        let who = self.principal();
+        self.counted(self.api.cluster_status(&who))
     }
 
     /// The node-unique id of this session (`node_id << 48 | counter`).
@@ -129,7 +276,9 @@ impl Session {
     /// lease. Checked whole before anything is applied.
     pub async fn register(&self, instances: Vec<Instance>, session_bound: bool) -> Write<u32> {
         let started = Instant::now();
-        if let Err(e) = self.api.check_register(&instances) {
+        let who = self.principal();
+        if let Err(e) = self.api.check_register(&who, &instances) {
+            self.note(&e);
             return self.refused(Op::Register, started, e);
         }
         {
@@ -165,7 +314,9 @@ impl Session {
     /// Deletes instances; answers how many existed.
     pub async fn deregister(&self, keys: Vec<InstanceKey>) -> Write<u32> {
         let started = Instant::now();
-        if let Err(e) = self.api.check_deregister(&keys) {
+        let who = self.principal();
+        if let Err(e) = self.api.check_deregister(&who, &keys) {
+            self.note(&e);
             return self.refused(Op::Deregister, started, e);
         }
         {
@@ -187,7 +338,9 @@ impl Session {
     /// Renews leases; answers the indexes of the keys no live instance has.
     pub async fn beat(&self, keys: Vec<InstanceKey>) -> Write<Vec<u16>> {
         let started = Instant::now();
-        if let Err(e) = self.api.check_beat(&keys) {
+        let who = self.principal();
+        if let Err(e) = self.api.check_beat(&who, &keys) {
+            self.note(&e);
             return self.refused(Op::Beat, started, e);
         }
         // Beats claim no keys: they only renew, in any order, and one waiting on a forward to an
@@ -209,6 +362,8 @@ impl Session {
     }
 
     fn subscribe_now(&self, name: &ServiceName) -> Result<(), Rejection> {
+        let who = self.principal();
+        self.counted(authorize(&who, Need::Read(&name.namespace)))?;
         self.api.admit()?;
         let name = name.compact();
         {
@@ -230,11 +385,16 @@ impl Session {
 
     /// Ends a subscription; false if there was none.
     pub fn unsubscribe(&self, name: &ServiceName) -> Result<bool, Rejection> {
+        // Ends what the session has; reads nothing, so any authenticated caller may.
         let started = Instant::now();
-        let r = self.api.admit().map(|()| {
-            self.api.unsubscribe(name, &self.push);
-            self.subscribed.lock().unwrap().remove(name)
-        });
+        let who = self.principal();
+        let r = self
+            .counted(authorize(&who, Need::Caller))
+            .and_then(|()| self.api.admit())
+            .map(|()| {
+                self.api.unsubscribe(name, &self.push);
+                self.subscribed.lock().unwrap().remove(name)
+            });
         self.api.counted(Op::Unsubscribe, started, r)
     }
 

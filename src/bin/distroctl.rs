@@ -2,11 +2,12 @@
 //! (README, "distroctl"); keep them stable.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use distro::client::{Client, ClientConfig, service_name};
+use distro::client::{Client, ClientConfig, ClientError, service_name};
 use distro::frontend::admin::json::{ClusterJson, InstanceJson, ServiceJson, SnapshotJson};
 use distro::model::{Instance, InstanceKey, Lease, ServiceName, ServiceSnapshot};
 
@@ -31,6 +32,10 @@ struct Cli {
     /// Deadline of each request, ms.
     #[arg(long, default_value_t = 3000, global = true)]
     timeout_ms: u64,
+    /// Token to present to the nodes (a node with a token file requires one). Prefer the
+    /// environment variable: a flag shows in the process list.
+    #[arg(long, env = "DISTRO_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -143,6 +148,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make entries of a node's token file (contacts no node).
+    Token {
+        #[command(subcommand)]
+        action: TokenCommand,
+    },
+}
+
+#[derive(ClapArgs, Debug)]
+struct RightsArgs {
+    /// Namespace the entry may read (query, list, subscribe); repeatable; "*" for all.
+    #[arg(long = "read", value_name = "NAMESPACE")]
+    read: Vec<String>,
+    /// Namespace the entry may write (register, deregister, beat) and read; repeatable; "*"
+    /// for all.
+    #[arg(long = "write", value_name = "NAMESPACE")]
+    write: Vec<String>,
+    /// Append the entry to this token file (created with mode 600 if missing) instead of
+    /// printing it; then SIGHUP the nodes to load it.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Mint a new token: prints the token (first line; shown only now, the file keeps only
+    /// its SHA-256) and, without --file, its entry for the token file.
+    New {
+        /// The entry's name, for the node's logs.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        rights: RightsArgs,
+    },
+    /// A Nacos user (username and password login): reads the password from the first line of
+    /// standard input and prints the entry (its argon2id hash, never the password).
+    User {
+        #[arg(long)]
+        username: String,
+        #[command(flatten)]
+        rights: RightsArgs,
+    },
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {
@@ -216,9 +262,89 @@ async fn connect_with(
     cfg.session_bound = session_bound;
     cfg.require_ready = require_ready;
     cfg.client_name = "distroctl".into();
-    Client::connect(cfg)
-        .await
-        .with_context(|| format!("cannot reach {}", cli.server.join(",")))
+    if let Some(t) = &cli.token {
+        cfg = cfg.with_token(t.clone());
+    }
+    match Client::connect(cfg).await {
+        Ok(c) => Ok(c),
+        // The nodes answered: refused, not unreachable.
+        Err(e @ ClientError::Server { .. }) => Err(e).context("the nodes refused the connection"),
+        Err(e) => Err(e).with_context(|| format!("cannot reach {}", cli.server.join(","))),
+    }
+}
+
+/// `distroctl token ...`: makes a token file entry; prints it or appends it to the file.
+fn token_command(action: &TokenCommand) -> anyhow::Result<()> {
+    match action {
+        TokenCommand::New { name, rights } => {
+            let token = distro::auth::file::mint_token();
+            let entry = distro::auth::file::token_entry(name, &token, &rights.read, &rights.write)?;
+            println!("{token}");
+            match &rights.file {
+                Some(path) => append_entry(path, &entry),
+                None => {
+                    println!(
+                        "# The token file entry of the token above (the file keeps only its hash):"
+                    );
+                    print!("{entry}");
+                    Ok(())
+                }
+            }
+        }
+        TokenCommand::User { username, rights } => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("reading the password from standard input")?;
+            let password = line.strip_suffix('\n').unwrap_or(&line);
+            let password = password.strip_suffix('\r').unwrap_or(password);
+            if password.is_empty() {
+                bail!("no password on standard input");
+            }
+            let entry =
+                distro::auth::file::user_entry(username, password, &rights.read, &rights.write)?;
+            match &rights.file {
+                Some(path) => {
+                    append_entry(path, &entry)?;
+                    println!("user {username:?} added to {}", path.display());
+                    Ok(())
+                }
+                None => {
+                    print!("{entry}");
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+/// Appends `entry` to a token file, after checking that the file with it is still one a node
+/// loads (a repeated name, say, is refused before anything is written).
+fn append_entry(path: &Path, entry: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let existing = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let sep = if existing.is_empty() || existing.ends_with("\n\n") {
+        ""
+    } else if existing.ends_with('\n') {
+        "\n"
+    } else {
+        "\n\n"
+    };
+    let combined = format!("{existing}{sep}{entry}");
+    distro::auth::TokenSet::parse(&combined, &path.display().to_string())?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(format!("{sep}{entry}").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 /// The lease of a registration: what the user gave, and for what they left out, Nacos's
@@ -241,6 +367,7 @@ fn lease(beat_ms: Option<u32>, unhealthy_ms: Option<u32>, expire_ms: u32, floor_
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Token { action } => token_command(action),
         Command::Register {
             key,
             weight,

@@ -67,6 +67,10 @@ struct Args {
     /// Shared secret of the cluster's members.
     #[arg(long, env = "DISTRO_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// Client tokens and their rights (TOML; docs/security.md); reloaded on SIGHUP. Without it
+    /// every client may do everything.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
     /// Most client connections at once [default: 10000].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -166,6 +170,10 @@ impl Args {
             c.cluster_token = self.cluster_token;
             from_flags.push("cluster_token");
         }
+        if self.token_file.is_some() {
+            c.token_file = self.token_file;
+            from_flags.push("token_file");
+        }
         let checked = c.validate().and_then(|()| {
             tracing_subscriber::EnvFilter::try_new(&c.log_level)
                 .map(drop)
@@ -232,6 +240,10 @@ fn run(config: Config) -> anyhow::Result<()> {
         // Installed before the node announces itself, so that a SIGTERM sent as soon as it
         // serves (a supervisor, a test) stops it gracefully instead of killing it.
         let signal = stop_signal()?;
+        // SIGHUP would end the process (its default) until a handler is installed: install it
+        // before the node announces itself too.
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("install the SIGHUP handler")?;
         tracing::info!(
             listen = %server.local_addr(),
             http = %server.admin_addr().map_or("off".to_string(), |a| a.to_string()),
@@ -252,9 +264,34 @@ fn run(config: Config) -> anyhow::Result<()> {
             tracing::info!("signal received; shutting down");
             stop.cancel();
         });
+        tokio::spawn(reload_on_hangup(node.clone(), hangup));
         server.run().await;
         anyhow::Ok(())
     })
+}
+
+/// SIGHUP: reads the token file again. A bad file is logged and changes nothing (the tokens in
+/// force stay); without a token file there is nothing to reload.
+async fn reload_on_hangup(
+    node: std::sync::Arc<distro::node::Node>,
+    mut hup: tokio::signal::unix::Signal,
+) {
+    while hup.recv().await.is_some() {
+        if node.tokens.path().is_none() {
+            tracing::info!("SIGHUP: no token file to reload");
+            continue;
+        }
+        match node.tokens.reload() {
+            Ok(n) => tracing::info!(
+                tokens = n.tokens,
+                users = n.users,
+                "SIGHUP: token file reloaded"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: token file not reloaded; the tokens in force stay")
+            }
+        }
+    }
 }
 
 /// Completes on the first SIGINT or SIGTERM; the handlers are installed by this call.

@@ -29,6 +29,9 @@
 //! - **Subscriptions** keep the whole list of each service in a local cache, which the node's
 //!   pushes keep current: the whole list first, then what changed (deltas), applied here, so
 //!   that the application always gets whole lists (see [`cache`]).
+//! - **Tokens**: with [`ClientConfig::token`] set, every connection presents it right after
+//!   Hello — the first one and every reconnect, before the redo — so a node with a token file
+//!   serves this client with its token's rights (`docs/security.md`).
 
 pub mod cache;
 mod conn;
@@ -51,7 +54,8 @@ use crate::model::{
     BATCH_INSTANCES_MAX, BEAT_KEYS_MAX, Instance, InstanceKey, ServiceList, ServiceName,
     ServiceSnapshot, Text,
 };
-use crate::wire::{ListServices, Message, Query, Register};
+pub use crate::wire::Token;
+use crate::wire::{ErrorCode, ListServices, Message, Query, Register, TOKEN_LEN_MAX};
 
 /// How to reach the cluster.
 #[derive(Debug, Clone)]
@@ -71,6 +75,9 @@ pub struct ClientConfig {
     /// answer from any node.
     pub require_ready: bool,
     pub client_name: String,
+    /// The token every connection presents (a node with a token file requires one). Its
+    /// `Debug` does not show it.
+    pub token: Option<Token>,
     /// How connections are opened (tokio TCP; the simulation plugs in its own).
     pub dialer: Arc<dyn crate::net::Dialer>,
 }
@@ -86,7 +93,14 @@ impl ClientConfig {
             require_ready: true,
             dialer: crate::net::tcp(),
             client_name: format!("distro-sdk/{}", env!("CARGO_PKG_VERSION")),
+            token: None,
         }
+    }
+
+    /// This config, presenting `token` on every connection.
+    pub fn with_token(mut self, token: impl Into<String>) -> ClientConfig {
+        self.token = Some(Token::new(token.into()));
+        self
     }
 }
 
@@ -160,6 +174,14 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         if config.servers.is_empty() {
             return Err(ClientError::Invalid("no server address given".into()));
+        }
+        if let Some(t) = &config.token
+            && t.len() > TOKEN_LEN_MAX
+        {
+            return Err(ClientError::Invalid(format!(
+                "a token is at most {TOKEN_LEN_MAX} bytes, this one {}",
+                t.len()
+            )));
         }
         let (conn, _) = watch::channel(None);
         let (subs, resync) = cache::Cache::new();
@@ -423,6 +445,29 @@ fn unexpected(m: Message) -> ClientError {
     }
 }
 
+/// A redo step the node refused for want of rights (the token's rights were narrowed since):
+/// another connection would be refused too, so the redo goes on without it.
+fn tolerate_refusal(r: Result<u32, ClientError>, what: &str) -> Result<(), ClientError> {
+    match r {
+        Err(e) if is_auth_refusal(&e) => {
+            warn!(error = %e, "{what} was refused; going on without it");
+            Ok(())
+        }
+        other => other.map(|_| ()),
+    }
+}
+
+/// A node's answer that the token is not good (refused, or without the rights asked for).
+fn is_auth_refusal(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server {
+            code: Some(ErrorCode::Unauthenticated | ErrorCode::PermissionDenied),
+            ..
+        }
+    )
+}
+
 fn expect_ack(m: Message) -> Result<u32, ClientError> {
     match m {
         Message::Ack(n) => Ok(n),
@@ -485,10 +530,13 @@ impl Inner {
         }
     }
 
-    /// Tries every server once, starting at `start`; the first ready one wins.
+    /// Tries every server once, starting at `start`; the first ready one that accepts the
+    /// token wins. If none did and one refused the token, that refusal is the error (a wrong
+    /// token is not a reason to keep dialing, but one node may not have a new token yet).
     async fn dial_from(&self, start: usize) -> Result<(Arc<Conn>, usize), ClientError> {
         let n = self.config.servers.len();
         let mut last = String::new();
+        let mut refused = None;
         for i in 0..n {
             let idx = (start + i) % n;
             let addr = &self.config.servers[idx];
@@ -503,7 +551,18 @@ impl Inner {
             )
             .await
             {
-                Ok(c) if c.hello.ready || !self.config.require_ready => return Ok((c, idx)),
+                Ok(c) if c.hello.ready || !self.config.require_ready => {
+                    match self.present_token(&c).await {
+                        Ok(()) => return Ok((c, idx)),
+                        Err(e) => {
+                            c.close();
+                            last = format!("{addr}: {e}");
+                            if is_auth_refusal(&e) {
+                                refused = Some(e);
+                            }
+                        }
+                    }
+                }
                 Ok(c) => {
                     c.close();
                     last = format!("{addr}: node not ready");
@@ -513,7 +572,19 @@ impl Inner {
                 Err(e) => last = format!("{addr}: {e}"),
             }
         }
-        Err(ClientError::NoServer { tried: n, last })
+        Err(refused.unwrap_or(ClientError::NoServer { tried: n, last }))
+    }
+
+    /// Presents the configured token on a new connection (nothing without one).
+    async fn present_token(&self, conn: &Conn) -> Result<(), ClientError> {
+        let Some(token) = &self.config.token else {
+            return Ok(());
+        };
+        let auth = Message::Auth(token.clone());
+        match conn.call(&auth, self.config.connect_timeout).await? {
+            Message::Ack(_) => Ok(()),
+            other => Err(unexpected(other)),
+        }
     }
 
     /// Where the pushes of a new connection go: the local cache, which tells them from those
@@ -609,15 +680,17 @@ impl Inner {
                     session_bound: bound,
                     instances: chunk.to_vec(),
                 });
-                expect_ack(conn.call(&msg, self.config.request_timeout).await?)?;
+                let r = expect_ack(conn.call(&msg, self.config.request_timeout).await?);
+                tolerate_refusal(r, "registering again")?;
             }
         }
         let names: Vec<ServiceName> = self.subs.names();
         for name in names {
-            expect_ack(
+            let r = expect_ack(
                 conn.call(&Message::Subscribe(name), self.config.request_timeout)
                     .await?,
-            )?;
+            );
+            tolerate_refusal(r, "subscribing again")?;
         }
         Ok(())
     }

@@ -139,6 +139,15 @@ impl Server {
     /// and returns within [`SHUTDOWN_GRACE`].
     pub async fn run(self) {
         let node = self.node;
+        if let Ok(addr) = self.listener.local_addr()
+            && open_to_the_network(addr, &node)
+        {
+            warn!(
+                listen = %addr,
+                "the client port listens beyond loopback and no token file is set: anyone who \
+                 reaches it may register, deregister and read anything (docs/security.md)"
+            );
+        }
         node.tracker.spawn(node.clone().lease_duty());
         let api = Api::new(node.clone());
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
@@ -217,5 +226,31 @@ impl ServerHandle {
     pub async fn stop(self) {
         self.node.shutdown.cancel();
         let _ = self.task.await;
+    }
+}
+
+/// Whether a client listener at `addr` serves anyone who reaches it: not loopback, and no
+/// token file.
+fn open_to_the_network(addr: SocketAddr, node: &Node) -> bool {
+    !addr.ip().is_loopback() && !node.tokens.is_on()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::TokenSet;
+    use crate::clock::Clock;
+
+    #[test]
+    fn a_client_port_beyond_loopback_without_tokens_is_open_to_the_network() {
+        let node = Node::new(Config::default(), Clock::system());
+        let lan: SocketAddr = "0.0.0.0:8858".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:8858".parse().unwrap();
+        let local6: SocketAddr = "[::1]:8858".parse().unwrap();
+        assert!(open_to_the_network(lan, &node));
+        assert!(!open_to_the_network(local, &node));
+        assert!(!open_to_the_network(local6, &node));
+        node.tokens.install(TokenSet::default());
+        assert!(!open_to_the_network(lan, &node));
     }
 }

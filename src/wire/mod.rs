@@ -41,6 +41,10 @@ pub const FRAME_LEN_MAX: usize = 8 << 20;
 /// Bytes of an Error frame's message and of a client name.
 pub const MESSAGE_LEN_MAX: usize = 1024;
 
+/// Bytes of a token in an Auth frame: minted tokens are 71; room for tokens made elsewhere,
+/// and a bound on what a stranger can make a node hash.
+pub const TOKEN_LEN_MAX: usize = 256;
+
 /// Header flag: more frames answering the same request follow (streamed replies).
 pub const FLAG_MORE: u16 = 0x0001;
 
@@ -55,6 +59,7 @@ pub enum Opcode {
     Pong = 0x04,
     Ack = 0x05,
     Error = 0x06,
+    Auth = 0x07,
     Register = 0x10,
     Deregister = 0x11,
     Beat = 0x12,
@@ -100,6 +105,7 @@ impl Opcode {
             0x04 => Pong,
             0x05 => Ack,
             0x06 => Error,
+            0x07 => Auth,
             0x10 => Register,
             0x11 => Deregister,
             0x12 => Beat,
@@ -158,6 +164,11 @@ pub enum ErrorCode {
     NotAllowed = 10,
     ShuttingDown = 11,
     Internal = 12,
+    /// The node requires a token and none was accepted on this connection (a client port),
+    /// or the token presented is not one of the node's.
+    Unauthenticated = 13,
+    /// The connection's token does not grant this access to this namespace.
+    PermissionDenied = 14,
 }
 
 impl ErrorCode {
@@ -176,6 +187,8 @@ impl ErrorCode {
             10 => NotAllowed,
             11 => ShuttingDown,
             12 => Internal,
+            13 => Unauthenticated,
+            14 => PermissionDenied,
             _ => return None,
         })
     }
@@ -195,6 +208,8 @@ impl ErrorCode {
             NotAllowed => "not allowed",
             ShuttingDown => "shutting down",
             Internal => "internal error",
+            Unauthenticated => "unauthenticated",
+            PermissionDenied => "permission denied",
         }
     }
 }

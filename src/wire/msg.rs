@@ -440,6 +440,35 @@ pub struct Hello {
     pub client_name: Text,
 }
 
+/// A client's token, as an Auth frame carries it. Its `Debug` does not show it, so that a
+/// logged message or config never reveals one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(Text);
+
+impl Token {
+    pub fn new(token: impl Into<Text>) -> Token {
+        Token(token.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(<{} bytes, not shown>)", self.0.len())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HelloOk {
     /// The version both sides will speak.
@@ -513,6 +542,8 @@ pub enum Message {
     /// How many items of the request were applied.
     Ack(u32),
     Error(ErrorBody),
+    /// A client presents its token (answered with Ack(1) or an Unauthenticated error).
+    Auth(Token),
     Register(Register),
     Deregister(Vec<InstanceKey>),
     Beat(Vec<InstanceKey>),
@@ -570,6 +601,7 @@ impl Message {
             Message::Pong(_) => Opcode::Pong,
             Message::Ack(_) => Opcode::Ack,
             Message::Error(_) => Opcode::Error,
+            Message::Auth(_) => Opcode::Auth,
             Message::Register(_) => Opcode::Register,
             Message::Deregister(_) => Opcode::Deregister,
             Message::Beat(_) => Opcode::Beat,
@@ -632,6 +664,7 @@ impl Message {
                 out.put_u16(e.code);
                 put_text(out, &e.message, "error message", MESSAGE_LEN_MAX)?;
             }
+            Message::Auth(t) => put_text(out, &t.0, "token", TOKEN_LEN_MAX)?,
             Message::Register(reg) => {
                 out.put_u8(reg.session_bound as u8);
                 encode_instances(out, &reg.instances)?;
@@ -732,6 +765,7 @@ impl Message {
                 code: r.u16("error code")?,
                 message: r.text("error message", MESSAGE_LEN_MAX)?,
             }),
+            Opcode::Auth => Message::Auth(Token(r.text("token", TOKEN_LEN_MAX)?)),
             Opcode::Register => {
                 let session_bound = r.bool("register options")?;
                 let n = r.u16("instance count")? as usize;

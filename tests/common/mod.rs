@@ -55,7 +55,13 @@ pub async fn start() -> ServerHandle {
 /// Binds a server on `addr` (a restarted node on the address of a stopped one), retrying while
 /// the port is still held by the old listener.
 pub async fn start_on(addr: SocketAddr) -> ServerHandle {
+    start_on_with(addr, |_| {}).await
+}
+
+/// [`start_on`] with [`test_config`] changed by `f`.
+pub async fn start_on_with(addr: SocketAddr, f: impl FnOnce(&mut Config)) -> ServerHandle {
     let mut cfg = test_config();
+    f(&mut cfg);
     cfg.listen = addr;
     let deadline = Instant::now() + DEADLINE;
     loop {

@@ -168,6 +168,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         ("ping", Message::Ping(42)),
         ("pong", Message::Pong(42)),
         ("ack", Message::Ack(2)),
+        ("auth", Message::Auth(Token::new("distro_fuzz_admin"))),
         (
             "error",
             Message::Error(ErrorBody::new(ErrorCode::NotReady, "not ready")),
@@ -330,7 +331,13 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
     ]
 }
 
+/// Client-session seeds: a mode byte (bit 0: the node has the fuzz token file), then items.
 fn write_session_seeds(dir: &Path) {
+    let seed = |mode: u8, w: &Writer| {
+        let mut v = vec![mode];
+        v.extend_from_slice(&w.bytes);
+        v
+    };
     let hello = Message::Hello(Hello {
         max_version: 1,
         client_name: "fuzz".into(),
@@ -372,7 +379,7 @@ fn write_session_seeds(dir: &Path) {
         })
         .message(&Message::Unsubscribe(orders()))
         .message(&Message::Ping(1));
-    write(dir, "life", &w.bytes);
+    write(dir, "life", &seed(0, &w));
 
     // A subscriber of a service that keeps changing: the whole list, then deltas (registers,
     // a re-register with other metadata, a deregister, a lapse), a renewed subscription (the
@@ -407,7 +414,7 @@ fn write_session_seeds(dir: &Path) {
         .message(&Message::Deregister(vec![key("10.0.1.6", 8080)]))
         .pause_ms(10)
         .message(&query);
-    write(dir, "deltas", &w.bytes);
+    write(dir, "deltas", &seed(0, &w));
 
     // Short leases run out while the client is silent; a beat after expiry is unknown.
     let mut w = Writer::default();
@@ -417,7 +424,7 @@ fn write_session_seeds(dir: &Path) {
         .pause_ms(400)
         .message(&Message::Beat(vec![key("10.0.0.1", 8080)]))
         .message(&query);
-    write(dir, "lease-expiry", &w.bytes);
+    write(dir, "lease-expiry", &seed(0, &w));
 
     // Rejected requests keep the connection: below the lease floor, empty service, page size 0.
     let mut bad_name = instance("10.0.0.1", (5_000, 15_000, 30_000));
@@ -439,27 +446,27 @@ fn write_session_seeds(dir: &Path) {
             client_name: "old".into(),
         }))
         .message(&query);
-    write(dir, "rejections", &w.bytes);
+    write(dir, "rejections", &seed(0, &w));
 
     // A session-bound register, then garbage: the connection closes and the instance lapses.
     let mut w = Writer::default();
     w.message(&register(true, "10.0.0.3", (5_000, 15_000, 30_000)))
         .raw(&[0, 0, 0, 9, 1, 0x10, 0, 0, 0, 0, 0, 0xFF, 0xFF])
         .message(&query);
-    write(dir, "bad-frame-lapses", &w.bytes);
+    write(dir, "bad-frame-lapses", &seed(0, &w));
 
     // Unknown opcode, wrong version, truncated body.
     let mut w = Writer::default();
     w.body(0x99, &[1, 2, 3]);
-    write(dir, "unknown-opcode", &w.bytes);
+    write(dir, "unknown-opcode", &seed(0, &w));
     let mut w = Writer::default();
     let mut v2 = encode_frame(1, 0, &Message::Ping(1)).to_vec();
     v2[4] = 2;
     w.raw(&v2);
-    write(dir, "version-2", &w.bytes);
+    write(dir, "version-2", &seed(0, &w));
     let mut w = Writer::default();
     w.body(Opcode::Register as u8, &[1, 0, 1, 0, 6]);
-    write(dir, "truncated-register", &w.bytes);
+    write(dir, "truncated-register", &seed(0, &w));
 
     // Generated messages: a register of a pooled key (kind 2), a beat and a query of it.
     let mut choices = vec![2, 1, 1];
@@ -472,7 +479,49 @@ fn write_session_seeds(dir: &Path) {
     w.generated(&beat)
         .generated(&[7, 0, 0, 0, 0, 0])
         .generated(&[9, 0, 0, 0]);
-    write(dir, "generated", &w.bytes);
+    write(dir, "generated", &seed(0, &w));
+
+    // A node with tokens: the admin's token first, then a client's life.
+    let auth = |token: &str| Message::Auth(Token::new(token));
+    let mut w = Writer::default();
+    w.message(&hello)
+        .message(&auth("distro_fuzz_admin"))
+        .message(&register(true, "10.0.0.1", (100, 200, 300)))
+        .message(&Message::Subscribe(orders()))
+        .message(&query)
+        .pause_ms(150)
+        .message(&Message::Beat(vec![key("10.0.0.1", 8080)]))
+        .message(&Message::Deregister(vec![key("10.0.0.1", 8080)]))
+        .message(&Message::ClusterStatus);
+    write(dir, "auth-life", &seed(1, &w));
+
+    // A request before the token and a wrong token (two refusals), then the dev token: a write
+    // outside `dev` and a read of `public` are refused, a second Auth too.
+    let mut w = Writer::default();
+    w.message(&register(false, "10.0.0.1", (5_000, 15_000, 30_000)))
+        .message(&auth("distro_fuzz_admi"))
+        .message(&auth("distro_fuzz_dev"))
+        .message(&register(false, "10.0.0.1", (5_000, 15_000, 30_000)))
+        .message(&auth("distro_fuzz_admin"))
+        .message(&query);
+    write(dir, "auth-refusals", &seed(1, &w));
+
+    // Three refusals: the session ends, the register after them is never read.
+    let mut w = Writer::default();
+    w.message(&auth(""))
+        .message(&Message::Ping(1))
+        .message(&query)
+        .message(&auth("distro_fuzz_adminx"))
+        .message(&register(false, "10.0.0.1", (5_000, 15_000, 30_000)));
+    write(dir, "auth-three-strikes", &seed(1, &w));
+
+    // A reader writes (refused) and reads; generated Auths of the pool (kind 13).
+    let mut w = Writer::default();
+    w.generated(&[13, 1])
+        .message(&register(true, "10.0.0.1", (100, 200, 300)))
+        .message(&query)
+        .generated(&[13, 0]);
+    write(dir, "auth-reader", &seed(1, &w));
 }
 
 /// Peer-port seeds: a mode byte (bit 0: skip the handshake, bit 1: the node is ready), then

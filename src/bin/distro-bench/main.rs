@@ -5,7 +5,7 @@
 //! ([`distro::client::Conn`]).
 //!
 //! ```text
-//! distro-bench [--servers ADDR,...] [--spawn N] <scenario> [options]
+//! distro-bench [--servers ADDR,...] [--spawn N [--spawn-tokens]] [--token T] <scenario> [options]
 //!   register --instances N [--services M] [--connections C] [--pipeline P] [--batch B]
 //!   query    --instances N [--services M] --duration-s S [--connections C] [--pipeline P]
 //!   beat     --instances N --duration-s S [--connections C]
@@ -18,6 +18,11 @@
 //! answer is in, so no send is ever postponed behind a slow answer). Only requests the node
 //! acknowledged count as ops; failures count as errors. A progress line goes to stderr about
 //! once a second; the last line of stdout is one JSON object with the results.
+//!
+//! With `--token` (or `DISTRO_TOKEN`) every connection presents that token after Hello; with
+//! `--spawn-tokens` the spawned nodes require tokens (a token file with one token that writes
+//! every namespace, minted for the run) and every connection presents it — so that the cost of
+//! token checks is measured against the same scenario without them (`"tokens"` in the JSON).
 //!
 //! Every scenario reports the CPU it and (with `--spawn`) the nodes used over its measured
 //! phase: `generator_cpu_s`, `nodes_cpu_s` and `generator_cpu_share`, the generator's part of
@@ -109,6 +114,13 @@ struct Cli {
     /// allocator's freed pages are given back.
     #[arg(long, global = true, default_value_t = 0.0)]
     settle_s: f64,
+    /// Token every connection presents to the nodes (those with a token file require one).
+    #[arg(long, env = "DISTRO_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// With --spawn: the nodes require tokens (a token file with one token for the run, which
+    /// every connection presents).
+    #[arg(long, global = true)]
+    spawn_tokens: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -210,15 +222,39 @@ fn fail(e: &anyhow::Error) -> ! {
     std::process::exit(1);
 }
 
+/// The token every connection presents, if any (set once, before the first connection).
+static TOKEN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+fn client_token() -> Option<&'static str> {
+    TOKEN.get().and_then(|t| t.as_deref())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     validate(&cli.scenario)?;
+    if cli.spawn_tokens && cli.spawn.is_none() {
+        bail!("--spawn-tokens needs --spawn");
+    }
+    let token = match (cli.spawn_tokens, &cli.token) {
+        (true, _) => Some(distro::auth::file::mint_token()),
+        (false, t) => t.clone(),
+    };
+    let tokens_on = token.is_some();
+    TOKEN.set(token).expect("set once");
     // The guard stops the spawned nodes whichever way this function is left.
     let joining = matches!(cli.scenario, Scenario::Join { .. });
     if joining && cli.spawn.is_none_or(|n| n < 2) {
         bail!("join needs --spawn N with N >= 2 (the last node joins)");
     }
     let mut cluster = match cli.spawn {
-        Some(n) => Some(SpawnedCluster::start(n, joining as usize, cli.distrod.as_deref()).await?),
+        Some(n) => Some(
+            SpawnedCluster::start(
+                n,
+                joining as usize,
+                cli.distrod.as_deref(),
+                cli.spawn_tokens,
+            )
+            .await?,
+        ),
         None => None,
     };
     let servers = match &cluster {
@@ -309,6 +345,7 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     };
     let nodes = cluster.as_ref().map_or(servers.len(), |c| c.children.len());
     out.insert("nodes".into(), json!(nodes));
+    out.insert("tokens".into(), json!(tokens_on));
     if let Some(c) = &cluster {
         if !(0.0..=3600.0).contains(&cli.settle_s) {
             bail!("--settle-s must be 0..=3600 seconds");
@@ -648,7 +685,7 @@ async fn dial(
 ) -> Result<Arc<Conn>, distro::client::ClientError> {
     let tasks = tokio_util::task::TaskTracker::new();
     let owner = CancellationToken::new();
-    Conn::open(
+    let conn = Conn::open(
         &distro::net::Tcp,
         addr,
         name,
@@ -657,7 +694,25 @@ async fn dial(
         &tasks,
         &owner,
     )
-    .await
+    .await?;
+    if let Some(t) = client_token() {
+        let auth = Message::Auth(distro::wire::Token::new(t));
+        match conn.call(&auth, timeout).await? {
+            Message::Ack(_) => {}
+            Message::Error(e) => {
+                conn.close();
+                return Err(distro::client::ClientError::from_body(e));
+            }
+            other => {
+                conn.close();
+                return Err(distro::client::ClientError::Unexpected(format!(
+                    "{:?} answering Auth",
+                    other.opcode()
+                )));
+            }
+        }
+    }
+    Ok(conn)
 }
 
 /// `n` connections, round-robin over `servers`, each to a ready node.
@@ -1644,6 +1699,8 @@ struct SpawnedCluster {
     client_addrs: Vec<String>,
     peer_addrs: Vec<String>,
     token: String,
+    /// The token file the nodes load (with `--spawn-tokens`).
+    token_file: Option<PathBuf>,
     /// The started nodes, in member order (node i + 1 is `children[i]`).
     children: Vec<Child>,
     dir: PathBuf,
@@ -1659,6 +1716,7 @@ impl SpawnedCluster {
         n: usize,
         held_back: usize,
         distrod: Option<&Path>,
+        with_tokens: bool,
     ) -> anyhow::Result<SpawnedCluster> {
         if n == 0 || n > 8 {
             bail!("--spawn must be 1..=8");
@@ -1695,11 +1753,27 @@ impl SpawnedCluster {
         let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
         let dir = std::env::temp_dir().join(format!("distro-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let token_file = match (with_tokens, client_token()) {
+            (true, Some(client_token)) => {
+                let path = dir.join("tokens.toml");
+                let entry = distro::auth::file::token_entry(
+                    "distro-bench",
+                    client_token,
+                    &[],
+                    &["*".to_string()],
+                )?;
+                std::fs::write(&path, entry)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            _ => None,
+        };
         let mut cluster = SpawnedCluster {
             exe,
             client_addrs,
             peer_addrs,
             token,
+            token_file,
             children: Vec::new(),
             dir: dir.clone(),
             logs: Vec::new(),
@@ -1733,6 +1807,11 @@ impl SpawnedCluster {
             .args(["--log-level", "warn"])
             // Several nodes on one machine: the default admin port would collide.
             .args(["--http", "off"])
+            .args(
+                self.token_file
+                    .iter()
+                    .flat_map(|p| [std::ffi::OsStr::new("--token-file"), p.as_os_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);

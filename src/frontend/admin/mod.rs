@@ -126,12 +126,15 @@ async fn ready(State(api): State<Api>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
 }
 
-async fn cluster(State(api): State<Api>) -> Json<ClusterJson> {
-    Json(ClusterJson::from(&api.cluster_status()))
+// The registry's data is read as the guest (`Api::guest`): everything on a node without a
+// token file, nothing on a node with one, until this port takes tokens (docs/security.md §4.2).
+
+async fn cluster(State(api): State<Api>) -> Result<Json<ClusterJson>, AdminError> {
+    Ok(Json(ClusterJson::from(&api.cluster_status(&api.guest())?)))
 }
 
 async fn namespaces(State(api): State<Api>) -> Result<Json<Vec<NamespaceJson>>, AdminError> {
-    let list = api.list_namespaces()?;
+    let list = api.list_namespaces(&api.guest())?;
     Ok(Json(list.iter().map(NamespaceJson::from).collect()))
 }
 
@@ -149,7 +152,7 @@ async fn services(
     let mut out = Vec::new();
     let mut page = 0;
     loop {
-        let list = api.list_services(&p.namespace, page, PAGE_SIZE_MAX as u16)?;
+        let list = api.list_services(&api.guest(), &p.namespace, page, PAGE_SIZE_MAX as u16)?;
         out.extend(
             list.services
                 .iter()
@@ -187,7 +190,7 @@ async fn instances(
 ) -> Result<Json<Vec<InstanceJson>>, AdminError> {
     let Query(p) = params?;
     let name = ServiceName::new(&p.namespace, &p.group, &p.service);
-    let snap = api.query(&name, "", p.healthy_only)?.decode();
+    let snap = api.query(&api.guest(), &name, "", p.healthy_only)?.decode();
     Ok(Json(InstanceJson::all(&snap)))
 }
 
@@ -249,6 +252,8 @@ fn status_of(r: &Rejection) -> StatusCode {
         | Rejection::InvalidArgument { .. }
         | Rejection::LimitExceeded { .. }
         | Rejection::Refused { .. } => StatusCode::BAD_REQUEST,
+        Rejection::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Rejection::PermissionDenied { .. } => StatusCode::FORBIDDEN,
     }
 }
 

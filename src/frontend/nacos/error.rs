@@ -81,6 +81,11 @@ impl NacosError {
                 | Rejection::InvalidArgument { .. }
                 | Rejection::LimitExceeded { .. }
                 | Rejection::Refused { .. } => StatusCode::BAD_REQUEST,
+                // Nacos answers 403 to a request without a valid token and to one without the
+                // right (its clients then log in again).
+                Rejection::Unauthenticated | Rejection::PermissionDenied { .. } => {
+                    StatusCode::FORBIDDEN
+                }
             },
         }
     }
@@ -93,6 +98,9 @@ impl NacosError {
             NacosError::NoSuchInstance => V2Code::InstanceNotFound,
             NacosError::Rejected(Rejection::NotFound { .. }) => V2Code::ResourceNotFound,
             NacosError::Rejected(Rejection::Invalid(_)) => V2Code::InstanceError,
+            NacosError::Rejected(
+                Rejection::Unauthenticated | Rejection::PermissionDenied { .. },
+            ) => V2Code::AccessDenied,
             e if e.status() == StatusCode::SERVICE_UNAVAILABLE => V2Code::ServerError,
             _ => V2Code::ParameterValidateError,
         }
@@ -109,6 +117,9 @@ impl NacosError {
             NacosError::Rejected(Rejection::Overloaded { .. } | Rejection::Timeout { .. }) => {
                 error_code::OVER_THRESHOLD
             }
+            NacosError::Rejected(
+                Rejection::Unauthenticated | Rejection::PermissionDenied { .. },
+            ) => error_code::NO_RIGHT,
             _ => error_code::INVALID_PARAM,
         }
     }

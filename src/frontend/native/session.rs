@@ -7,6 +7,11 @@
 //! connection is closed (the stream can no longer be trusted); nothing of it reaches the store.
 //! A request that decodes but is not acceptable (a lease below the floor, a message only a node
 //! sends) gets an Error frame with its own request id and the connection stays open.
+//!
+//! On a node with a token file the client presents its token in an Auth frame; the session
+//! keeps the caller it stands for, and the request API checks every request against it. A
+//! connection refused for want of a valid token `AUTH_FAILURES_MAX` times, or whose token a
+//! reload withdrew, is closed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::api::subscriptions::PushQueue;
-use crate::api::{Api, Push, Rejection, Session, Write};
+use crate::api::{AUTH_FAILURES_MAX, Api, Push, Rejection, Session, Write};
 use crate::model::BATCH_INSTANCES_MAX;
 use crate::net::{BoxStream, Extra, WriterConfig};
 use crate::wire::{
@@ -156,6 +161,25 @@ impl Conn {
     }
 
     async fn handle(&mut self, frame: Frame) -> Flow {
+        if self.session.is_revoked() {
+            info!(peer = %self.peer, "closing client connection: its token was withdrawn");
+            self.send_error(0, Rejection::Unauthenticated.to_error_body())
+                .await;
+            return Flow::Close;
+        }
+        let flow = self.dispatch(frame).await;
+        if self.session.auth_failures_exhausted() {
+            info!(
+                peer = %self.peer,
+                failures = AUTH_FAILURES_MAX,
+                "closing client connection after repeated authentication failures"
+            );
+            return Flow::Close;
+        }
+        flow
+    }
+
+    async fn dispatch(&mut self, frame: Frame) -> Flow {
         let rid = frame.request_id;
         let msg = match frame.message() {
             Ok(m) => m,
@@ -198,6 +222,10 @@ impl Conn {
                 self.send(rid, &Message::HelloOk(ok)).await
             }
             Message::Ping(n) => self.send(rid, &Message::Pong(n)).await,
+            Message::Auth(token) => {
+                let r = self.session.authenticate(token.as_str());
+                self.answer(rid, r.map(|()| Message::Ack(1))).await
+            }
             Message::Register(reg) => {
                 let w = self
                     .session
@@ -213,12 +241,14 @@ impl Conn {
                 let w = self.session.beat(keys).await;
                 self.write(rid, w, Message::BeatAck).await
             }
-            Message::Query(q) => match self.api.query(&q.name, &q.cluster, q.healthy_only) {
+            Message::Query(q) => match self.session.query(&q.name, &q.cluster, q.healthy_only) {
                 Ok(snap) => self.send_body(rid, Opcode::QueryResult, snap.body()).await,
                 Err(r) => self.send_error(rid, r.to_error_body()).await,
             },
             Message::ListServices(l) => {
-                let list = self.api.list_services(&l.namespace, l.page, l.page_size);
+                let list = self
+                    .session
+                    .list_services(&l.namespace, l.page, l.page_size);
                 self.answer(rid, list.map(Message::ServiceList)).await
             }
             Message::Subscribe(name) => {
@@ -233,11 +263,12 @@ impl Conn {
                 self.answer(rid, r).await
             }
             Message::ClusterStatus => {
-                let status = self.api.cluster_status();
-                self.send(rid, &Message::ClusterStatusResult(status)).await
+                let status = self.session.cluster_status();
+                self.answer(rid, status.map(Message::ClusterStatusResult))
+                    .await
             }
             Message::Owner { ip, port } => {
-                let owner = self.api.owner(&ip, port);
+                let owner = self.session.owner(&ip, port);
                 self.answer(rid, owner.map(Message::OwnerResult)).await
             }
             other => {

@@ -321,7 +321,9 @@ impl Handler {
             [one] => one,
             _ => "",
         };
-        let snap = self.api().query(name, store_cluster, healthy_only)?;
+        let snap = self
+            .api()
+            .query(&self.api().guest(), name, store_cluster, healthy_only)?;
         let s = snap.decode();
         let shape = InfoShape {
             grouped_name: false,
@@ -392,9 +394,13 @@ impl Handler {
         let page_no = u32::try_from(page_no).unwrap_or(u32::MAX);
         // Out of u16 is out of the API's page bound too, which refuses it with its reason.
         let page_size = u16::try_from(r.page_size.unwrap_or(10)).unwrap_or(0);
-        let list = self
-            .api()
-            .list_group_services(namespace, group, page_no, page_size)?;
+        let list = self.api().list_group_services(
+            &self.api().guest(),
+            namespace,
+            group,
+            page_no,
+            page_size,
+        )?;
         Ok(payload(&ServiceListResponse {
             head: ResponseHead::ok(&r.request_id),
             count: list.total as usize,

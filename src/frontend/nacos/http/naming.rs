@@ -52,7 +52,7 @@ pub async fn update<const V2: bool>(State(h): St, req: Request) -> Response {
         let p: InstanceParams = params(req).await?.to();
         let f = p.form()?;
         let key = convert::key(&f.key);
-        let current = h.api.instance(&key).map_err(not_found)?;
+        let current = h.api.instance(&h.api.guest(), &key).map_err(not_found)?;
         let enabled_given = names::given(Some(&p.enabled))
             .or(names::given(Some(&p.enable)))
             .is_some();
@@ -86,7 +86,11 @@ pub async fn deregister<const V2: bool>(State(h): St, req: Request) -> Response 
         let key = convert::key(&p.key()?);
         p.check_ephemeral()?;
         let api = h.api.clone();
-        carried_out(&h, async move { api.deregister(&[key]).await }).await?;
+        carried_out(
+            &h,
+            async move { api.deregister(&api.guest(), &[key]).await },
+        )
+        .await?;
         Ok(())
     }
     .await;
@@ -110,7 +114,7 @@ async fn carried_out<T: Send + 'static>(
 
 async fn write_instance(h: &Http, inst: Instance) -> Result<u32, Rejection> {
     let api = h.api.clone();
-    carried_out(h, async move { api.register(&[inst]).await }).await
+    carried_out(h, async move { api.register(&api.guest(), &[inst]).await }).await
 }
 
 /// An API "not found" is Nacos's "no matched ip found!".
@@ -126,7 +130,10 @@ pub async fn detail<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
         let p: InstanceDetailParams = params(req).await?.to();
         let k = p.key()?;
-        let v = h.api.instance(&convert::key(&k)).map_err(not_found)?;
+        let v = h
+            .api
+            .instance(&h.api.guest(), &convert::key(&k))
+            .map_err(not_found)?;
         let service = names::grouped(k.group, k.service);
         let instance_id = names::instance_id(k.ip, k.port, k.cluster, k.group, k.service);
         Ok::<_, NacosError>((service, instance_id, v))
@@ -174,7 +181,10 @@ pub async fn list<const V2: bool>(State(h): St, req: Request) -> Response {
             [one] => one,
             _ => "",
         };
-        let snap = h.api.query(&name, store_cluster, q.healthy_only)?.decode();
+        let snap = h
+            .api
+            .query(&h.api.guest(), &name, store_cluster, q.healthy_only)?
+            .decode();
         let shape = InfoShape {
             grouped_name: true,
             clusters_text: q.clusters_text,
@@ -200,7 +210,7 @@ pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
         let b = p.beat(info.as_ref())?;
         let key = convert::key(&b.key);
         let (api, k) = (h.api.clone(), key.clone());
-        let unknown = !carried_out(&h, async move { api.beat(&[k]).await })
+        let unknown = !carried_out(&h, async move { api.beat(&api.guest(), &[k]).await })
             .await?
             .is_empty();
         let default_interval = Lease::default().beat_ms;
@@ -218,7 +228,7 @@ pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
             (false, None) => {
                 let interval = h
                     .api
-                    .instance(&key)
+                    .instance(&h.api.guest(), &key)
                     .ok()
                     .and_then(|v| convert::lease(&convert::metadata_map(&v)).ok())
                     .map_or(default_interval, |l| l.beat_ms);
@@ -248,6 +258,7 @@ pub async fn service_list<const V2: bool>(State(h): St, req: Request) -> Respons
         // Past u16 it is past the API's page bound anyway, which refuses it with its reason.
         let size = u16::try_from(page.page_size).unwrap_or(u16::MAX);
         let list = h.api.list_group_services(
+            &h.api.guest(),
             page.namespace,
             page.group,
             page.page_no.saturating_sub(1),

@@ -50,11 +50,10 @@ pub async fn metrics(State(h): State<Arc<Http>>, req: Request) -> Response {
         let me = h.api.node_id();
         let owned = h
             .api
-            .cluster_status()
-            .members
-            .iter()
-            .find(|m| m.id == me)
-            .map_or(0, |m| m.owned);
+            .cluster_status(&h.api.guest())
+            .ok()
+            .and_then(|s| s.members.iter().find(|m| m.id == me).map(|m| m.owned))
+            .unwrap_or(0);
         m.service_count = Some(counts.services);
         m.instance_count = Some(counts.instances);
         m.subscribe_count = Some(counts.subscriptions);
@@ -84,7 +83,10 @@ pub async fn readiness(State(h): State<Arc<Http>>) -> Response {
 /// members' peer addresses (the address list is the identity of a Distro cluster); `extendInfo`
 /// carries each member's node id and the live instances it owns.
 pub async fn cluster_nodes(State(h): State<Arc<Http>>) -> Response {
-    let status = h.api.cluster_status();
+    let status = match h.api.cluster_status(&h.api.guest()) {
+        Ok(s) => s,
+        Err(r) => return error::<false>(NacosError::Rejected(r)),
+    };
     let members: Vec<Member> = status
         .members
         .iter()
