@@ -155,7 +155,7 @@ async fn handshake(
     let hello = Message::PeerHello(PeerHello {
         node_id: PEER_ID,
         max_version: 1,
-        members_hash: me.members_hash,
+        cluster_hash: me.cluster_hash,
         nonce,
     });
     wr.write_all(&encode_frame(0, 0, &hello)).await.unwrap();

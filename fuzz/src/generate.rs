@@ -264,7 +264,7 @@ fn not_a_request(inp: &mut Input) -> Message {
         8 => Message::PeerHello(PeerHello {
             node_id: inp.u16(),
             max_version: 1,
-            members_hash: inp.u64(),
+            cluster_hash: inp.u64(),
             nonce: [inp.u8(); 16],
         }),
         _ => Message::SnapshotRequest,

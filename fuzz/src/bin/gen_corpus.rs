@@ -251,7 +251,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
             Message::PeerHello(PeerHello {
                 node_id: 2,
                 max_version: 1,
-                members_hash: 0x1234,
+                cluster_hash: 0x1234,
                 nonce: [7; NONCE_LEN],
             }),
         ),
@@ -505,7 +505,7 @@ fn write_peer_seeds(dir: &Path) {
     w.message(&Message::PeerHello(PeerHello {
         node_id: 2,
         max_version: 1,
-        members_hash: 0,
+        cluster_hash: 0,
         nonce: [1; NONCE_LEN],
     }));
     write(dir, "stranger-hello", &seed(0b11, &w));
