@@ -267,6 +267,7 @@ fn not_a_request(inp: &mut Input) -> Message {
             cluster_hash: inp.u64(),
             nonce: [inp.u8(); 16],
         }),
+        9 => Message::Leave(inp.u16()),
         _ => Message::SnapshotRequest,
     }
 }
@@ -282,7 +283,7 @@ pub fn view_hash(inp: &mut Input) -> u64 {
 }
 
 /// A message a peer might send on the peer port: a kind byte, then its fields. Mostly the
-/// cluster's requests; one kind in eight is a client message, which the peer port refuses.
+/// cluster's requests; one kind in sixteen is a client message, which the peer port refuses.
 pub fn peer_message(inp: &mut Input) -> Message {
     match inp.u8() % 16 {
         0 => Message::Ping(inp.u64()),
@@ -322,6 +323,8 @@ pub fn peer_message(inp: &mut Input) -> Message {
         }),
         12 => Message::SnapshotRequest,
         13 => Message::Records(list(inp, 2, |i| sync_record(i, crate::WALL_START_MS))),
+        // The peer leaving (its own id), or naming another node.
+        14 => Message::Leave(inp.pick(&[2, 3, 0])),
         _ => client_message(inp),
     }
 }

@@ -6,7 +6,8 @@
 //!   of a starting node and readiness, the handshake checks. Events and times in, commands out.
 //! - `driver`: the async duties that feed the engine its events and run its commands over the
 //!   links — member probes, view installs and handoffs, the sync flusher, verify rounds and
-//!   pulls, the load on start.
+//!   pulls, the load on start; changes of the member list ([`Cluster::set_members`]) and the
+//!   graceful leave ([`Cluster::leave`]).
 //! - `forward`: the write path — registers, deregisters, beats and lapses sent to their
 //!   owners; `gather`: registers forwarded to one owner at once, sent as one frame.
 //! - [`auth`]: the HMAC primitives of the peer handshake and the node's [`Identity`].

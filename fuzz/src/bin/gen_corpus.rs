@@ -310,6 +310,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
             Message::Records(vec![record("10.0.0.1", 7 << 16, 3, true)]),
         ),
         ("snapshot-request", Message::SnapshotRequest),
+        ("leave", Message::Leave(3)),
     ]
 }
 
@@ -474,6 +475,17 @@ fn write_peer_seeds(dir: &Path) {
 
     // The same while the node is still loading (a snapshot request is refused).
     write(dir, "loading-peer", &seed(0b00, &w));
+    // The same to a node that is leaving the cluster (it forwards what it is sent on).
+    write(dir, "leaving-node", &seed(0b110, &w));
+
+    // The peer leaves (then sends on; and a Leave naming another node).
+    let mut w = Writer::default();
+    forwards(&mut w);
+    w.message(&Message::Leave(2))
+        .message(&Message::Leave(3))
+        .message(&Message::Ping(1));
+    forwards(&mut w);
+    write(dir, "peer-leaves", &seed(0b10, &w));
 
     // A client message on the peer port, and an undecodable frame.
     let mut w = Writer::default();
