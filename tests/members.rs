@@ -141,6 +141,31 @@ async fn a_leaving_node_hands_its_keys_over_before_it_stops_and_is_up_again_only
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_reach_a_leaving_node_go_to_the_new_owners() {
+    let _serial = serial().await;
+    let mut tc = TestCluster::start(3).await;
+    // Node 3 leaves but has not stopped yet: its clients' writes (and forwards that were on
+    // their way to it) still arrive.
+    tc.cluster(3).leave().await;
+    let late = instances(26, 300);
+    register_via(&tc, 3, &late).await;
+    let view = tc.store(1).ownership();
+    assert_eq!(view.live(), [1, 2]);
+    for i in &late {
+        let owner = view.owner(&i.key.ip, i.key.port);
+        let r = tc.store(owner).get(&i.key).expect("at its new owner");
+        assert!(
+            r.alive && r.version.origin == owner,
+            "{:?} written by its owner",
+            i.key
+        );
+    }
+    tc.stop(3).await;
+    assert_eq!(tc.wait_converged().await.len(), late.len());
+    tc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_added_and_removed_at_run_time_move_only_their_own_share() {
     let _serial = serial().await;
     // Four nodes bound; the first three form the cluster, node 4 is not started yet and is in

@@ -7,8 +7,14 @@
 //! rejects (empty names, control characters, port 0, leases below the floor, weights out of
 //! range) are in the pools on purpose.
 
-use distro::wire::{DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, ListServices, Message, PeerHello, PullMsg, Query, Register, SyncRecord};
-use distro::model::{BATCH_INSTANCES_MAX, IP_LEN_MAX, Instance, InstanceKey, Lease, META_ENTRIES_MAX, Metadata, NAME_LEN_MAX, ServiceName, Text, Version};
+use distro::model::{
+    BATCH_INSTANCES_MAX, IP_LEN_MAX, Instance, InstanceKey, Lease, META_ENTRIES_MAX, Metadata,
+    NAME_LEN_MAX, ServiceName, Text, Version,
+};
+use distro::wire::{
+    DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, ListServices, Message, PeerHello, PullMsg,
+    Query, Register, SyncRecord,
+};
 
 use crate::Input;
 

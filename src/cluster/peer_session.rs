@@ -610,4 +610,74 @@ mod tests {
         node.tracker.close();
         node.tracker.wait().await;
     }
+
+    #[tokio::test]
+    async fn a_leave_is_acknowledged_only_for_the_peer_that_sends_it() {
+        let (node, mut frames, mut wr) = connected().await;
+        // (request id, Leave naming, the answer's error code; None: Ack(0))
+        let table = [
+            (30, 3, Some(ErrorCode::InvalidArgument)),
+            (31, 0, Some(ErrorCode::InvalidArgument)),
+            (32, 2, None),
+            // Again (a retry): the same answer.
+            (33, 2, None),
+        ];
+        for (rid, id, want) in table {
+            wr.write_all(&encode_frame(rid, 0, &Message::Leave(id)))
+                .await
+                .unwrap();
+            let f = next(&mut frames).await;
+            assert_eq!(f.request_id, rid);
+            match (f.message().unwrap(), want) {
+                (Message::Ack(0), None) => {}
+                (Message::Error(e), Some(code)) => assert_eq!(e.kind(), Some(code), "Leave({id})"),
+                (other, _) => panic!("Leave({id}) answered {other:?}"),
+            }
+        }
+        node.shutdown.cancel();
+        node.tracker.close();
+        node.tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_leaving_node_lets_no_new_peer_in() {
+        let (node, _frames, _wr) = connected().await;
+        let cluster = node.cluster.clone().unwrap();
+        cluster.leave().await;
+        let (near, far) = tokio::io::duplex(1 << 16);
+        node.tracker.spawn(serve(
+            cluster.clone(),
+            Box::new(near),
+            member(3),
+            node.shutdown.clone(),
+        ));
+        let (rd, mut wr) = tokio::io::split(far);
+        let mut frames = FramedRead::new(rd, FrameCodec::default());
+        let nonce = [9; NONCE_LEN];
+        let hello = PeerHello {
+            node_id: 3,
+            max_version: PROTOCOL_VERSION,
+            cluster_hash: cluster.identity.cluster_hash,
+            nonce,
+        };
+        wr.write_all(&encode_frame(0, 0, &Message::PeerHello(hello)))
+            .await
+            .unwrap();
+        let Ok(Message::PeerChallenge(ch)) = next(&mut frames).await.message() else {
+            panic!("no challenge")
+        };
+        let proof = auth::mac(TOKEN.as_bytes(), auth::DIALER_LABEL, &ch.nonce, &nonce, 3);
+        wr.write_all(&encode_frame(0, 0, &Message::PeerAuth(proof)))
+            .await
+            .unwrap();
+        // A good proof, but the node is leaving: no Ack, ShuttingDown, and the connection ends.
+        match next(&mut frames).await.message().unwrap() {
+            Message::Error(e) => assert_eq!(e.kind(), Some(ErrorCode::ShuttingDown)),
+            other => panic!("a leaving node answered a good proof with {other:?}"),
+        }
+        assert!(frames.next().await.is_none(), "the connection ends");
+        node.shutdown.cancel();
+        node.tracker.close();
+        node.tracker.wait().await;
+    }
 }

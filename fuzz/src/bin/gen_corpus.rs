@@ -230,12 +230,22 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 node_id: 1,
                 ready: true,
                 instances: 2,
-                members: vec![MemberStatus {
-                    id: 1,
-                    addr: "127.0.0.1:8859".into(),
-                    up: true,
-                    owned: 2,
-                }],
+                members: vec![
+                    MemberStatus {
+                        id: 1,
+                        addr: "127.0.0.1:8859".into(),
+                        up: true,
+                        left: false,
+                        owned: 2,
+                    },
+                    MemberStatus {
+                        id: 3,
+                        addr: "127.0.0.1:7859".into(),
+                        up: false,
+                        left: true,
+                        owned: 0,
+                    },
+                ],
             }),
         ),
         (
