@@ -18,14 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use distro::api::Api;
 use distro::clock::Clock;
 use distro::config::Config;
-use distro::frontend::native::session;
-use distro::model::{ServiceName, Text};
 use distro::net::BoxStream;
+use distro::api::Api;
+use distro::frontend::native::session;
 use distro::node::Node;
 use distro::wire::{Message, Query, encode_frame};
+use distro::model::{ServiceName, Text};
 use distro_fuzz::harness::{self, peer_addr, within_deadline};
 use distro_fuzz::session_input::{self, Item};
 use libfuzzer_sys::fuzz_target;

@@ -20,12 +20,12 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use distro::clock::{Clock, hlc_physical_ms};
 use distro::hash::HashSet;
-use distro::model::DIGEST_BUCKETS;
-use distro::model::{InstanceKey, ServiceName, Text, Version};
 use distro::ownership::Ownership;
+use distro::model::DIGEST_BUCKETS;
 use distro::store::digest::{BucketSet, bucket_of};
 use distro::store::{BeatOutcome, NoObserver, RecordBatch, SHARDS, Store, VERSION_FUTURE_MAX_MS};
 use distro::wire::{Message, Opcode, Query, SyncRecord};
+use distro::model::{InstanceKey, ServiceName, Text, Version};
 use distro_fuzz::Input;
 use distro_fuzz::store_input::{OTHERS, Op, SELF, next_op};
 use libfuzzer_sys::fuzz_target;
@@ -288,10 +288,7 @@ async fn apply_op(store: &Store, op: &Op) {
                 },
                 healthy_only: *healthy_only,
             };
-            match Message::decode(
-                Opcode::QueryResult,
-                store.query(&q.name, &q.cluster, q.healthy_only),
-            ) {
+            match Message::decode(Opcode::QueryResult, store.query(&q.name, &q.cluster, q.healthy_only)) {
                 Ok(Message::QueryResult(s)) => assert_eq!(s.name, q.name),
                 other => panic!("the query answer for {q:?} decodes as {other:?}"),
             }
