@@ -14,8 +14,8 @@
 //!   logical clock that versions every write.
 //! - [`cluster`]: the Distro protocol between nodes — its decisions in a sans-IO engine
 //!   (membership and failure detection, handoff, digest verify and pull, load and readiness,
-//!   the peer handshake) and the async driver that runs them over the links; forwarding and
-//!   batched sync.
+//!   the peer handshake, graceful leaves) and the async driver that runs them over the links;
+//!   forwarding and batched sync; the member list changing at run time.
 //! - [`metrics`]: the node's metrics — one registry, counted where the work happens, exposed
 //!   by the admin port in the Prometheus text format.
 //! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,

@@ -39,6 +39,9 @@ pub struct Node {
     ready: Arc<AtomicBool>,
     next_session: AtomicU64,
     pub shutdown: CancellationToken,
+    /// Cancelled when a graceful stop begins ([`Node::stop_gracefully`]), and by the shutdown:
+    /// the node takes no new connections from then on.
+    pub draining: CancellationToken,
     /// Every task of the node is spawned here, so that a shutdown waits for all of them.
     pub tracker: TaskTracker,
 }
@@ -117,9 +120,23 @@ impl Node {
             store,
             subs,
             next_session: AtomicU64::new(1),
+            draining: shutdown.child_token(),
             shutdown,
             tracker,
         })
+    }
+
+    /// A graceful stop (SIGTERM): no new connections; in a cluster the node leaves — its
+    /// peers take over its keys at once, with what it owned and every write it made
+    /// ([`Cluster::leave`]); then the shutdown: client sessions end with `ShuttingDown` (their
+    /// instances are not reported unhealthy: their clients register them again at another
+    /// node), and the tasks stop. The caller waits for them ([`crate::server::Server::run`]).
+    pub async fn stop_gracefully(&self) {
+        self.draining.cancel();
+        if let Some(c) = &self.cluster {
+            c.leave().await;
+        }
+        self.shutdown.cancel();
     }
 
     pub fn is_ready(&self) -> bool {
@@ -149,6 +166,7 @@ impl Node {
                 id: self.config.node_id,
                 addr: self.config.listen.to_string().into(),
                 up: true,
+                left: false,
                 owned: n,
             }],
         }

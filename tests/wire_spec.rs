@@ -505,12 +505,21 @@ fn expected(name: &str) -> Option<Expected> {
                         id: 1,
                         addr: "127.0.0.1:8859".into(),
                         up: true,
+                        left: false,
                         owned: 1,
                     },
                     MemberStatus {
                         id: 2,
                         addr: "127.0.0.1:9859".into(),
                         up: false,
+                        left: false,
+                        owned: 0,
+                    },
+                    MemberStatus {
+                        id: 3,
+                        addr: "127.0.0.1:7859".into(),
+                        up: false,
+                        left: true,
                         owned: 0,
                     },
                 ],
@@ -545,7 +554,7 @@ fn expected(name: &str) -> Option<Expected> {
             Message::PeerHello(PeerHello {
                 node_id: 2,
                 max_version: 1,
-                members_hash: 0x1122_3344_5566_7788,
+                cluster_hash: 0x1122_3344_5566_7788,
                 nonce: run_of(0x00),
             }),
         ),
@@ -558,6 +567,7 @@ fn expected(name: &str) -> Option<Expected> {
             }),
         ),
         "PeerAuth" => frame(0, Message::PeerAuth(run_of(0x40))),
+        "Leave" => frame(27, Message::Leave(3)),
         "FwdRegister" => frame(
             21,
             Message::FwdRegister {
@@ -1008,6 +1018,8 @@ fn hash_vectors_match_the_definitions_and_the_code() {
     assert_eq!(Ownership::new(vec![3, 1, 2]).owner("10.0.0.1", 8080), owner);
     let view_hash = xxh3_64(&[0, 1, 0, 2, 0, 3]);
     assert_eq!(Ownership::new(vec![3, 2, 1, 2]).view_hash(), view_hash);
+    let cluster_hash = xxh3_64(b"distro");
+    assert_eq!(distro::cluster::auth::cluster_hash("distro"), cluster_hash);
 
     // ...and with the spec's vectors.
     let want: BTreeMap<String, u64> = [
@@ -1019,6 +1031,7 @@ fn hash_vectors_match_the_definitions_and_the_code() {
         ("score_node_3", scores[2].0),
         ("owner_of_1_2_3", owner as u64),
         ("view_hash_1_2_3", view_hash),
+        ("cluster_hash_distro", cluster_hash),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v))

@@ -88,6 +88,7 @@ pub enum Opcode {
     Pull = 0x4A,
     Records = 0x4B,
     SnapshotRequest = 0x4C,
+    Leave = 0x4D,
 }
 
 impl Opcode {
@@ -134,6 +135,7 @@ impl Opcode {
             0x4A => Pull,
             0x4B => Records,
             0x4C => SnapshotRequest,
+            0x4D => Leave,
             other => return Err(WireError::UnknownOpcode(other)),
         })
     }

@@ -590,6 +590,9 @@ pub enum Message {
     /// Records answering a Pull or a SnapshotRequest; FLAG_MORE on every frame but the last.
     Records(Vec<SyncRecord>),
     SnapshotRequest,
+    /// The sending node (this id) is leaving the cluster: take over its keys now, and do not
+    /// count it up again until it comes back with a new handshake. Answered with Ack(0).
+    Leave(u16),
 }
 
 impl Message {
@@ -630,6 +633,7 @@ impl Message {
             Message::Pull(_) => Opcode::Pull,
             Message::Records(_) => Opcode::Records,
             Message::SnapshotRequest => Opcode::SnapshotRequest,
+            Message::Leave(_) => Opcode::Leave,
         }
     }
 
@@ -706,11 +710,11 @@ impl Message {
                 put_text(out, ip, "ip", IP_LEN_MAX)?;
                 out.put_u16(*port);
             }
-            Message::OwnerResult(id) => out.put_u16(*id),
+            Message::OwnerResult(id) | Message::Leave(id) => out.put_u16(*id),
             Message::PeerHello(h) => {
                 out.put_u16(h.node_id);
                 out.put_u8(h.max_version);
-                out.put_u64(h.members_hash);
+                out.put_u64(h.cluster_hash);
                 out.put_slice(&h.nonce);
             }
             Message::PeerChallenge(c) => {
@@ -830,10 +834,11 @@ impl Message {
                 port: r.u16("port")?,
             },
             Opcode::OwnerResult => Message::OwnerResult(r.u16("owner")?),
+            Opcode::Leave => Message::Leave(r.u16("node id")?),
             Opcode::PeerHello => Message::PeerHello(PeerHello {
                 node_id: r.u16("node id")?,
                 max_version: r.u8("max version")?,
-                members_hash: r.u64("members hash")?,
+                cluster_hash: r.u64("cluster hash")?,
                 nonce: fixed(&mut r, "nonce")?,
             }),
             Opcode::PeerChallenge => Message::PeerChallenge(PeerChallenge {
