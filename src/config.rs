@@ -135,6 +135,10 @@ impl std::fmt::Display for PeerAddr {
 /// Bytes of a cluster name: a name, not a document.
 pub const CLUSTER_NAME_LEN_MAX: usize = 128;
 
+/// The Nacos gRPC port is the Nacos HTTP port (`nacos_listen`) plus this: every Nacos 2.x
+/// client derives it so.
+pub const NACOS_GRPC_PORT_OFFSET: u16 = 1000;
+
 /// The first address listed more than once (addresses are canonical: `127.0.0.1:8859` is one
 /// member however it was written).
 fn first_duplicate(members: &[PeerAddr]) -> Option<&PeerAddr> {
@@ -426,7 +430,7 @@ impl Config {
             );
         }
         if let Some(a) = self.nacos_listen
-            && a.port() > u16::MAX - crate::frontend::nacos::GRPC_PORT_OFFSET
+            && a.port() > u16::MAX - NACOS_GRPC_PORT_OFFSET
         {
             return invalid(
                 "nacos_listen",

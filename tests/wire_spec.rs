@@ -16,12 +16,12 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use distro::api::Rejection;
 use distro::api::session::{AUTH_FAILURES_MAX, BOUND_PER_SESSION_MAX};
-use distro::api::subscriptions::SUBSCRIPTIONS_PER_CONNECTION_MAX;
 use distro::auth::Access;
 use distro::clock::Clock;
 use distro::model::WEIGHT_MAX;
 use distro::model::*;
 use distro::model::{DIGEST_BUCKETS, key_hash};
+use distro::node::subscriptions::SUBSCRIPTIONS_PER_CONNECTION_MAX;
 use distro::ownership::{Ownership, score};
 use distro::store::digest::bucket_of;
 use distro::store::record::digest_term;

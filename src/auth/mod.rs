@@ -14,7 +14,7 @@
 //!   re-resolving a connection's grant after a reload.
 //!
 //! The request API decides, in one place, whether a principal may do a request
-//! (`crate::api`'s `authorize`); front ends only find out who the caller is.
+//! (the request API's `authorize`); front ends only find out who the caller is.
 
 pub mod file;
 pub mod tokens;

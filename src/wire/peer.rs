@@ -4,7 +4,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::buf::{Reader, put_count_u16, put_count_u32, put_text};
-use super::msg::SyncRecord;
+use super::record::SyncRecord;
 use super::*;
 use crate::model::{
     BATCH_INSTANCES_MAX, ClusterStatus, DIGEST_BUCKETS, IP_LEN_MAX, Instance, InstanceKey,

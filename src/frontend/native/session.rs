@@ -24,7 +24,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::api::subscriptions::PushQueue;
+use crate::api::PushQueue;
 use crate::api::{AUTH_FAILURES_MAX, Api, Push, Rejection, Session, Write};
 use crate::model::BATCH_INSTANCES_MAX;
 use crate::net::{BoxStream, Extra, WriterConfig};

@@ -1,6 +1,12 @@
 //! What one node is made of, shared by every connection and task of it: its settings, its
 //! copy of the registry, the cluster machinery, the subscriptions, readiness, shutdown, and the
-//! lease duty it runs. Requests reach it only through [`crate::api`].
+//! lease duty it runs. Requests reach it only through the request API (`api`).
+//!
+//! - [`subscriptions`]: who is subscribed to what, and the coalesced push queues.
+//! - [`collector`]: what the metrics read from the node at each scrape.
+
+pub mod collector;
+pub mod subscriptions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,16 +16,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::api::subscriptions::Subscriptions;
+use subscriptions::Subscriptions;
+
 use crate::auth::Tokens;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
-use crate::metrics::{Metrics, NodeCollector};
+use crate::metrics::Metrics;
 use crate::model::{ClusterStatus, MemberStatus, ServiceName};
 use crate::net::Dialer;
 use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
+use collector::NodeCollector;
 
 /// A node stalled for this many lease passes (a GC pause, swap, a stopped VM) re-grants the
 /// leases it owns before expiring anything, instead of expiring everything at once on waking.
@@ -130,7 +138,7 @@ impl Node {
     /// peers take over its keys at once, with what it owned and every write it made
     /// ([`Cluster::leave`]); then the shutdown: client sessions end with `ShuttingDown` (their
     /// instances are not reported unhealthy: their clients register them again at another
-    /// node), and the tasks stop. The caller waits for them ([`crate::server::Server::run`]).
+    /// node), and the tasks stop. The caller waits for them (the server's `run`).
     pub async fn stop_gracefully(&self) {
         self.draining.cancel();
         if let Some(c) = &self.cluster {
