@@ -321,6 +321,13 @@ pub struct Metrics {
     pub pushes_sent: Counter,
     /// Connections dropped because they did not read what they were sent in time.
     pub subscribers_dropped_lag: Counter,
+    /// Bytes of answers and pushes queued for client connections, not yet taken by their
+    /// writers (each connection's share is capped: `docs/security.md` §4.4).
+    pub client_queued_bytes: Gauge,
+    /// Requests read from client connections and not yet answered.
+    pub client_requests_in_flight: Gauge,
+    /// Times a client connection was held back at one of its fair-share limits, by limit.
+    client_throttled: [Counter; Throttle::ALL.len()],
     expiries_unhealthy: Counter,
     expiries_removed: Counter,
     /// Verify rounds this node ran (one digest to every live peer each).
@@ -384,6 +391,30 @@ impl Metrics {
              within the write timeout",
             subscribers_dropped_lag.clone(),
         );
+        let client_queued_bytes = Gauge::default();
+        r.register_with_unit(
+            "distro_client_queued",
+            "Answers and pushes queued for client connections, not yet taken by their writers \
+             (each connection's share is capped)",
+            Unit::Bytes,
+            client_queued_bytes.clone(),
+        );
+        let client_requests_in_flight = Gauge::default();
+        r.register(
+            "distro_client_requests_in_flight",
+            "Requests read from client connections and not yet answered",
+            client_requests_in_flight.clone(),
+        );
+        let throttled = Family::<Labels, Counter>::default();
+        r.register(
+            "distro_client_throttled",
+            "Times a client connection was held back (its socket not read, or its pushes not \
+             queued) at one of its fair-share limits: limit=requests_in_flight or \
+             limit=queued_bytes",
+            throttled.clone(),
+        );
+        let client_throttled = Throttle::ALL
+            .map(|t| throttled.get_or_create_owned(&vec![("limit", t.name().to_string())]));
         let expiries = Family::<Labels, Counter>::default();
         r.register(
             "distro_expiries",
@@ -469,6 +500,9 @@ impl Metrics {
             client_sessions,
             pushes_sent,
             subscribers_dropped_lag,
+            client_queued_bytes,
+            client_requests_in_flight,
+            client_throttled,
             expiries_unhealthy,
             expiries_removed,
             digest_rounds,
@@ -545,6 +579,16 @@ impl Metrics {
         self.snapshot_load_ms.set(elapsed.as_millis() as i64);
     }
 
+    /// A client connection was held back at its fair-share limit `limit`.
+    pub fn throttled(&self, limit: Throttle) {
+        self.client_throttled[limit as usize].inc();
+    }
+
+    /// Times client connections were held back at `limit` so far.
+    pub fn throttled_count(&self, limit: Throttle) -> u64 {
+        self.client_throttled[limit as usize].get()
+    }
+
     /// A client connection opened; it counts until the guard is dropped.
     pub fn client_connection(&self) -> GaugeGuard {
         GaugeGuard::new(self.client_connections.clone())
@@ -569,6 +613,29 @@ impl Metrics {
         let registry = self.registry.lock().unwrap();
         prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The per-connection limits of fair share (`docs/security.md` §4.4) a client connection can be
+/// held back at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// Its requests read and not yet answered reached the connection's maximum: its socket is
+    /// not read until one is answered.
+    RequestsInFlight = 0,
+    /// Its answers and pushes queued reached the connection's maximum of bytes: it waits (and
+    /// its socket is not read) until its writer has taken some.
+    QueuedBytes = 1,
+}
+
+impl Throttle {
+    pub const ALL: [Throttle; 2] = [Throttle::RequestsInFlight, Throttle::QueuedBytes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Throttle::RequestsInFlight => "requests_in_flight",
+            Throttle::QueuedBytes => "queued_bytes",
+        }
     }
 }
 

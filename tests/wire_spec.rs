@@ -920,6 +920,8 @@ fn limit_value(name: &str) -> Option<u64> {
         "LEASE_MS_MAX" => LEASE_MS_MAX as u64,
         "BOUND_PER_SESSION_MAX" => BOUND_PER_SESSION_MAX as u64,
         "SUBSCRIPTIONS_PER_CONNECTION_MAX" => SUBSCRIPTIONS_PER_CONNECTION_MAX as u64,
+        "REQUESTS_IN_FLIGHT_MAX" => distro::frontend::share::REQUESTS_IN_FLIGHT_MAX as u64,
+        "QUEUED_BYTES_MAX" => distro::frontend::share::QUEUED_BYTES_MAX as u64,
         "TOMBSTONE_GRACE_MS" => TOMBSTONE_GRACE_MS,
         "NONCE_LEN" => NONCE_LEN as u64,
         "MAC_LEN" => MAC_LEN as u64,
