@@ -12,7 +12,7 @@
 //! Every name starts with `distro_` and carries its unit (`_seconds`, `_bytes`) and, for
 //! counters, `_total`; README.md, "Metrics", lists them all.
 //!
-//! - [`histogram`]: [`LatencyHistogram`].
+//! - [`histogram`]: the latency histograms ([`LatencyHistogram`]).
 //! - [`peer`]: [`PeerMetrics`], the counters of one peer, found by node id without a lock.
 
 mod histogram;
