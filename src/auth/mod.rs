@@ -12,10 +12,13 @@
 //! - [`tokens`]: [`Tokens`], a node's live token set: presenting a token (hashed once, compared
 //!   in constant time with every entry), logging in, reloading the file (SIGHUP), and
 //!   re-resolving a connection's grant after a reload.
+//! - [`access`]: the Nacos accessToken a login answers — self-contained and HMAC-signed with a
+//!   key derived from the cluster token, so that every node of the cluster accepts it.
 //!
 //! The request API decides, in one place, whether a principal may do a request
 //! (`crate::api`'s `authorize`); front ends only find out who the caller is.
 
+pub mod access;
 pub mod file;
 pub mod tokens;
 
@@ -167,6 +170,18 @@ impl Principal {
             Caller::Anyone => true,
             Caller::Anonymous => false,
             Caller::Granted { grant, .. } => grant.rights.allows(access, namespace),
+        }
+    }
+
+    /// Whether the caller may do `access` to every namespace (node-wide operations).
+    pub fn may_everywhere(&self, access: Access) -> bool {
+        match &self.0 {
+            Caller::Anyone => true,
+            Caller::Anonymous => false,
+            Caller::Granted { grant, .. } => match access {
+                Access::Write => grant.rights.write == Scope::All,
+                Access::Read => grant.rights.read == Scope::All || grant.rights.write == Scope::All,
+            },
         }
     }
 
