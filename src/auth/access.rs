@@ -183,7 +183,7 @@ mod tests {
     fn tokens(entries: &[(&str, &str, &[&str])]) -> Tokens {
         let text: String = entries
             .iter()
-            .map(|(u, p, w)| user_entry(u, p, &s(w), &[]).unwrap())
+            .map(|(u, p, w)| user_entry(u, p, &[], &s(w)).unwrap())
             .collect();
         Tokens::with_set(TokenSet::parse(&text, "t").unwrap())
     }
