@@ -173,18 +173,6 @@ impl Principal {
         }
     }
 
-    /// Whether the caller may do `access` to every namespace (node-wide operations).
-    pub fn may_everywhere(&self, access: Access) -> bool {
-        match &self.0 {
-            Caller::Anyone => true,
-            Caller::Anonymous => false,
-            Caller::Granted { grant, .. } => match access {
-                Access::Write => grant.rights.write == Scope::All,
-                Access::Read => grant.rights.read == Scope::All || grant.rights.write == Scope::All,
-            },
-        }
-    }
-
     /// The grant behind this principal, if it came from a token or user.
     pub fn grant(&self) -> Option<&Arc<Grant>> {
         match &self.0 {
