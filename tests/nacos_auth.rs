@@ -409,9 +409,14 @@ impl Grpc {
         ))
     }
 
-    /// Sends the connection's setup on its stream (the stream stays open while the returned
-    /// sender lives).
-    async fn setup(&self) -> tokio::sync::mpsc::Sender<Payload> {
+    /// Sends the connection's setup on its stream: the sender keeps the stream open while it
+    /// lives; the task ends when the server ends the stream (the connection is closed).
+    async fn setup(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::Sender<Payload>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready().await.unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Payload>(16);
@@ -437,8 +442,8 @@ impl Grpc {
             .unwrap()
             .unwrap();
         assert_eq!(ack.type_name(), "SetupAckRequest");
-        tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-        tx
+        let ended = tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
+        (tx, ended)
     }
 }
 
@@ -506,7 +511,7 @@ async fn grpc_requests_need_the_access_token_header_and_repeated_refusals_close_
     // A connection that presents nothing valid: refused three times, then closed; nothing it
     // sent landed.
     let bad = Grpc::connect(n).await;
-    let _bad_stream = bad.setup().await;
+    let (_bad_tx, bad_stream) = bad.setup().await;
     let forged = AccessKey::new(Some("another cluster")).mint(
         &h.node.tokens.login("writer", WRITER_PW).unwrap(),
         "writer",
@@ -523,13 +528,10 @@ async fn grpc_requests_need_the_access_token_header_and_repeated_refusals_close_
             "{b}"
         );
     }
-    eventually("the refused connection is closed", async || {
-        bad.call("ServiceQueryRequest", query.clone(), Some(&writer))
-            .await
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    tokio::time::timeout(DEADLINE, bad_stream)
+        .await
+        .expect("the refused connection is closed: its stream ends")
+        .unwrap();
     let (_, b) = c
         .call("ServiceQueryRequest", query, Some(&writer))
         .await
