@@ -132,6 +132,20 @@ impl std::fmt::Display for PeerAddr {
     }
 }
 
+/// Bytes of a cluster name: a name, not a document.
+pub const CLUSTER_NAME_LEN_MAX: usize = 128;
+
+/// The Nacos gRPC port is the Nacos HTTP port (`nacos_listen`) plus this: every Nacos 2.x
+/// client derives it so.
+pub const NACOS_GRPC_PORT_OFFSET: u16 = 1000;
+
+/// The first address listed more than once (addresses are canonical: `127.0.0.1:8859` is one
+/// member however it was written).
+fn first_duplicate(members: &[PeerAddr]) -> Option<&PeerAddr> {
+    let mut seen = std::collections::HashSet::new();
+    members.iter().find(|a| !seen.insert(*a))
+}
+
 /// How the node writes its log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -179,6 +193,9 @@ pub struct Config {
     pub peer_advertise: Option<PeerAddr>,
     /// Shared secret the members authenticate each other with.
     pub cluster_token: Option<String>,
+    /// The cluster's name: its identity in the peer handshake. Nodes refuse peers of another
+    /// name; the member lists of two members may differ (while a change of them is rolled out).
+    pub cluster_name: String,
     /// The client tokens and their rights (`docs/security.md`); reloaded on SIGHUP. Without
     /// it every client may do everything.
     pub token_file: Option<PathBuf>,
@@ -219,6 +236,7 @@ impl Default for Config {
             members: Vec::new(),
             peer_advertise: None,
             cluster_token: None,
+            cluster_name: "distro".into(),
             token_file: None,
             max_connections: 10_000,
             lease_floor_ms: 500,
@@ -412,7 +430,7 @@ impl Config {
             );
         }
         if let Some(a) = self.nacos_listen
-            && a.port() > u16::MAX - crate::frontend::nacos::GRPC_PORT_OFFSET
+            && a.port() > u16::MAX - NACOS_GRPC_PORT_OFFSET
         {
             return invalid(
                 "nacos_listen",
@@ -421,6 +439,15 @@ impl Config {
         }
         if self.members.len() > crate::model::MEMBERS_MAX {
             return invalid("members", "at most 256 members");
+        }
+        if let Some(dup) = first_duplicate(&self.members) {
+            return Err(ConfigError::Invalid {
+                key: "members",
+                reason: format!("{dup} is listed twice"),
+            });
+        }
+        if self.cluster_name.is_empty() || self.cluster_name.len() > CLUSTER_NAME_LEN_MAX {
+            return invalid("cluster_name", "must be 1..=128 bytes");
         }
         if !self.members.is_empty() && !self.members.contains(&self.own_peer_addr()) {
             let key = if self.peer_advertise.is_some() {
@@ -540,7 +567,7 @@ mod tests {
             err("node_id = 2\nlisen = \"127.0.0.1:9000\"\n"),
             "config file f.toml:2:1: key `lisen`: unknown field `lisen`, expected one of \
              `node_id`, `listen`, `peer_listen`, `http`, `members`, `peer_advertise`, \
-             `cluster_token`, `token_file`, \
+             `cluster_token`, `cluster_name`, `token_file`, \
              `max_connections`, `lease_floor_ms`, `push_delay_ms`, `lease_pass_ms`, \
              `client_idle_timeout_ms`, `sync_delay_ms`, `verify_interval_ms`, \
              `member_timeout_ms`, `log_level`, `log_format`, `nacos_listen`"
@@ -554,6 +581,10 @@ mod tests {
             err("members = [\n  \"127.0.0.1:8859\",\n  \"nowhere\",\n]\n"),
             "config file f.toml:3:3: key `members`: expected IP:PORT or HOST:PORT, got \
              \"nowhere\": no port"
+        );
+        assert_eq!(
+            err("members = [\"127.0.0.1:8859\", \"127.0.0.1:9859\", \"127.0.0.1:8859\"]\n"),
+            "config file f.toml:1:11: key `members`: 127.0.0.1:8859 is listed twice"
         );
         assert_eq!(
             err("lease_floor_ms = 5\n"),
@@ -618,6 +649,40 @@ mod tests {
         };
         c.validate().unwrap();
         assert_eq!(c.own_peer_addr(), members[1]);
+    }
+
+    #[test]
+    fn a_member_listed_twice_is_refused_however_it_is_written() {
+        // (members, the duplicate named, if any)
+        let table: &[(&[&str], Option<&str>)] = &[
+            (&["127.0.0.1:8859", "127.0.0.1:9859"], None),
+            (
+                &["127.0.0.1:8859", "127.0.0.1:8859"],
+                Some("127.0.0.1:8859"),
+            ),
+            (
+                &["[::1]:8859", "127.0.0.1:8859", "[0:0::1]:8859"],
+                Some("[::1]:8859"),
+            ),
+            (&["distro-0.p:8859", "distro-1.p:8859"], None),
+            (
+                &["Distro-0.p:8859", "distro-0.P:8859"],
+                Some("distro-0.p:8859"),
+            ),
+            // Same host, another port: another member.
+            (&["distro-0.p:8859", "distro-0.p:9859"], None),
+        ];
+        for (i, (members, dup)) in table.iter().enumerate() {
+            let members: Vec<PeerAddr> = members.iter().map(|s| s.parse().unwrap()).collect();
+            let c = Config {
+                peer_advertise: Some(members[0].clone()),
+                members,
+                ..Config::default()
+            };
+            let got = c.validate().err().map(|e| e.to_string());
+            let want = dup.map(|d| format!("invalid setting members: {d} is listed twice"));
+            assert_eq!(got, want, "row {i}");
+        }
     }
 
     #[test]

@@ -14,12 +14,13 @@
 //!   logical clock that versions every write.
 //! - [`cluster`]: the Distro protocol between nodes — its decisions in a sans-IO engine
 //!   (membership and failure detection, handoff, digest verify and pull, load and readiness,
-//!   the peer handshake) and the async driver that runs them over the links; forwarding and
-//!   batched sync.
-//! - [`metrics`]: the node's metrics — one registry, counted where the work happens, exposed
-//!   by the admin port in the Prometheus text format.
-//! - [`node`]: what one node is made of (store, cluster, subscriptions, readiness, shutdown,
-//!   task tracker) and its lease duty.
+//!   the peer handshake, graceful leaves) and the async driver that runs them over the links;
+//!   forwarding and batched sync; the member list changing at run time.
+//! - [`metrics`]: the node's metrics — one registry, counted where the work happens (it knows
+//!   no part above it: the parts report to it), exposed by the admin port in the Prometheus
+//!   text format.
+//! - [`node`]: what one node is made of (store, cluster, subscriptions and their push queues,
+//!   readiness, shutdown, task tracker), its lease duty, and what its metrics read at a scrape.
 //! - [`auth`]: who may do what — client tokens and their rights per namespace, the token file
 //!   (`--token-file`), reloads (`docs/security.md`).
 //! - [`api`]: the request API — the one door of every front end: register, deregister, beat,

@@ -1,38 +1,31 @@
 //! The node's metrics: one registry per node, counted where the work happens (the request API,
 //! the front ends, the cluster, the lease duty) and exposed only by the admin port
-//! ([`crate::frontend::admin`]) in the Prometheus text format.
+//! (`frontend::admin`) in the Prometheus text format.
 //!
 //! Counting on the hot paths is one relaxed atomic add: every counter a request or a sync
 //! batch touches is created once (on first use) and kept as a handle, so that no lock and no
 //! map lookup happen per request. The latency histograms are atomic buckets of our own
 //! ([`LatencyHistogram`]) because the registry crate's histogram takes a mutex per
 //! observation. What is a state rather than an event (instances held, members up, readiness)
-//! is read from the node when the metrics are scraped ([`NodeCollector`]).
+//! is read from the node when the metrics are scraped (the node's collector, `node::collector`).
 //!
 //! Every name starts with `distro_` and carries its unit (`_seconds`, `_bytes`) and, for
 //! counters, `_total`; README.md, "Metrics", lists them all.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeGaugeValue, EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text,
-};
-use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
-use tokio_util::sync::CancellationToken;
 
-use crate::api::Rejection;
-use crate::api::subscriptions::Subscriptions;
-use crate::cluster::Cluster;
 use crate::model::{MEMBERS_MAX, NodeId};
-use crate::store::Store;
 use crate::wire::{Opcode, SyncRecord};
 
 /// The content type of what [`Metrics::encode`] writes.
@@ -170,11 +163,11 @@ const RESULTS: [&str; 12] = [
     "permission_denied",
 ];
 
-fn result_index(r: Option<&Rejection>) -> usize {
-    let Some(r) = r else { return 0 };
+fn result_index(rejected: Option<&str>) -> usize {
+    let Some(kind) = rejected else { return 0 };
     RESULTS
         .iter()
-        .position(|&k| k == r.kind())
+        .position(|&k| k == kind)
         .expect("every rejection kind has a result label")
 }
 
@@ -328,6 +321,13 @@ pub struct Metrics {
     pub pushes_sent: Counter,
     /// Connections dropped because they did not read what they were sent in time.
     pub subscribers_dropped_lag: Counter,
+    /// Bytes of answers and pushes queued for client connections, not yet taken by their
+    /// writers (each connection's share is capped: `docs/security.md` §4.4).
+    pub client_queued_bytes: Gauge,
+    /// Requests read from client connections and not yet answered.
+    pub client_requests_in_flight: Gauge,
+    /// Times a client connection was held back at one of its fair-share limits, by limit.
+    client_throttled: [Counter; Throttle::ALL.len()],
     expiries_unhealthy: Counter,
     expiries_removed: Counter,
     /// Verify rounds this node ran (one digest to every live peer each).
@@ -391,6 +391,30 @@ impl Metrics {
              within the write timeout",
             subscribers_dropped_lag.clone(),
         );
+        let client_queued_bytes = Gauge::default();
+        r.register_with_unit(
+            "distro_client_queued",
+            "Answers and pushes queued for client connections, not yet taken by their writers \
+             (each connection's share is capped)",
+            Unit::Bytes,
+            client_queued_bytes.clone(),
+        );
+        let client_requests_in_flight = Gauge::default();
+        r.register(
+            "distro_client_requests_in_flight",
+            "Requests read from client connections and not yet answered",
+            client_requests_in_flight.clone(),
+        );
+        let throttled = Family::<Labels, Counter>::default();
+        r.register(
+            "distro_client_throttled",
+            "Times a client connection was held back (its socket not read, or its pushes not \
+             queued) at one of its fair-share limits: limit=requests_in_flight or \
+             limit=queued_bytes",
+            throttled.clone(),
+        );
+        let client_throttled = Throttle::ALL
+            .map(|t| throttled.get_or_create_owned(&vec![("limit", t.name().to_string())]));
         let expiries = Family::<Labels, Counter>::default();
         r.register(
             "distro_expiries",
@@ -476,6 +500,9 @@ impl Metrics {
             client_sessions,
             pushes_sent,
             subscribers_dropped_lag,
+            client_queued_bytes,
+            client_requests_in_flight,
+            client_throttled,
             expiries_unhealthy,
             expiries_removed,
             digest_rounds,
@@ -485,10 +512,11 @@ impl Metrics {
         }
     }
 
-    /// Counts a request of the API and its latency since `started`.
-    pub fn request(&self, op: Op, started: tokio::time::Instant, rejection: Option<&Rejection>) {
+    /// Counts a request of the API and its latency since `started`; `rejected` is the kind of
+    /// its rejection (`Rejection::kind`), `None` when it was carried out.
+    pub fn request(&self, op: Op, started: tokio::time::Instant, rejected: Option<&'static str>) {
         let o = op as usize;
-        let res = result_index(rejection);
+        let res = result_index(rejected);
         self.request_cells[o][res]
             .get_or_init(|| {
                 self.requests.get_or_create_owned(&vec![
@@ -551,13 +579,28 @@ impl Metrics {
         self.snapshot_load_ms.set(elapsed.as_millis() as i64);
     }
 
+    /// A client connection was held back at its fair-share limit `limit`.
+    pub fn throttled(&self, limit: Throttle) {
+        self.client_throttled[limit as usize].inc();
+    }
+
+    /// Times client connections were held back at `limit` so far.
+    pub fn throttled_count(&self, limit: Throttle) -> u64 {
+        self.client_throttled[limit as usize].get()
+    }
+
     /// A client connection opened; it counts until the guard is dropped.
     pub fn client_connection(&self) -> GaugeGuard {
         GaugeGuard::new(self.client_connections.clone())
     }
 
-    /// Registers what is read from the node at each scrape.
-    pub fn register_collector(&self, c: NodeCollector) {
+    /// The gauge of the last load's duration, for the node's collector.
+    pub fn snapshot_load_ms(&self) -> Gauge {
+        self.snapshot_load_ms.clone()
+    }
+
+    /// Registers what is read from the node at each scrape (`node::collector`).
+    pub fn register_collector(&self, c: impl Collector + 'static) {
         self.registry
             .lock()
             .unwrap()
@@ -570,6 +613,29 @@ impl Metrics {
         let registry = self.registry.lock().unwrap();
         prometheus_text::encode(&mut out, &registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The per-connection limits of fair share (`docs/security.md` §4.4) a client connection can be
+/// held back at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// Its requests read and not yet answered reached the connection's maximum: its socket is
+    /// not read until one is answered.
+    RequestsInFlight = 0,
+    /// Its answers and pushes queued reached the connection's maximum of bytes: it waits (and
+    /// its socket is not read) until its writer has taken some.
+    QueuedBytes = 1,
+}
+
+impl Throttle {
+    pub const ALL: [Throttle; 2] = [Throttle::RequestsInFlight, Throttle::QueuedBytes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Throttle::RequestsInFlight => "requests_in_flight",
+            Throttle::QueuedBytes => "queued_bytes",
+        }
     }
 }
 
@@ -590,252 +656,6 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// What the metrics read from the node at each scrape: instances and services held, members,
-/// readiness, subscriptions, and the cluster's own counters ([`crate::cluster::stats`]). Holds
-/// the cluster weakly: the cluster holds the metrics.
-pub struct NodeCollector {
-    store: Arc<Store>,
-    cluster: Option<Weak<Cluster>>,
-    subs: Arc<Subscriptions>,
-    ready: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-    node_id: NodeId,
-    snapshot_load_ms: Gauge,
-}
-
-impl NodeCollector {
-    pub fn new(
-        metrics: &Metrics,
-        store: Arc<Store>,
-        cluster: Option<Weak<Cluster>>,
-        subs: Arc<Subscriptions>,
-        ready: Arc<AtomicBool>,
-        shutdown: CancellationToken,
-        node_id: NodeId,
-    ) -> NodeCollector {
-        NodeCollector {
-            store,
-            cluster,
-            subs,
-            ready,
-            shutdown,
-            node_id,
-            snapshot_load_ms: metrics.snapshot_load_ms.clone(),
-        }
-    }
-}
-
-impl std::fmt::Debug for NodeCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("NodeCollector")
-    }
-}
-
-fn gauge<V: EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    v: V,
-) -> Result<(), std::fmt::Error> {
-    let m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-    ConstGauge::new(v).encode(m)
-}
-
-fn counter(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    v: u64,
-) -> Result<(), std::fmt::Error> {
-    let m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    ConstCounter::new(v).encode(m)
-}
-
-/// One gauge per label value.
-fn gauge_family(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    rows: impl Iterator<Item = (Labels, i64)>,
-) -> Result<(), std::fmt::Error> {
-    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in rows {
-        ConstGauge::new(v).encode(m.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
-
-impl Collector for NodeCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let ready = self.ready.load(Ordering::Acquire) && !self.shutdown.is_cancelled();
-        gauge(
-            &mut enc,
-            "distro_ready",
-            "1 while the node serves clients (loaded and not shutting down), else 0",
-            None,
-            ready as i64,
-        )?;
-        let info = enc.encode_descriptor(
-            "distro_node",
-            "This node's id and version",
-            None,
-            MetricType::Info,
-        )?;
-        prometheus_client::metrics::info::Info::new(vec![
-            ("node", self.node_id.to_string()),
-            ("version", env!("CARGO_PKG_VERSION").to_string()),
-        ])
-        .encode(info)?;
-        let ns = self.store.namespace_counts();
-        gauge_family(
-            &mut enc,
-            "distro_instances",
-            "Live instances this node holds, by namespace",
-            ns.iter().map(|n| {
-                (
-                    vec![("namespace", n.namespace.to_string())],
-                    n.instances as i64,
-                )
-            }),
-        )?;
-        gauge_family(
-            &mut enc,
-            "distro_healthy_instances",
-            "Live instances reported healthy, by namespace",
-            ns.iter().map(|n| {
-                (
-                    vec![("namespace", n.namespace.to_string())],
-                    n.healthy as i64,
-                )
-            }),
-        )?;
-        gauge_family(
-            &mut enc,
-            "distro_services",
-            "Services with live instances, by namespace",
-            ns.iter().map(|n| {
-                (
-                    vec![("namespace", n.namespace.to_string())],
-                    n.services as i64,
-                )
-            }),
-        )?;
-        gauge(
-            &mut enc,
-            "distro_subscriptions",
-            "Subscriptions of connected clients, over all services",
-            None,
-            self.subs.count() as i64,
-        )?;
-        gauge(
-            &mut enc,
-            "distro_snapshot_load_duration",
-            "How long this node's load of the cluster's data took when it started (0: none)",
-            Some(&Unit::Seconds),
-            self.snapshot_load_ms.get() as f64 / 1e3,
-        )?;
-        let Some(cluster) = self.cluster.as_ref().and_then(Weak::upgrade) else {
-            return Ok(());
-        };
-        let status = cluster.status();
-        let me = self.node_id;
-        let peers = || status.members.iter().filter(move |m| m.id != me);
-        gauge_family(
-            &mut enc,
-            "distro_member_up",
-            "1 if the member answers this node's pings, else 0 (peer: its node id, 0 until \
-             first reached)",
-            peers().map(|m| {
-                (
-                    vec![("peer", m.id.to_string()), ("addr", m.addr.to_string())],
-                    m.up as i64,
-                )
-            }),
-        )?;
-        gauge_family(
-            &mut enc,
-            "distro_owned_instances",
-            "Live instances each member owns, as this node sees the cluster",
-            status.members.iter().map(|m| {
-                (
-                    vec![("peer", m.id.to_string()), ("addr", m.addr.to_string())],
-                    m.owned as i64,
-                )
-            }),
-        )?;
-        let s = cluster.stats.snapshot();
-        let counters: [(&str, &str, Option<Unit>, u64); 10] = [
-            (
-                "distro_records_applied",
-                "Records from peers (sync, pull, load, handoff) newer than this node's copy",
-                None,
-                s.records_applied,
-            ),
-            (
-                "distro_view_changes",
-                "Changes of the live member set (each moves ownership)",
-                None,
-                s.view_changes,
-            ),
-            (
-                "distro_handoff_records",
-                "Records handed to their new owner after an ownership move",
-                None,
-                s.records_handed_off,
-            ),
-            (
-                "distro_digest_sent",
-                "Bytes of digest frames sent, over all peers",
-                Some(Unit::Bytes),
-                s.digest_bytes_sent,
-            ),
-            (
-                "distro_digests_matched",
-                "Digests received whose buckets all matched this node's copy",
-                None,
-                s.digests_matched,
-            ),
-            (
-                "distro_digest_view_mismatches",
-                "Digests ignored because the sender saw a different live member set",
-                None,
-                s.digest_view_mismatches,
-            ),
-            (
-                "distro_pulls",
-                "Pulls of differing buckets from their owner",
-                None,
-                s.pulls,
-            ),
-            (
-                "distro_pull_dropped_records",
-                "Records removed after a pull because their owner no longer had them",
-                None,
-                s.records_dropped_by_pull,
-            ),
-            (
-                "distro_pull_returned_records",
-                "Records sent back to their owner after a pull because this node held them \
-                 newer",
-                None,
-                s.records_pushed_to_owner,
-            ),
-            (
-                "distro_snapshot_loaded_records",
-                "Records received in the snapshot this node loaded at start",
-                None,
-                s.snapshot_records_loaded,
-            ),
-        ];
-        for (name, help, unit, v) in counters {
-            counter(&mut enc, name, help, unit.as_ref(), v)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -845,7 +665,7 @@ mod tests {
         let m = Metrics::new();
         let t = tokio::time::Instant::now();
         m.request(Op::Query, t, None);
-        m.request(Op::Register, t, Some(&Rejection::NotReady));
+        m.request(Op::Register, t, Some("not_ready"));
         let h = m.request_seconds[Op::Register as usize].get().unwrap();
         h.observe_us(3_000);
         h.observe_us(20_000_000);

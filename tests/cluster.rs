@@ -911,9 +911,8 @@ async fn a_peer_with_the_wrong_token_is_kept_out() {
     while Instant::now() < watch_until {
         for &id in &real {
             assert!(!tc.cluster(id).live_view().contains(&impostor), "node {id}");
-            let m = tc
-                .cluster(id)
-                .members()
+            let members = tc.cluster(id).members();
+            let m = members
                 .iter()
                 .find(|m| m.addr == impostor_addr.into())
                 .unwrap();

@@ -401,12 +401,7 @@ fn message_of(op: Opcode) -> BoxedStrategy<Message> {
             any::<bool>(),
             any::<u64>(),
             vec(
-                (
-                    any::<u16>(),
-                    text(NAME_LEN_MAX),
-                    any::<bool>(),
-                    any::<u64>(),
-                ),
+                (any::<u16>(), text(NAME_LEN_MAX), 0..3u8, any::<u64>()),
                 0..5,
             ),
         )
@@ -417,10 +412,11 @@ fn message_of(op: Opcode) -> BoxedStrategy<Message> {
                     instances,
                     members: m
                         .into_iter()
-                        .map(|(id, addr, up, owned)| MemberStatus {
+                        .map(|(id, addr, state, owned)| MemberStatus {
                             id,
                             addr,
-                            up,
+                            up: state == 1,
+                            left: state == 2,
                             owned,
                         })
                         .collect(),
@@ -431,12 +427,13 @@ fn message_of(op: Opcode) -> BoxedStrategy<Message> {
             .prop_map(|(ip, port)| Message::Owner { ip, port })
             .boxed(),
         Opcode::OwnerResult => any::<u16>().prop_map(Message::OwnerResult).boxed(),
+        Opcode::Leave => any::<u16>().prop_map(Message::Leave).boxed(),
         Opcode::PeerHello => (any::<u16>(), any::<u8>(), any::<u64>(), any::<[u8; 16]>())
-            .prop_map(|(node_id, max_version, members_hash, nonce)| {
+            .prop_map(|(node_id, max_version, cluster_hash, nonce)| {
                 Message::PeerHello(PeerHello {
                     node_id,
                     max_version,
-                    members_hash,
+                    cluster_hash,
                     nonce,
                 })
             })

@@ -16,12 +16,12 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 use distro::api::Rejection;
 use distro::api::session::{AUTH_FAILURES_MAX, BOUND_PER_SESSION_MAX};
-use distro::api::subscriptions::SUBSCRIPTIONS_PER_CONNECTION_MAX;
 use distro::auth::Access;
 use distro::clock::Clock;
 use distro::model::WEIGHT_MAX;
 use distro::model::*;
 use distro::model::{DIGEST_BUCKETS, key_hash};
+use distro::node::subscriptions::SUBSCRIPTIONS_PER_CONNECTION_MAX;
 use distro::ownership::{Ownership, score};
 use distro::store::digest::bucket_of;
 use distro::store::record::digest_term;
@@ -505,12 +505,21 @@ fn expected(name: &str) -> Option<Expected> {
                         id: 1,
                         addr: "127.0.0.1:8859".into(),
                         up: true,
+                        left: false,
                         owned: 1,
                     },
                     MemberStatus {
                         id: 2,
                         addr: "127.0.0.1:9859".into(),
                         up: false,
+                        left: false,
+                        owned: 0,
+                    },
+                    MemberStatus {
+                        id: 3,
+                        addr: "127.0.0.1:7859".into(),
+                        up: false,
+                        left: true,
                         owned: 0,
                     },
                 ],
@@ -545,7 +554,7 @@ fn expected(name: &str) -> Option<Expected> {
             Message::PeerHello(PeerHello {
                 node_id: 2,
                 max_version: 1,
-                members_hash: 0x1122_3344_5566_7788,
+                cluster_hash: 0x1122_3344_5566_7788,
                 nonce: run_of(0x00),
             }),
         ),
@@ -558,6 +567,7 @@ fn expected(name: &str) -> Option<Expected> {
             }),
         ),
         "PeerAuth" => frame(0, Message::PeerAuth(run_of(0x40))),
+        "Leave" => frame(27, Message::Leave(3)),
         "FwdRegister" => frame(
             21,
             Message::FwdRegister {
@@ -910,6 +920,8 @@ fn limit_value(name: &str) -> Option<u64> {
         "LEASE_MS_MAX" => LEASE_MS_MAX as u64,
         "BOUND_PER_SESSION_MAX" => BOUND_PER_SESSION_MAX as u64,
         "SUBSCRIPTIONS_PER_CONNECTION_MAX" => SUBSCRIPTIONS_PER_CONNECTION_MAX as u64,
+        "REQUESTS_IN_FLIGHT_MAX" => distro::frontend::share::REQUESTS_IN_FLIGHT_MAX as u64,
+        "QUEUED_BYTES_MAX" => distro::frontend::share::QUEUED_BYTES_MAX as u64,
         "TOMBSTONE_GRACE_MS" => TOMBSTONE_GRACE_MS,
         "NONCE_LEN" => NONCE_LEN as u64,
         "MAC_LEN" => MAC_LEN as u64,
@@ -1008,6 +1020,8 @@ fn hash_vectors_match_the_definitions_and_the_code() {
     assert_eq!(Ownership::new(vec![3, 1, 2]).owner("10.0.0.1", 8080), owner);
     let view_hash = xxh3_64(&[0, 1, 0, 2, 0, 3]);
     assert_eq!(Ownership::new(vec![3, 2, 1, 2]).view_hash(), view_hash);
+    let cluster_hash = xxh3_64(b"distro");
+    assert_eq!(distro::cluster::auth::cluster_hash("distro"), cluster_hash);
 
     // ...and with the spec's vectors.
     let want: BTreeMap<String, u64> = [
@@ -1019,6 +1033,7 @@ fn hash_vectors_match_the_definitions_and_the_code() {
         ("score_node_3", scores[2].0),
         ("owner_of_1_2_3", owner as u64),
         ("view_hash_1_2_3", view_hash),
+        ("cluster_hash_distro", cluster_hash),
     ]
     .into_iter()
     .map(|(n, v)| (n.to_string(), v))

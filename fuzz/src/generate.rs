@@ -7,8 +7,14 @@
 //! rejects (empty names, control characters, port 0, leases below the floor, weights out of
 //! range) are in the pools on purpose.
 
-use distro::wire::{DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, ListServices, Message, PeerHello, PullMsg, Query, Register, SyncRecord, TOKEN_LEN_MAX, Token};
-use distro::model::{BATCH_INSTANCES_MAX, IP_LEN_MAX, Instance, InstanceKey, Lease, META_ENTRIES_MAX, Metadata, NAME_LEN_MAX, ServiceName, Text, Version};
+use distro::model::{
+    BATCH_INSTANCES_MAX, IP_LEN_MAX, Instance, InstanceKey, Lease, META_ENTRIES_MAX, Metadata,
+    NAME_LEN_MAX, ServiceName, Text, Version,
+};
+use distro::wire::{
+    DigestMsg, ErrorBody, ErrorCode, Hello, HelloOk, ListServices, Message, PeerHello, PullMsg,
+    Query, Register, SyncRecord, TOKEN_LEN_MAX, Token,
+};
 
 use crate::Input;
 
@@ -305,9 +311,10 @@ fn not_a_request(inp: &mut Input) -> Message {
         8 => Message::PeerHello(PeerHello {
             node_id: inp.u16(),
             max_version: 1,
-            members_hash: inp.u64(),
+            cluster_hash: inp.u64(),
             nonce: [inp.u8(); 16],
         }),
+        9 => Message::Leave(inp.u16()),
         _ => Message::SnapshotRequest,
     }
 }
@@ -323,7 +330,7 @@ pub fn view_hash(inp: &mut Input) -> u64 {
 }
 
 /// A message a peer might send on the peer port: a kind byte, then its fields. Mostly the
-/// cluster's requests; one kind in eight is a client message, which the peer port refuses.
+/// cluster's requests; one kind in sixteen is a client message, which the peer port refuses.
 pub fn peer_message(inp: &mut Input) -> Message {
     match inp.u8() % 16 {
         0 => Message::Ping(inp.u64()),
@@ -363,6 +370,8 @@ pub fn peer_message(inp: &mut Input) -> Message {
         }),
         12 => Message::SnapshotRequest,
         13 => Message::Records(list(inp, 2, |i| sync_record(i, crate::WALL_START_MS))),
+        // The peer leaving (its own id), or naming another node.
+        14 => Message::Leave(inp.pick(&[2, 3, 0])),
         _ => client_message(inp),
     }
 }

@@ -10,14 +10,12 @@
 //!   else is looked at.
 //! - [`session`]: [`Session`], the state of one connection-bound client (its session-bound
 //!   instances, subscriptions and in-flight writes).
-//! - [`subscriptions`]: who is subscribed to what, and the coalesced push queues.
 //! - [`inflight`]: concurrent writes of one session, in order per key.
 //! - [`rejection`]: [`Rejection`], why a request was not carried out.
 
 pub mod inflight;
 pub mod rejection;
 pub mod session;
-pub mod subscriptions;
 
 use std::sync::Arc;
 
@@ -33,13 +31,12 @@ use crate::model::{
     ServiceSnapshot, Text,
 };
 use crate::node::Node;
+pub use crate::node::subscriptions::{PushMode, PushQueue};
 use crate::store::PushBody;
 use crate::wire::Reader;
 pub use rejection::Rejection;
 pub use session::AUTH_FAILURES_MAX;
 pub use session::{Session, Write};
-pub use subscriptions::PushMode;
-use subscriptions::PushQueue;
 
 /// The request API of one node. Cheap to clone; every front end holds one.
 #[derive(Clone)]
@@ -172,7 +169,9 @@ impl Api {
         started: Instant,
         r: Result<T, Rejection>,
     ) -> Result<T, Rejection> {
-        self.node.metrics.request(op, started, r.as_ref().err());
+        self.node
+            .metrics
+            .request(op, started, r.as_ref().err().map(Rejection::kind));
         r
     }
 

@@ -23,7 +23,6 @@ use tokio::time::Instant;
 use tracing::{debug, info};
 
 use super::inflight::InFlight;
-use super::subscriptions::{PushMode, PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
 use super::{
     Api, Need, Push, Rejection, Snapshot, apply_beat, apply_deregister, apply_lapse,
     apply_register, authorize,
@@ -32,6 +31,7 @@ use crate::auth::{Access, Principal};
 use crate::hash::HashSet;
 use crate::metrics::{GaugeGuard, Op};
 use crate::model::{ClusterStatus, Instance, InstanceKey, NodeId, ServiceList, ServiceName};
+use crate::node::subscriptions::{PushMode, PushQueue, SUBSCRIPTIONS_PER_CONNECTION_MAX};
 
 /// Session-bound instances one session may hold; bounds what a drop has to lapse.
 pub const BOUND_PER_SESSION_MAX: usize = 100_000;
@@ -287,7 +287,7 @@ impl Session {
             let metrics = node.metrics.clone();
             let r = op(node).await;
             drop(claim);
-            metrics.request(what, started, r.as_ref().err());
+            metrics.request(what, started, r.as_ref().err().map(Rejection::kind));
             r
         }))
     }

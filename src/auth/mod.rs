@@ -16,7 +16,7 @@
 //!   key derived from the cluster token, so that every node of the cluster accepts it.
 //!
 //! The request API decides, in one place, whether a principal may do a request
-//! (`crate::api`'s `authorize`); front ends only find out who the caller is.
+//! (the request API's `authorize`); front ends only find out who the caller is.
 
 pub mod access;
 pub mod file;

@@ -141,6 +141,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show the connected node's member list (as its config file gave it, the last SIGHUP
+    /// included) and each member's state: up, down (not answering, or never reached) or left
+    /// (it said it was leaving and has not come back).
+    Members {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print every pushed snapshot of a service until interrupted.
     Watch {
         #[command(flatten)]
@@ -483,6 +490,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{owner}");
             Ok(())
         }
+        Command::Members { json } => {
+            let client = connect_any(&cli).await?;
+            let s = client.cluster_status().await?;
+            client.close();
+            let members = ClusterJson::from(&s).members;
+            if *json {
+                println!("{}", serde_json::to_string(&members)?);
+            } else {
+                println!("{:>6} {:<40} {:<6}", "ID", "PEER ADDRESS", "STATE");
+                for (i, m) in members.iter().enumerate() {
+                    // The answering node comes first: itself.
+                    let state = if i == 0 { "self" } else { m.state.as_str() };
+                    println!("{:>6} {:<40} {:<6}", m.id, m.addr, state);
+                }
+            }
+            Ok(())
+        }
         Command::Cluster { json } => {
             let client = connect_any(&cli).await?;
             let s = client.cluster_status().await?;
@@ -505,7 +529,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         "{:>6} {:<24} {:<6} {:>10}",
                         m.id,
                         m.addr.as_str(),
-                        if m.up { "up" } else { "down" },
+                        m.state_name(),
                         m.owned
                     );
                 }

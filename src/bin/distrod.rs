@@ -39,7 +39,7 @@ fn tune_allocator() {
     }
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "distrod", version, about = "A Distro registry node")]
 struct Args {
     /// TOML config file (see distrod.example.toml); flags given here override its values.
@@ -67,6 +67,9 @@ struct Args {
     /// Shared secret of the cluster's members.
     #[arg(long, env = "DISTRO_CLUSTER_TOKEN", hide_env_values = true)]
     cluster_token: Option<String>,
+    /// The cluster's name; nodes refuse peers of another name [default: distro].
+    #[arg(long)]
+    cluster_name: Option<String>,
     /// Client tokens and their rights (TOML; docs/security.md); reloaded on SIGHUP. Without it
     /// every client may do everything.
     #[arg(long)]
@@ -143,6 +146,7 @@ impl Args {
             listen,
             peer_listen,
             members,
+            cluster_name,
             max_connections,
             lease_floor_ms,
             push_delay_ms,
@@ -195,14 +199,14 @@ impl Args {
 fn main() {
     tune_allocator();
     let args = Args::parse();
-    let config = match args.into_config() {
+    let config = match args.clone().into_config() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("distrod: error: {e:#}");
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(config) {
+    if let Err(e) = run(config, args) {
         eprintln!("distrod: error: {e:#}");
         std::process::exit(1);
     }
@@ -229,7 +233,8 @@ fn init_logs(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+/// `args`: the command line, to read the config file again on SIGHUP.
+fn run(config: Config, args: Args) -> anyhow::Result<()> {
     init_logs(&config)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -239,11 +244,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         let node = server.node();
         // Installed before the node announces itself, so that a SIGTERM sent as soon as it
         // serves (a supervisor, a test) stops it gracefully instead of killing it.
-        let signal = stop_signal()?;
-        // SIGHUP would end the process (its default) until a handler is installed: install it
-        // before the node announces itself too.
-        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .context("install the SIGHUP handler")?;
+        let mut signals = Signals::install()?;
         tracing::info!(
             listen = %server.local_addr(),
             http = %server.admin_addr().map_or("off".to_string(), |a| a.to_string()),
@@ -258,29 +259,39 @@ fn run(config: Config) -> anyhow::Result<()> {
                 "Nacos API serving"
             );
         }
-        let stop = node.shutdown.clone();
         tokio::spawn(async move {
-            signal.await;
-            tracing::info!("signal received; shutting down");
-            stop.cancel();
+            let mut stopping = false;
+            loop {
+                match signals.next().await {
+                    Signal::Stop if !stopping => {
+                        stopping = true;
+                        tracing::info!("signal received; leaving the cluster and stopping");
+                        let node = node.clone();
+                        tokio::spawn(async move { node.stop_gracefully().await });
+                    }
+                    Signal::Stop => {
+                        tracing::warn!("second stop signal; stopping at once");
+                        node.shutdown.cancel();
+                    }
+                    Signal::Reload => reload(&node, &config, &args).await,
+                }
+            }
         });
-        tokio::spawn(reload_on_hangup(node.clone(), hangup));
         server.run().await;
         anyhow::Ok(())
     })
 }
 
-/// SIGHUP: reads the token file again. A bad file is logged and changes nothing (the tokens in
-/// force stay); without a token file there is nothing to reload.
-async fn reload_on_hangup(
-    node: std::sync::Arc<distro::node::Node>,
-    mut hup: tokio::signal::unix::Signal,
-) {
-    while hup.recv().await.is_some() {
-        if node.tokens.path().is_none() {
-            tracing::info!("SIGHUP: no token file to reload");
-            continue;
-        }
+/// SIGHUP: reads the token file and the member list again.
+async fn reload(node: &distro::node::Node, running: &Config, args: &Args) {
+    reload_tokens(node);
+    reload_members(node, running, args).await;
+}
+
+/// Reads the token file again. A bad file is logged and changes nothing (the tokens in force
+/// stay); without a token file there is nothing to reload.
+fn reload_tokens(node: &distro::node::Node) {
+    if node.tokens.path().is_some() {
         match node.tokens.reload() {
             Ok(n) => tracing::info!(
                 tokens = n.tokens,
@@ -294,15 +305,85 @@ async fn reload_on_hangup(
     }
 }
 
-/// Completes on the first SIGINT or SIGTERM; the handlers are installed by this call.
-fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
+/// Reads the config file again and applies its member list (README, "Changing the members").
+/// A file that does not validate changes nothing; other settings need a restart.
+async fn reload_members(node: &distro::node::Node, running: &Config, args: &Args) {
+    let Some(path) = &args.config else {
+        if node.tokens.path().is_none() {
+            tracing::warn!("SIGHUP: no --config file and no token file to read again");
         }
-    })
+        return;
+    };
+    if args.members.is_some() {
+        tracing::warn!(
+            "SIGHUP: the members come from --members, which overrides the file; nothing changed"
+        );
+        return;
+    }
+    let new = match args.clone().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %format!("{e:#}"), "SIGHUP: config file refused; nothing changed");
+            return;
+        }
+    };
+    let (now, was) = (serde_json::to_value(&new), serde_json::to_value(running));
+    if let (Ok(now), Ok(was)) = (now, was) {
+        let changed: Vec<String> = Config::keys()
+            .into_iter()
+            .filter(|k| k != "members" && now.get(k) != was.get(k))
+            .collect();
+        if !changed.is_empty() {
+            tracing::warn!(
+                ?changed,
+                "SIGHUP applies the member list only; these settings need a restart"
+            );
+        }
+    }
+    match &node.cluster {
+        Some(cluster) => {
+            let (added, removed) = cluster.set_members(&new.members).await;
+            if added.is_empty() && removed.is_empty() {
+                tracing::info!("SIGHUP: member list unchanged");
+            }
+        }
+        None if new.is_clustered() => tracing::warn!(
+            "SIGHUP: this node was started standalone; it joins a cluster only by a restart"
+        ),
+        None => {}
+    }
+}
+
+/// What a signal asks of the node.
+enum Signal {
+    /// SIGTERM or SIGINT: a graceful stop (a second one: at once).
+    Stop,
+    /// SIGHUP: read the member list again.
+    Reload,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (from then on these signals no longer kill the process).
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("install the SIGHUP handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => Signal::Stop,
+            _ = self.int.recv() => Signal::Stop,
+            _ = self.hup.recv() => Signal::Reload,
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! handshake cannot be replayed (the other side's nonce is new every time).
 //!
 //! ```text
-//! dialer   → PeerHello     { node_id, max_version, members_hash, nonce_d }
+//! dialer   → PeerHello     { node_id, max_version, cluster_hash, nonce_d }
 //! acceptor → PeerChallenge { node_id, nonce_a, mac_a = HMAC(token, "distro-acceptor" ‖ nonce_d ‖ nonce_a ‖ id_a) }
 //! dialer   → PeerAuth      { mac_d = HMAC(token, "distro-dialer" ‖ nonce_a ‖ nonce_d ‖ id_d) }
 //! acceptor → Ack(0)        or Error(Unauthorized) and close
@@ -23,8 +23,10 @@ pub const ACCEPTOR_LABEL: &[u8] = b"distro-acceptor";
 #[derive(Clone)]
 pub struct Identity {
     pub node_id: u16,
-    /// xxh3-64 of the sorted member addresses (the cluster's identity).
-    pub members_hash: u64,
+    /// xxh3-64 of the cluster's name ([`cluster_hash`]): nodes of different clusters refuse
+    /// each other. Not the member list, which may differ between members while a change of it
+    /// is being rolled out.
+    pub cluster_hash: u64,
     /// The shared token; empty when none is configured (loopback-only clusters).
     pub token: Vec<u8>,
 }
@@ -33,7 +35,7 @@ impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
             .field("node_id", &self.node_id)
-            .field("members_hash", &self.members_hash)
+            .field("cluster_hash", &self.cluster_hash)
             .finish_non_exhaustive()
     }
 }
@@ -82,12 +84,9 @@ pub fn nonce() -> [u8; NONCE_LEN] {
     n
 }
 
-/// The cluster identity hash of a member list: order does not matter.
-pub fn members_hash(members: &[crate::config::PeerAddr]) -> u64 {
-    let mut addrs: Vec<String> = members.iter().map(|a| a.to_string()).collect();
-    addrs.sort();
-    addrs.dedup();
-    xxhash_rust::xxh3::xxh3_64(addrs.join(",").as_bytes())
+/// The identity of a cluster in the handshake: xxh3-64 of its name (`cluster_name`).
+pub fn cluster_hash(cluster_name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(cluster_name.as_bytes())
 }
 
 #[cfg(test)]
@@ -107,13 +106,9 @@ mod tests {
     }
 
     #[test]
-    fn members_hash_ignores_order() {
-        let x: crate::config::PeerAddr = "127.0.0.1:1".parse().unwrap();
-        let y: crate::config::PeerAddr = "127.0.0.1:2".parse().unwrap();
-        assert_eq!(
-            members_hash(&[x.clone(), y.clone()]),
-            members_hash(&[y.clone(), x.clone()])
-        );
-        assert_ne!(members_hash(&[x.clone(), y]), members_hash(&[x]));
+    fn the_cluster_hash_is_the_xxh3_of_the_name() {
+        // wire-spec.md §11.2's vector.
+        assert_eq!(cluster_hash("distro"), 0xe8bf_1463_1cc7_613f);
+        assert_ne!(cluster_hash("distro"), cluster_hash("distro-staging"));
     }
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use tokio::time::MissedTickBehavior;
 use tracing::{debug, info, warn};
 
@@ -19,8 +20,8 @@ use super::engine::{Command, Probe, Timing};
 use super::link::{Link, PeerError};
 use super::stats::Stats;
 use super::sync::records_frame;
-use super::{Cluster, Member, RECORDS_FRAME_BYTES, STREAM_FRAME_TIMEOUT};
-use crate::model::key_hash;
+use super::{Cluster, LEAVE_ACK_TIMEOUT, Member, RECORDS_FRAME_BYTES, STREAM_FRAME_TIMEOUT};
+use crate::model::{NodeId, key_hash};
 use crate::store::RecordBatch;
 use crate::wire::{DigestMsg, ErrorCode, Message, Opcode, PullMsg};
 
@@ -55,6 +56,7 @@ impl Cluster {
                 }
                 Command::MemberUp { addr, .. } => {
                     if let Some(m) = self.member(&addr) {
+                        m.left.store(false, Ordering::Release);
                         m.up.store(true, Ordering::Release);
                     }
                 }
@@ -79,18 +81,21 @@ impl Cluster {
 
     // ---- membership -------------------------------------------------------------------
 
-    /// Probes one member every ping interval until shutdown and tells the engine what each
-    /// probe found.
+    /// Probes one member every ping interval until shutdown (or until it is removed from the
+    /// member list) and tells the engine what each probe found.
     pub(super) async fn watch_member(self: Arc<Self>, m: Arc<Member>) {
         let timing = self.timing();
         let mut tick = tokio::time::interval(ms(timing.ping_interval_ms()));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = self.shutdown.cancelled() => { m.drop_links(); return; }
+                _ = m.gone.cancelled() => { m.drop_links(); return; }
                 _ = tick.tick() => {}
             }
-            let probe = self.probe(&m, timing).await;
+            let probe = tokio::select! {
+                _ = m.gone.cancelled() => { m.drop_links(); return; }
+                p = self.probe(&m, timing) => p,
+            };
             let cmds = self
                 .engine()
                 .members_mut()
@@ -103,13 +108,16 @@ impl Cluster {
     /// ping when that is missing.
     async fn probe(&self, m: &Member, timing: Timing) -> Probe {
         let dial_timeout = ms(timing.dial_timeout_ms());
+        // When the dial began, not when its handshake ended: a member that left meanwhile may
+        // have answered this handshake just before it left.
+        let dialed_ms = self.now_ms();
         let control = match m.control_link() {
             Some(l) => l,
             None => match self.dial_link(&m.addr, dial_timeout).await {
                 Ok(l) => {
                     self.engine()
                         .members_mut()
-                        .on_handshake(m.addr.clone(), l.peer_id);
+                        .on_handshake(m.addr.clone(), l.peer_id, dialed_ms);
                     m.id.store(l.peer_id, Ordering::Relaxed);
                     *m.control.lock().unwrap() = Some(l.clone());
                     l
@@ -140,6 +148,129 @@ impl Cluster {
             }
         }
         Probe::Answered
+    }
+
+    /// Changes the member list to `addrs` (this node's own address among them or not, as a
+    /// config file lists it): the members added are probed from now on; those removed lose
+    /// their links, and leave the view if they were in it (their keys move now). The members
+    /// kept keep their state. Answers the addresses added and removed.
+    pub async fn set_members(
+        self: &Arc<Self>,
+        addrs: &[PeerAddr],
+    ) -> (Vec<PeerAddr>, Vec<PeerAddr>) {
+        let _serial = self.members_lock.lock().await;
+        let me = self.config.own_peer_addr();
+        let mut want: Vec<PeerAddr> = Vec::new();
+        for a in addrs {
+            if *a != me && !want.contains(a) {
+                want.push(a.clone());
+            }
+        }
+        let current = self.members();
+        let removed: Vec<Arc<Member>> = current
+            .iter()
+            .filter(|m| !want.contains(&m.addr))
+            .cloned()
+            .collect();
+        let added: Vec<PeerAddr> = want
+            .iter()
+            .filter(|a| !current.iter().any(|m| m.addr == **a))
+            .cloned()
+            .collect();
+        if removed.is_empty() && added.is_empty() {
+            return (added, Vec::new());
+        }
+        let mut cmds = Vec::new();
+        {
+            let mut engine = self.engine();
+            for a in &added {
+                engine.members_mut().add(a.clone());
+            }
+            for m in &removed {
+                cmds.extend(engine.members_mut().remove(m.addr.clone()));
+            }
+        }
+        let next: Vec<Arc<Member>> = want
+            .iter()
+            .map(|a| match current.iter().find(|m| m.addr == *a) {
+                Some(m) => m.clone(),
+                None => Arc::new(Member::new(a.clone(), &self.shutdown)),
+            })
+            .collect();
+        // The removed members' links go (MemberDown) and the view without them is installed
+        // before they leave the list: its handoffs look members up by id.
+        self.run(cmds).await;
+        *self.members.write().unwrap() = Arc::new(next.clone());
+        for m in &removed {
+            m.gone.cancel();
+            m.drop_links();
+        }
+        for m in next.iter().filter(|m| added.contains(&m.addr)) {
+            self.tracker.spawn(self.clone().watch_member(m.clone()));
+        }
+        let removed: Vec<PeerAddr> = removed.iter().map(|m| m.addr.clone()).collect();
+        info!(
+            ?added,
+            ?removed,
+            members = next.len() + 1,
+            "member list changed"
+        );
+        (added, removed)
+    }
+
+    /// The peer `id` said it is leaving (on a connection it authenticated as `id`): its keys
+    /// move now, and it is not counted up again until it comes back with a new handshake.
+    /// Answers once the view without it is installed.
+    pub async fn on_peer_leave(&self, id: NodeId) {
+        let cmds = self.engine().members_mut().on_leave(id, self.now_ms());
+        if cmds.is_empty() {
+            debug!(peer = id, "a peer that is no member here says it leaves");
+            return;
+        }
+        if let Some(m) = self.member_by_id(id) {
+            m.left.store(true, Ordering::Release);
+        }
+        self.run(cmds).await;
+    }
+
+    /// Leaves the cluster, the first step of a graceful stop: the peer port takes no new
+    /// connections; the view of the members up without this node is installed, so that the
+    /// young records it owned go to their new owners (as in any view change) and the writes it
+    /// still receives are forwarded to them; every write it made is sent; then each member up
+    /// is told, over the data link behind those records, and answers once it took over — or
+    /// the node stops without its answer after [`LEAVE_ACK_TIMEOUT`] (that member's failure
+    /// detector moves the keys then, as after a crash).
+    pub async fn leave(self: &Arc<Self>) {
+        self.draining.cancel();
+        let tell = self.engine().leave();
+        self.install_view().await;
+        self.send_open_batch();
+        if tell.is_empty() {
+            info!("leaving the cluster: no member up to hand over to");
+            return;
+        }
+        let me = self.config.node_id;
+        let asked = tell.iter().map(|addr| async move {
+            let link = self.member(addr).and_then(|m| m.data_link())?;
+            match link.call(&Message::Leave(me), LEAVE_ACK_TIMEOUT).await {
+                Ok(Message::Ack(_)) => Some(()),
+                other => {
+                    warn!(peer = %addr, answer = ?other.map(|m| m.opcode()), "peer did not acknowledge the leave");
+                    None
+                }
+            }
+        });
+        let acknowledged = join_all(asked).await.into_iter().flatten().count();
+        info!(
+            members = tell.len(),
+            acknowledged, "left the cluster; the members took over this node's keys"
+        );
+    }
+
+    /// Whether this node is leaving (or stopping): what peers forward to it goes on to the
+    /// owners of its view, which leaves it out.
+    pub fn is_leaving(&self) -> bool {
+        self.draining.is_cancelled()
     }
 
     /// Installs the live view the engine holds (when it differs from the store's) and hands
@@ -217,7 +348,7 @@ impl Cluster {
         }
         while let Some((count, frame)) = self.outbox.take_frame() {
             Stats::add(&self.stats.sync_records_sent, count as u64);
-            for m in &self.members {
+            for m in self.members().iter() {
                 match m.data_link().filter(|_| m.is_up()) {
                     Some(l) if l.send_raw(frame.clone()) => {
                         Stats::add(&self.stats.sync_frames_sent, 1);

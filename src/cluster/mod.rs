@@ -6,7 +6,8 @@
 //!   of a starting node and readiness, the handshake checks. Events and times in, commands out.
 //! - `driver`: the async duties that feed the engine its events and run its commands over the
 //!   links — member probes, view installs and handoffs, the sync flusher, verify rounds and
-//!   pulls, the load on start.
+//!   pulls, the load on start; changes of the member list ([`Cluster::set_members`]) and the
+//!   graceful leave ([`Cluster::leave`]).
 //! - `forward`: the write path — registers, deregisters, beats and lapses sent to their
 //!   owners; `gather`: registers forwarded to one owner at once, sent as one frame.
 //! - [`auth`]: the HMAC primitives of the peer handshake and the node's [`Identity`].
@@ -33,7 +34,7 @@ pub mod sync;
 
 use crate::config::PeerAddr;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -63,6 +64,10 @@ pub const FORWARDS_IN_FLIGHT_MAX: usize = 4096;
 pub const RECORDS_FRAME_BYTES: usize = 1 << 20;
 /// Deadline for each frame of a streamed answer (snapshot, pull).
 pub const STREAM_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leaving node waits for its peers to acknowledge its Leave (each installs a view,
+/// an O(records) pass). Well within the shutdown grace: a peer that does not answer in time
+/// finds out by its failure detector instead, as for a crash.
+pub const LEAVE_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One other member of the cluster: its links, and what the engine last decided about it,
 /// published for the paths that must not wait for the engine (forwards, sync flushes, status).
@@ -71,18 +76,24 @@ pub struct Member {
     /// Learned in the handshake; 0 until then.
     id: AtomicU16,
     up: AtomicBool,
+    /// It said it was leaving and has not come back since (published for the status).
+    left: AtomicBool,
     control: Mutex<Option<Arc<Link>>>,
     data: Mutex<Option<Arc<Link>>>,
+    /// Cancelled when it is removed from the member list (or the node stops): its prober ends.
+    gone: CancellationToken,
 }
 
 impl Member {
-    fn new(addr: PeerAddr) -> Member {
+    fn new(addr: PeerAddr, shutdown: &CancellationToken) -> Member {
         Member {
             addr,
             id: AtomicU16::new(0),
             up: AtomicBool::new(false),
+            left: AtomicBool::new(false),
             control: Mutex::new(None),
             data: Mutex::new(None),
+            gone: shutdown.child_token(),
         }
     }
 
@@ -127,9 +138,9 @@ pub struct Cluster {
     config: Config,
     store: Arc<Store>,
     ready: Arc<AtomicBool>,
-    /// The members, in the engine's order. Fixed for the node's life today; the engine keys
-    /// its members by address so that they can be added and removed at run time.
-    members: Vec<Arc<Member>>,
+    /// The members, in the engine's order; replaced whole when the member list changes
+    /// ([`Cluster::set_members`]), read by the paths that must not wait for the engine.
+    members: RwLock<Arc<Vec<Arc<Member>>>>,
     /// The decisions. Locked only for the engine's quick synchronous calls, never across an
     /// await (the duties run on the tracker, whose futures must be `Send`: a guard held across
     /// an await does not compile).
@@ -142,6 +153,11 @@ pub struct Cluster {
     gather: gather::Gather,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Cancelled when a graceful stop begins (and by the shutdown): the peer port takes no new
+    /// connections from then on.
+    draining: CancellationToken,
+    /// Serializes member list changes.
+    members_lock: tokio::sync::Mutex<()>,
     /// Pull and snapshot answers being streamed to peers (bounded).
     serving: peer_session::Serving,
     pub stats: Stats,
@@ -164,7 +180,7 @@ impl Cluster {
     ) -> Arc<Cluster> {
         let identity = Identity {
             node_id: config.node_id,
-            members_hash: auth::members_hash(&config.members),
+            cluster_hash: auth::cluster_hash(&config.cluster_name),
             token: config
                 .cluster_token
                 .clone()
@@ -180,14 +196,15 @@ impl Cluster {
         let members = engine
             .members()
             .iter()
-            .map(|m| Arc::new(Member::new(m.addr.clone())))
+            .map(|m| Arc::new(Member::new(m.addr.clone(), &shutdown)))
             .collect();
+        let draining = shutdown.child_token();
         Arc::new(Cluster {
             identity,
             config,
             store,
             ready,
-            members,
+            members: RwLock::new(Arc::new(members)),
             engine: Mutex::new(engine),
             outbox,
             dialer,
@@ -196,6 +213,8 @@ impl Cluster {
             gather: gather::Gather::default(),
             tracker,
             shutdown,
+            draining,
+            members_lock: tokio::sync::Mutex::new(()),
             serving: peer_session::Serving::default(),
             stats: Stats::default(),
             metrics,
@@ -210,16 +229,17 @@ impl Cluster {
         &self.store
     }
 
-    pub fn members(&self) -> &[Arc<Member>] {
-        &self.members
+    /// The members now, in the order of the list.
+    pub fn members(&self) -> Arc<Vec<Arc<Member>>> {
+        self.members.read().unwrap().clone()
     }
 
-    fn member(&self, addr: &PeerAddr) -> Option<&Arc<Member>> {
-        self.members.iter().find(|m| m.addr == *addr)
+    fn member(&self, addr: &PeerAddr) -> Option<Arc<Member>> {
+        self.members().iter().find(|m| m.addr == *addr).cloned()
     }
 
-    fn member_by_id(&self, id: NodeId) -> Option<&Arc<Member>> {
-        self.members.iter().find(|m| m.id() == id)
+    fn member_by_id(&self, id: NodeId) -> Option<Arc<Member>> {
+        self.members().iter().find(|m| m.id() == id).cloned()
     }
 
     fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -239,9 +259,9 @@ impl Cluster {
         self.tracker.spawn(peer_session::accept_loop(
             self.clone(),
             listener,
-            self.shutdown.clone(),
+            self.draining.clone(),
         ));
-        for m in &self.members {
+        for m in self.members().iter() {
             self.tracker.spawn(self.clone().watch_member(m.clone()));
         }
         self.tracker.spawn(self.clone().flush_sync());
@@ -288,13 +308,15 @@ impl Cluster {
             id: self.config.node_id,
             addr: self.config.own_peer_addr().as_str().into(),
             up: true,
+            left: false,
             owned: *owned.get(&self.config.node_id).unwrap_or(&0) as u64,
         }];
-        for m in &self.members {
+        for m in self.members().iter() {
             members.push(MemberStatus {
                 id: m.id(),
                 addr: m.addr.as_str().into(),
                 up: m.is_up(),
+                left: m.left.load(Ordering::Acquire),
                 owned: if m.is_up() {
                     *owned.get(&m.id()).unwrap_or(&0) as u64
                 } else {

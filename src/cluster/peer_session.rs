@@ -96,7 +96,12 @@ async fn serve(
             .await
         {
             Ok(Ok(id)) => id,
-            Ok(Err(reason)) => {
+            Ok(Err(Refusal::Leaving)) => {
+                let e = ErrorBody::new(ErrorCode::ShuttingDown, "this node is leaving the cluster");
+                let _ = wr.write_all(&encode_frame(0, 0, &Message::Error(e))).await;
+                return;
+            }
+            Ok(Err(Refusal::Unauthorized(reason))) => {
                 warn!(%peer, %reason, "peer connection rejected");
                 let e = ErrorBody::new(ErrorCode::Unauthorized, reason);
                 let _ = wr.write_all(&encode_frame(0, 0, &Message::Error(e))).await;
@@ -189,12 +194,27 @@ struct Conn {
     shutdown: CancellationToken,
 }
 
+/// Why an incoming peer connection is not let in.
+enum Refusal {
+    /// The handshake failed (the reason goes back in an Unauthorized error).
+    Unauthorized(String),
+    /// This node is leaving: a peer that reaches it now must not count it up again (its
+    /// handshake is the sign of a new incarnation, wire-spec.md §11.10).
+    Leaving,
+}
+
+impl From<String> for Refusal {
+    fn from(reason: String) -> Refusal {
+        Refusal::Unauthorized(reason)
+    }
+}
+
 /// Acceptor side of the handshake (the checks are [`Acceptor`]'s); answers the peer's id.
 async fn handshake(
     cluster: &Cluster,
     frames: &mut FramedRead<StreamReader, FrameCodec>,
     wr: &mut StreamWriter,
-) -> Result<u16, String> {
+) -> Result<u16, Refusal> {
     let mut acceptor = Acceptor::new(&cluster.identity, auth::nonce());
     let hello = next_message(frames, "closed before the handshake").await?;
     let challenge = acceptor.on_hello(hello).map_err(|e| e.to_string())?;
@@ -203,6 +223,9 @@ async fn handshake(
         .map_err(|e| e.to_string())?;
     let proof = next_message(frames, "closed during the handshake").await?;
     let peer_id = acceptor.on_auth(proof).map_err(|e| e.to_string())?;
+    if cluster.is_leaving() {
+        return Err(Refusal::Leaving);
+    }
     wr.write_all(&encode_frame(0, 0, &Message::Ack(0)))
         .await
         .map_err(|e| e.to_string())?;
@@ -226,6 +249,9 @@ impl Conn {
         let cluster = &self.cluster;
         let tx = &self.answers;
         let store = cluster.store();
+        if cluster.is_leaving() && is_forward(&msg) {
+            return self.forward_on(rid, msg).await;
+        }
         let answer = match msg {
             Message::Ping(n) => Message::Pong(n),
             Message::FwdRegister { session, instances } => {
@@ -266,6 +292,17 @@ impl Conn {
                 };
                 return self.stream_records(rid, selection).await;
             }
+            Message::Leave(id) if id != self.peer => Message::Error(ErrorBody::new(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "Leave names node {id}; this connection authenticated as node {}",
+                    self.peer
+                ),
+            )),
+            Message::Leave(id) => {
+                cluster.on_peer_leave(id).await;
+                Message::Ack(0)
+            }
             Message::SnapshotRequest => {
                 if !cluster.ready.load(std::sync::atomic::Ordering::Acquire) {
                     // A node still loading holds only part of the data (nothing, after a
@@ -289,6 +326,56 @@ impl Conn {
             }
         };
         tx.send(encode_frame(rid, 0, &answer)).await.is_ok()
+    }
+
+    /// A forward that reached this node while it leaves: its view leaves it out, so the writes
+    /// go on to their owners there (who apply what is forwarded to them, whatever their view).
+    /// The answer is the owners'; one that cannot be reached is answered Timeout, which the
+    /// client's node passes on and the client retries.
+    async fn forward_on(&self, rid: u32, msg: Message) -> bool {
+        let cluster = &self.cluster;
+        let failed = |e: super::ForwardError| {
+            let code = match &e {
+                super::ForwardError::Refused { error, .. } => {
+                    error.kind().unwrap_or(ErrorCode::Internal)
+                }
+                super::ForwardError::Overloaded => ErrorCode::Overloaded,
+                _ => ErrorCode::Timeout,
+            };
+            Message::Error(ErrorBody::new(code, e.to_string()))
+        };
+        let answer = match msg {
+            Message::FwdRegister { session, instances } => {
+                let floor = cluster.config.lease_floor_ms;
+                match instances.iter().find_map(|i| i.validate(floor).err()) {
+                    Some(e) => {
+                        Message::Error(ErrorBody::new(ErrorCode::InvalidArgument, e.to_string()))
+                    }
+                    None => match cluster.register(&instances, session).await {
+                        Ok(n) => Message::Ack(n),
+                        Err(e) => failed(e),
+                    },
+                }
+            }
+            Message::FwdDeregister(keys) => match cluster.deregister(&keys).await {
+                Ok(n) => Message::Ack(n),
+                Err(e) => failed(e),
+            },
+            Message::FwdBeat(keys) => match cluster.beat(&keys).await {
+                Ok(unknown) => Message::BeatAck(unknown),
+                Err(e) => failed(e),
+            },
+            Message::FwdLapse { session, keys } => {
+                let n = keys.len() as u32;
+                cluster.lapse_session(session, keys).await;
+                Message::Ack(n)
+            }
+            other => unreachable!("{:?} is no forward", other.opcode()),
+        };
+        self.answers
+            .send(encode_frame(rid, 0, &answer))
+            .await
+            .is_ok()
     }
 
     /// Answers a Pull or a SnapshotRequest with the selected records, streamed from a task of
@@ -321,6 +408,16 @@ impl Conn {
         });
         true
     }
+}
+
+fn is_forward(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::FwdRegister { .. }
+            | Message::FwdDeregister(_)
+            | Message::FwdBeat(_)
+            | Message::FwdLapse { .. }
+    )
 }
 
 /// Streams the selected records as Records frames of about [`RECORDS_FRAME_BYTES`], a chunk of
@@ -403,7 +500,7 @@ mod tests {
         let hello = PeerHello {
             node_id: 2,
             max_version: PROTOCOL_VERSION,
-            members_hash: cluster.identity.members_hash,
+            cluster_hash: cluster.identity.cluster_hash,
             nonce,
         };
         wr.write_all(&encode_frame(0, 0, &Message::PeerHello(hello)))
@@ -509,6 +606,76 @@ mod tests {
             cluster.serving.streams.available_permits(),
             STREAMS_SERVED_MAX
         );
+        node.shutdown.cancel();
+        node.tracker.close();
+        node.tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_leave_is_acknowledged_only_for_the_peer_that_sends_it() {
+        let (node, mut frames, mut wr) = connected().await;
+        // (request id, Leave naming, the answer's error code; None: Ack(0))
+        let table = [
+            (30, 3, Some(ErrorCode::InvalidArgument)),
+            (31, 0, Some(ErrorCode::InvalidArgument)),
+            (32, 2, None),
+            // Again (a retry): the same answer.
+            (33, 2, None),
+        ];
+        for (rid, id, want) in table {
+            wr.write_all(&encode_frame(rid, 0, &Message::Leave(id)))
+                .await
+                .unwrap();
+            let f = next(&mut frames).await;
+            assert_eq!(f.request_id, rid);
+            match (f.message().unwrap(), want) {
+                (Message::Ack(0), None) => {}
+                (Message::Error(e), Some(code)) => assert_eq!(e.kind(), Some(code), "Leave({id})"),
+                (other, _) => panic!("Leave({id}) answered {other:?}"),
+            }
+        }
+        node.shutdown.cancel();
+        node.tracker.close();
+        node.tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_leaving_node_lets_no_new_peer_in() {
+        let (node, _frames, _wr) = connected().await;
+        let cluster = node.cluster.clone().unwrap();
+        cluster.leave().await;
+        let (near, far) = tokio::io::duplex(1 << 16);
+        node.tracker.spawn(serve(
+            cluster.clone(),
+            Box::new(near),
+            member(3),
+            node.shutdown.clone(),
+        ));
+        let (rd, mut wr) = tokio::io::split(far);
+        let mut frames = FramedRead::new(rd, FrameCodec::default());
+        let nonce = [9; NONCE_LEN];
+        let hello = PeerHello {
+            node_id: 3,
+            max_version: PROTOCOL_VERSION,
+            cluster_hash: cluster.identity.cluster_hash,
+            nonce,
+        };
+        wr.write_all(&encode_frame(0, 0, &Message::PeerHello(hello)))
+            .await
+            .unwrap();
+        let Ok(Message::PeerChallenge(ch)) = next(&mut frames).await.message() else {
+            panic!("no challenge")
+        };
+        let proof = auth::mac(TOKEN.as_bytes(), auth::DIALER_LABEL, &ch.nonce, &nonce, 3);
+        wr.write_all(&encode_frame(0, 0, &Message::PeerAuth(proof)))
+            .await
+            .unwrap();
+        // A good proof, but the node is leaving: no Ack, ShuttingDown, and the connection ends.
+        match next(&mut frames).await.message().unwrap() {
+            Message::Error(e) => assert_eq!(e.kind(), Some(ErrorCode::ShuttingDown)),
+            other => panic!("a leaving node answered a good proof with {other:?}"),
+        }
+        assert!(frames.next().await.is_none(), "the connection ends");
         node.shutdown.cancel();
         node.tracker.close();
         node.tracker.wait().await;

@@ -214,8 +214,21 @@ pub struct MemberStatus {
     pub id: NodeId,
     pub addr: Text,
     pub up: bool,
+    /// It said it was leaving (a graceful stop) and has not come back since; never with `up`.
+    pub left: bool,
     /// Live instances it owns, as the answering node sees it.
     pub owned: u64,
+}
+
+impl MemberStatus {
+    /// `up`, `down` (not answering, or never reached) or `left` (it said it was leaving).
+    pub fn state_name(&self) -> &'static str {
+        match (self.up, self.left) {
+            (true, _) => "up",
+            (false, true) => "left",
+            (false, false) => "down",
+        }
+    }
 }
 
 /// The answering node's view of its cluster (a standalone node is a cluster of one).

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -75,9 +75,12 @@ pub enum WriterEnd {
 /// drained, a write fails or times out, or `stop` is cancelled (which also abandons a write in
 /// progress); then shuts the writer down. Cancels `stop` on the way out, so the connection's
 /// other half learns that writing has ended.
-pub async fn run(
+///
+/// A queued frame is dropped as soon as its bytes are copied into the write buffer: a frame type
+/// that carries a claim on a budget (the client sessions' queued bytes) gives it back then.
+pub async fn run<F: AsRef<[u8]> + Send>(
     mut wr: StreamWriter,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<F>,
     config: WriterConfig,
     stop: CancellationToken,
     mut extra: impl Extra,
@@ -93,7 +96,7 @@ pub async fn run(
             }
             f = rx.recv() => match f {
                 Some(first) => {
-                    buf.extend_from_slice(&first);
+                    buf.extend_from_slice(first.as_ref());
                     drop(first);
                     gather_queued(&mut buf, &mut rx, config.batch_bytes).await;
                 }
@@ -148,7 +151,11 @@ fn recycle(buf: &mut BytesMut) {
 /// that are ready to run queue theirs too and appends those: one socket write (and one wake-up
 /// of the reader on the other side) for all of them instead of one per frame. Costs a trip
 /// through the scheduler when nothing else is ready.
-async fn gather_queued(buf: &mut BytesMut, rx: &mut mpsc::Receiver<Bytes>, limit: usize) {
+async fn gather_queued<F: AsRef<[u8]>>(
+    buf: &mut BytesMut,
+    rx: &mut mpsc::Receiver<F>,
+    limit: usize,
+) {
     drain_into(buf, rx, limit);
     if buf.len() < limit {
         tokio::task::yield_now().await;
@@ -157,10 +164,10 @@ async fn gather_queued(buf: &mut BytesMut, rx: &mut mpsc::Receiver<Bytes>, limit
 }
 
 /// Appends the frames already queued on `rx` to `buf` until it holds `limit` bytes.
-fn drain_into(buf: &mut BytesMut, rx: &mut mpsc::Receiver<Bytes>, limit: usize) {
+fn drain_into<F: AsRef<[u8]>>(buf: &mut BytesMut, rx: &mut mpsc::Receiver<F>, limit: usize) {
     while buf.len() < limit {
         match rx.try_recv() {
-            Ok(b) => buf.extend_from_slice(&b),
+            Ok(b) => buf.extend_from_slice(b.as_ref()),
             Err(_) => break,
         }
     }
@@ -169,6 +176,7 @@ fn drain_into(buf: &mut BytesMut, rx: &mut mpsc::Receiver<Bytes>, limit: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Context, Poll};

@@ -135,8 +135,9 @@ impl Server {
         self.node.clone()
     }
 
-    /// Serves until `node.shutdown` is cancelled, then stops accepting, lets connections flush
-    /// and returns within [`SHUTDOWN_GRACE`].
+    /// Serves until `node.shutdown` is cancelled, then lets connections flush and returns
+    /// within [`SHUTDOWN_GRACE`]. New connections stop already when a graceful stop begins
+    /// (`node.draining`, see [`Node::stop_gracefully`]).
     pub async fn run(self) {
         let node = self.node;
         let ports = [
@@ -184,11 +185,15 @@ impl Server {
             "client",
             &*self.listener,
             node.config.max_connections,
-            node.shutdown.clone(),
+            node.draining.clone(),
             &node.tracker,
             |stream, peer| crate::frontend::native::serve(api.clone(), stream, peer),
         )
         .await;
+        drop(self.listener);
+        // A graceful stop takes new connections no more, then leaves the cluster: the client
+        // sessions keep being served until the shutdown that follows.
+        node.shutdown.cancelled().await;
         node.tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, node.tracker.wait())
             .await
@@ -234,9 +239,17 @@ pub struct ServerHandle {
 }
 
 impl ServerHandle {
-    /// Stops the server and waits for it to finish.
+    /// Stops the server at once (peers notice by their failure detector, as after a crash),
+    /// and waits for it to finish.
     pub async fn stop(self) {
         self.node.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Stops the server gracefully ([`Node::stop_gracefully`]: it leaves the cluster first),
+    /// and waits for it to finish.
+    pub async fn stop_gracefully(self) {
+        self.node.stop_gracefully().await;
         let _ = self.task.await;
     }
 }

@@ -5,8 +5,10 @@
 //! them, so the two cannot drift apart.
 //!
 //! - [`buf`]: primitive encodings (integers, strings, maps) and the bounds-checked [`Reader`].
+//! - [`data`]: the encodings of the data model's types (keys, instances, snapshots, deltas).
 //! - [`msg`]: the message bodies and [`Message`], with `encode`/`decode` per opcode.
 //! - [`peer`]: the bodies of the cluster (peer-to-peer) messages.
+//! - [`record`]: [`SyncRecord`], an instance's state at one version as nodes exchange it.
 //! - [`codec`]: [`FrameCodec`], length-prefixed framing for `tokio_util::codec`.
 //! - [`error`]: [`WireError`], one variant per kind of malformed input.
 //!
@@ -15,18 +17,22 @@
 
 pub mod buf;
 pub mod codec;
+pub mod data;
 pub mod error;
 pub mod msg;
 pub mod peer;
+pub mod record;
 
 pub use buf::Reader;
 pub use codec::{
     Frame, FrameCodec, encode_frame, encode_frame_into, encode_raw_frame_into, set_frame_flags,
     try_encode_frame_into, try_encode_raw_frame_into,
 };
+pub use data::*;
 pub use error::WireError;
 pub use msg::*;
 pub use peer::*;
+pub use record::*;
 
 /// The only protocol version this node speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
@@ -88,6 +94,7 @@ pub enum Opcode {
     Pull = 0x4A,
     Records = 0x4B,
     SnapshotRequest = 0x4C,
+    Leave = 0x4D,
 }
 
 impl Opcode {
@@ -134,6 +141,7 @@ impl Opcode {
             0x4A => Pull,
             0x4B => Records,
             0x4C => SnapshotRequest,
+            0x4D => Leave,
             other => return Err(WireError::UnknownOpcode(other)),
         })
     }

@@ -2,436 +2,20 @@
 //!
 //! `encode` appends the body to a buffer; `decode` reads it from a frame body with every length
 //! and count checked against both its limit and the bytes present. Layouts are in `wire-spec.md`.
-//! The data model's types ([`crate::model`]) get their encodings here, beside the messages that
-//! carry them; the canonical key bytes (an InstanceKey's encoding) come from [`crate::model::key`].
+//! The data model's encodings are in [`super::data`], the peer records in [`super::record`].
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::buf::{Reader, check_len, must, put_count_u16, put_count_u32, put_text};
+use super::buf::{Reader, must, put_count_u16, put_text};
 use super::peer::{
     decode_instances, decode_keys, decode_records, encode_instances, encode_keys, encode_records,
     fixed,
 };
 use super::*;
 use crate::model::{
-    ClusterStatus, Instance, InstanceKey, InstanceView, Lease, Metadata, ServiceDelta, ServiceList,
-    ServiceName, ServiceSnapshot, ServiceSummary, Text, Version, ViewKey, key, limits::*,
+    ClusterStatus, Instance, InstanceKey, ServiceDelta, ServiceList, ServiceName, ServiceSnapshot,
+    ServiceSummary, Text, limits::*,
 };
-
-impl ServiceName {
-    /// # Panics
-    /// If a part is longer than [`NAME_LEN_MAX`] (see [`ServiceName::try_encode`]).
-    pub fn encode(&self, out: &mut BytesMut) {
-        must(self.try_encode(out), "a service name");
-    }
-
-    /// Appends the name, or fails (writing nothing) if a part is longer than the decoder takes.
-    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        self.check()?;
-        key::put_service(out, self);
-        Ok(())
-    }
-
-    fn check(&self) -> Result<(), WireError> {
-        check_len(&self.namespace, "namespace", NAME_LEN_MAX)?;
-        check_len(&self.group, "group", NAME_LEN_MAX)?;
-        check_len(&self.service, "service", NAME_LEN_MAX)
-    }
-
-    pub fn decode(r: &mut Reader) -> Result<ServiceName, WireError> {
-        Ok(ServiceName {
-            namespace: r.text("namespace", NAME_LEN_MAX)?,
-            group: r.text("group", NAME_LEN_MAX)?,
-            service: r.text("service", NAME_LEN_MAX)?,
-        })
-    }
-}
-
-impl InstanceKey {
-    /// Smallest encoding: six empty strings' lengths and the port.
-    pub const MIN_LEN: usize = 2 * 5 + 2;
-
-    /// The canonical key bytes (wire-spec.md §10.1).
-    ///
-    /// # Panics
-    /// If a part is longer than its limit (see [`InstanceKey::try_encode`]).
-    pub fn encode(&self, out: &mut BytesMut) {
-        must(self.try_encode(out), "an instance key");
-    }
-
-    /// Appends the key, or fails (writing nothing) if a part is longer than the decoder takes.
-    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        check_key_parts(&self.service, &self.cluster, &self.ip)?;
-        key::put_key(out, &self.service, &self.cluster, &self.ip, self.port);
-        Ok(())
-    }
-
-    pub fn decode(r: &mut Reader) -> Result<InstanceKey, WireError> {
-        Ok(InstanceKey {
-            service: ServiceName::decode(r)?,
-            cluster: r.text("cluster", NAME_LEN_MAX)?,
-            ip: r.text("ip", IP_LEN_MAX)?,
-            port: r.u16("port")?,
-        })
-    }
-}
-
-fn check_key_parts(name: &ServiceName, cluster: &str, ip: &str) -> Result<(), WireError> {
-    name.check()?;
-    check_len(cluster, "cluster", NAME_LEN_MAX)?;
-    check_len(ip, "ip", IP_LEN_MAX)
-}
-
-/// Appends a metadata map; generic so that the store encodes its own string types directly.
-fn encode_metadata<K: AsRef<str>, V: AsRef<str>>(
-    out: &mut BytesMut,
-    meta: &[(K, V)],
-) -> Result<(), WireError> {
-    put_count_u16(out, meta.len(), "metadata entries", META_ENTRIES_MAX)?;
-    for (k, v) in meta {
-        put_text(out, k.as_ref(), "metadata key", META_KEY_LEN_MAX)?;
-        put_text(out, v.as_ref(), "metadata value", META_VALUE_LEN_MAX)?;
-    }
-    Ok(())
-}
-
-fn decode_metadata(r: &mut Reader) -> Result<Metadata, WireError> {
-    let n = r.u16("metadata count")? as usize;
-    let n = r.count(n, "metadata entries", META_ENTRIES_MAX, 4)?;
-    let mut meta = Vec::with_capacity(n);
-    for _ in 0..n {
-        let k = r.text("metadata key", META_KEY_LEN_MAX)?;
-        let v = r.text("metadata value", META_VALUE_LEN_MAX)?;
-        meta.push((k, v));
-    }
-    Ok(meta)
-}
-
-const INSTANCE_HEALTHY: u8 = 0x01;
-const INSTANCE_ENABLED: u8 = 0x02;
-
-fn encode_status(out: &mut BytesMut, healthy: bool, enabled: bool) {
-    let mut bits = 0;
-    if healthy {
-        bits |= INSTANCE_HEALTHY;
-    }
-    if enabled {
-        bits |= INSTANCE_ENABLED;
-    }
-    out.put_u8(bits);
-}
-
-fn decode_status(r: &mut Reader) -> Result<(bool, bool), WireError> {
-    let bits = r.u8("instance status")?;
-    if bits & !(INSTANCE_HEALTHY | INSTANCE_ENABLED) != 0 {
-        return Err(WireError::InvalidValue {
-            what: "instance status",
-            reason: "reserved bits set",
-        });
-    }
-    Ok((bits & INSTANCE_HEALTHY != 0, bits & INSTANCE_ENABLED != 0))
-}
-
-fn decode_weight(r: &mut Reader) -> Result<f64, WireError> {
-    let w = r.f64("weight")?;
-    if !w.is_finite() {
-        return Err(WireError::InvalidValue {
-            what: "weight",
-            reason: "not a finite number",
-        });
-    }
-    Ok(w)
-}
-
-impl Instance {
-    pub const MIN_LEN: usize = InstanceKey::MIN_LEN + 8 + 1 + 12 + 2;
-
-    /// The length of [`Instance::encode`]'s output.
-    pub fn encoded_len(&self) -> usize {
-        let k = &self.key;
-        let texts = [
-            &k.service.namespace,
-            &k.service.group,
-            &k.service.service,
-            &k.cluster,
-            &k.ip,
-        ];
-        let meta: usize = self
-            .metadata
-            .iter()
-            .map(|(k, v)| 4 + k.len() + v.len())
-            .sum();
-        Self::MIN_LEN + texts.iter().map(|t| t.len()).sum::<usize>() + meta
-    }
-
-    /// # Panics
-    /// If a field breaks a limit of the decoder (see [`Instance::try_encode`]).
-    pub fn encode(&self, out: &mut BytesMut) {
-        must(self.try_encode(out), "an instance");
-    }
-
-    /// Appends the instance, or fails if a field breaks a limit of the decoder (`out` may then
-    /// hold part of it: frame encoders cut it off).
-    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        self.key.try_encode(out)?;
-        out.put_f64(self.weight);
-        encode_status(out, self.healthy, self.enabled);
-        out.put_u32(self.lease.beat_ms);
-        out.put_u32(self.lease.unhealthy_ms);
-        out.put_u32(self.lease.expire_ms);
-        encode_metadata(out, &self.metadata)
-    }
-
-    pub fn decode(r: &mut Reader) -> Result<Instance, WireError> {
-        let key = InstanceKey::decode(r)?;
-        let weight = decode_weight(r)?;
-        let (healthy, enabled) = decode_status(r)?;
-        let lease = Lease {
-            beat_ms: r.u32("beat_ms")?,
-            unhealthy_ms: r.u32("unhealthy_ms")?,
-            expire_ms: r.u32("expire_ms")?,
-        };
-        let metadata = decode_metadata(r)?;
-        Ok(Instance {
-            key,
-            weight,
-            healthy,
-            enabled,
-            lease,
-            metadata,
-        })
-    }
-}
-
-impl InstanceView {
-    pub const MIN_LEN: usize = 2 + 2 + 2 + 8 + 1 + 2;
-
-    /// # Panics
-    /// If a field breaks a limit of the decoder (see [`InstanceView::try_encode`]).
-    pub fn encode(&self, out: &mut BytesMut) {
-        must(self.try_encode(out), "an instance view");
-    }
-
-    /// Appends the view, or fails if a field breaks a limit of the decoder.
-    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        try_encode_instance_view(
-            out,
-            &self.cluster,
-            &self.ip,
-            self.port,
-            self.weight,
-            self.healthy,
-            self.enabled,
-            &self.metadata,
-        )
-    }
-
-    pub fn decode(r: &mut Reader) -> Result<InstanceView, WireError> {
-        let cluster = r.text("cluster", NAME_LEN_MAX)?;
-        let ip = r.text("ip", IP_LEN_MAX)?;
-        let port = r.u16("port")?;
-        let weight = decode_weight(r)?;
-        let (healthy, enabled) = decode_status(r)?;
-        let metadata = decode_metadata(r)?;
-        Ok(InstanceView {
-            cluster,
-            ip,
-            port,
-            weight,
-            healthy,
-            enabled,
-            metadata,
-        })
-    }
-}
-
-/// Encodes one InstanceView from its parts, so the store can encode straight from its records.
-///
-/// # Panics
-/// If a field breaks a limit of the decoder (the store holds only validated instances).
-#[allow(clippy::too_many_arguments)]
-pub fn encode_instance_view<K: AsRef<str>, V: AsRef<str>>(
-    out: &mut BytesMut,
-    cluster: &str,
-    ip: &str,
-    port: u16,
-    weight: f64,
-    healthy: bool,
-    enabled: bool,
-    metadata: &[(K, V)],
-) {
-    must(
-        try_encode_instance_view(out, cluster, ip, port, weight, healthy, enabled, metadata),
-        "an instance view",
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-fn try_encode_instance_view<K: AsRef<str>, V: AsRef<str>>(
-    out: &mut BytesMut,
-    cluster: &str,
-    ip: &str,
-    port: u16,
-    weight: f64,
-    healthy: bool,
-    enabled: bool,
-    metadata: &[(K, V)],
-) -> Result<(), WireError> {
-    put_text(out, cluster, "cluster", NAME_LEN_MAX)?;
-    put_text(out, ip, "ip", IP_LEN_MAX)?;
-    out.put_u16(port);
-    out.put_f64(weight);
-    encode_status(out, healthy, enabled);
-    encode_metadata(out, metadata)
-}
-
-impl ServiceSnapshot {
-    /// Appends the header part of a snapshot body; `count` InstanceViews must follow.
-    ///
-    /// # Panics
-    /// If the name breaks a limit of the decoder.
-    pub fn encode_head(out: &mut BytesMut, name: &ServiceName, revision: u64, count: u32) {
-        name.encode(out);
-        out.put_u64(revision);
-        out.put_u32(count);
-    }
-
-    fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        self.name.try_encode(out)?;
-        out.put_u64(self.revision);
-        put_count_u32(out, self.instances.len(), "instances", usize::MAX)?;
-        for i in &self.instances {
-            i.try_encode(out)?;
-        }
-        Ok(())
-    }
-
-    /// Decodes a whole snapshot body (a QueryResult's or Push's).
-    pub fn decode_body(body: Bytes) -> Result<ServiceSnapshot, WireError> {
-        let mut r = Reader::new(body);
-        let s = ServiceSnapshot::decode(&mut r)?;
-        r.finish()?;
-        Ok(s)
-    }
-
-    fn decode(r: &mut Reader) -> Result<ServiceSnapshot, WireError> {
-        let name = ServiceName::decode(r)?;
-        let revision = r.u64("revision")?;
-        let n = r.u32("instance count")? as usize;
-        let n = r.count(n, "instances", usize::MAX, InstanceView::MIN_LEN)?;
-        let mut instances = Vec::with_capacity(n);
-        for _ in 0..n {
-            instances.push(InstanceView::decode(r)?);
-        }
-        Ok(ServiceSnapshot {
-            name,
-            revision,
-            instances,
-        })
-    }
-}
-
-impl ViewKey {
-    /// Smallest encoding: two empty strings and the port.
-    pub const MIN_LEN: usize = 2 + 2 + 2;
-
-    /// # Panics
-    /// If a part is longer than its limit (see [`ViewKey::try_encode`]).
-    pub fn encode(&self, out: &mut BytesMut) {
-        encode_view_key(out, &self.cluster, &self.ip, self.port);
-    }
-
-    /// Appends the ViewKey, or fails if a part is longer than its limit.
-    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        try_encode_view_key(out, &self.cluster, &self.ip, self.port)
-    }
-
-    pub fn decode(r: &mut Reader) -> Result<ViewKey, WireError> {
-        Ok(ViewKey {
-            cluster: r.text("cluster", NAME_LEN_MAX)?,
-            ip: r.text("ip", IP_LEN_MAX)?,
-            port: r.u16("port")?,
-        })
-    }
-}
-
-/// Encodes one ViewKey from its parts (the store keeps them apart).
-///
-/// # Panics
-/// If a part is longer than its limit (the store holds only validated keys).
-pub fn encode_view_key(out: &mut BytesMut, cluster: &str, ip: &str, port: u16) {
-    must(try_encode_view_key(out, cluster, ip, port), "a view key");
-}
-
-fn try_encode_view_key(
-    out: &mut BytesMut,
-    cluster: &str,
-    ip: &str,
-    port: u16,
-) -> Result<(), WireError> {
-    put_text(out, cluster, "cluster", NAME_LEN_MAX)?;
-    put_text(out, ip, "ip", IP_LEN_MAX)?;
-    out.put_u16(port);
-    Ok(())
-}
-
-impl ServiceDelta {
-    /// Appends the part of a PushDelta body before its lists: the removed keys (a `u32` count,
-    /// then ViewKeys) and the updated instances (a `u32` count, then InstanceViews) follow.
-    pub fn encode_head(out: &mut BytesMut, name: &ServiceName, base_revision: u64, revision: u64) {
-        name.encode(out);
-        out.put_u64(base_revision);
-        out.put_u64(revision);
-    }
-
-    fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        self.name.try_encode(out)?;
-        out.put_u64(self.base_revision);
-        out.put_u64(self.revision);
-        put_count_u32(out, self.removed.len(), "removed keys", usize::MAX)?;
-        for k in &self.removed {
-            k.try_encode(out)?;
-        }
-        put_count_u32(out, self.updated.len(), "updated instances", usize::MAX)?;
-        for v in &self.updated {
-            v.try_encode(out)?;
-        }
-        Ok(())
-    }
-
-    /// Decodes a whole PushDelta body.
-    pub fn decode_body(body: Bytes) -> Result<ServiceDelta, WireError> {
-        let mut r = Reader::new(body);
-        let d = ServiceDelta::decode(&mut r)?;
-        r.finish()?;
-        Ok(d)
-    }
-
-    fn decode(r: &mut Reader) -> Result<ServiceDelta, WireError> {
-        let name = ServiceName::decode(r)?;
-        let base_revision = r.u64("base revision")?;
-        let revision = r.u64("revision")?;
-        let n = r.u32("removed count")? as usize;
-        let n = r.count(n, "removed instances", usize::MAX, ViewKey::MIN_LEN)?;
-        let mut removed = Vec::with_capacity(n);
-        for _ in 0..n {
-            removed.push(ViewKey::decode(r)?);
-        }
-        let n = r.u32("updated count")? as usize;
-        let n = r.count(n, "updated instances", usize::MAX, InstanceView::MIN_LEN)?;
-        let mut updated = Vec::with_capacity(n);
-        for _ in 0..n {
-            updated.push(InstanceView::decode(r)?);
-        }
-        Ok(ServiceDelta {
-            name,
-            base_revision,
-            revision,
-            removed,
-            updated,
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hello {
@@ -590,6 +174,9 @@ pub enum Message {
     /// Records answering a Pull or a SnapshotRequest; FLAG_MORE on every frame but the last.
     Records(Vec<SyncRecord>),
     SnapshotRequest,
+    /// The sending node (this id) is leaving the cluster: take over its keys now, and do not
+    /// count it up again until it comes back with a new handshake. Answered with Ack(0).
+    Leave(u16),
 }
 
 impl Message {
@@ -630,6 +217,7 @@ impl Message {
             Message::Pull(_) => Opcode::Pull,
             Message::Records(_) => Opcode::Records,
             Message::SnapshotRequest => Opcode::SnapshotRequest,
+            Message::Leave(_) => Opcode::Leave,
         }
     }
 
@@ -706,11 +294,11 @@ impl Message {
                 put_text(out, ip, "ip", IP_LEN_MAX)?;
                 out.put_u16(*port);
             }
-            Message::OwnerResult(id) => out.put_u16(*id),
+            Message::OwnerResult(id) | Message::Leave(id) => out.put_u16(*id),
             Message::PeerHello(h) => {
                 out.put_u16(h.node_id);
                 out.put_u8(h.max_version);
-                out.put_u64(h.members_hash);
+                out.put_u64(h.cluster_hash);
                 out.put_slice(&h.nonce);
             }
             Message::PeerChallenge(c) => {
@@ -830,10 +418,11 @@ impl Message {
                 port: r.u16("port")?,
             },
             Opcode::OwnerResult => Message::OwnerResult(r.u16("owner")?),
+            Opcode::Leave => Message::Leave(r.u16("node id")?),
             Opcode::PeerHello => Message::PeerHello(PeerHello {
                 node_id: r.u16("node id")?,
                 max_version: r.u8("max version")?,
-                members_hash: r.u64("members hash")?,
+                cluster_hash: r.u64("cluster hash")?,
                 nonce: fixed(&mut r, "nonce")?,
             }),
             Opcode::PeerChallenge => Message::PeerChallenge(PeerChallenge {
@@ -871,165 +460,4 @@ impl Message {
         r.finish()?;
         Ok(msg)
     }
-}
-
-pub const RECORD_ALIVE: u8 = 0x01;
-pub const RECORD_HEALTHY: u8 = 0x02;
-pub const RECORD_ENABLED: u8 = 0x04;
-pub const RECORD_LAPSED: u8 = 0x08;
-
-/// One record as nodes exchange it (sync, pull answers, snapshots, handoff): the whole state of
-/// an instance at one version, or its tombstone (`alive == false`: weight and metadata are sent
-/// empty, and `lapsed` tells an expiry (set) from a deregistration (clear)).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SyncRecord {
-    pub key: InstanceKey,
-    pub version: Version,
-    pub alive: bool,
-    /// As the client declared it.
-    pub healthy: bool,
-    pub enabled: bool,
-    /// The lease or the client's session lapsed: the instance is reported unhealthy.
-    pub lapsed: bool,
-    pub weight: f64,
-    pub lease: Lease,
-    /// Non-zero for a session-bound instance: `node_id << 48 | session number` of the
-    /// connection that registered it.
-    pub session: u64,
-    pub metadata: Metadata,
-}
-
-impl SyncRecord {
-    pub const MIN_LEN: usize = InstanceKey::MIN_LEN + 10 + 1 + 8 + 12 + 8 + 2;
-
-    /// # Panics
-    /// If a field breaks a limit of the decoder (see [`SyncRecord::try_encode`]).
-    pub fn encode(&self, out: &mut BytesMut) {
-        must(self.try_encode(out), "a sync record");
-    }
-
-    /// Appends the record, or fails if a field breaks a limit of the decoder (`out` may then
-    /// hold part of it: frame encoders cut it off).
-    pub fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
-        self.key.try_encode(out)?;
-        try_encode_record_tail(
-            out,
-            self.version,
-            self.status_bits(),
-            self.weight,
-            self.lease,
-            self.session,
-            &self.metadata,
-        )
-    }
-
-    pub fn status_bits(&self) -> u8 {
-        record_status_bits(self.alive, self.healthy, self.enabled, self.lapsed)
-    }
-
-    pub fn decode(r: &mut Reader) -> Result<SyncRecord, WireError> {
-        let key = InstanceKey::decode(r)?;
-        let version = Version {
-            hlc: r.u64("version hlc")?,
-            origin: r.u16("version origin")?,
-        };
-        let bits = r.u8("record status")?;
-        if bits & !(RECORD_ALIVE | RECORD_HEALTHY | RECORD_ENABLED | RECORD_LAPSED) != 0 {
-            return Err(WireError::InvalidValue {
-                what: "record status",
-                reason: "reserved bits set",
-            });
-        }
-        let weight = decode_weight(r)?;
-        let lease = Lease {
-            beat_ms: r.u32("beat_ms")?,
-            unhealthy_ms: r.u32("unhealthy_ms")?,
-            expire_ms: r.u32("expire_ms")?,
-        };
-        let session = r.u64("session")?;
-        let metadata = decode_metadata(r)?;
-        Ok(SyncRecord {
-            key,
-            version,
-            alive: bits & RECORD_ALIVE != 0,
-            healthy: bits & RECORD_HEALTHY != 0,
-            enabled: bits & RECORD_ENABLED != 0,
-            lapsed: bits & RECORD_LAPSED != 0,
-            weight,
-            lease,
-            session,
-            metadata,
-        })
-    }
-}
-
-pub fn record_status_bits(alive: bool, healthy: bool, enabled: bool, lapsed: bool) -> u8 {
-    let mut bits = 0;
-    if alive {
-        bits |= RECORD_ALIVE;
-    }
-    if healthy {
-        bits |= RECORD_HEALTHY;
-    }
-    if enabled {
-        bits |= RECORD_ENABLED;
-    }
-    if lapsed {
-        bits |= RECORD_LAPSED;
-    }
-    bits
-}
-
-/// Everything of a SyncRecord after its key, so that the store can encode from its own types.
-///
-/// # Panics
-/// If the metadata breaks a limit of the decoder (the store holds only validated instances).
-pub fn encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
-    out: &mut BytesMut,
-    version: Version,
-    status_bits: u8,
-    weight: f64,
-    lease: Lease,
-    session: u64,
-    metadata: &[(K, V)],
-) {
-    must(
-        try_encode_record_tail(out, version, status_bits, weight, lease, session, metadata),
-        "a sync record",
-    );
-}
-
-fn try_encode_record_tail<K: AsRef<str>, V: AsRef<str>>(
-    out: &mut BytesMut,
-    version: Version,
-    status_bits: u8,
-    weight: f64,
-    lease: Lease,
-    session: u64,
-    metadata: &[(K, V)],
-) -> Result<(), WireError> {
-    out.put_u64(version.hlc);
-    out.put_u16(version.origin);
-    out.put_u8(status_bits);
-    out.put_f64(weight);
-    out.put_u32(lease.beat_ms);
-    out.put_u32(lease.unhealthy_ms);
-    out.put_u32(lease.expire_ms);
-    out.put_u64(session);
-    encode_metadata(out, metadata)
-}
-
-/// Appends an InstanceKey from its parts (the store keeps them apart).
-///
-/// # Panics
-/// If a part breaks a limit of the decoder (the store holds only validated keys).
-pub fn encode_key_parts(
-    out: &mut BytesMut,
-    name: &ServiceName,
-    cluster: &str,
-    ip: &str,
-    port: u16,
-) {
-    must(check_key_parts(name, cluster, ip), "an instance key");
-    key::put_key(out, name, cluster, ip, port);
 }

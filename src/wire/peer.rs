@@ -4,7 +4,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::buf::{Reader, put_count_u16, put_count_u32, put_text};
-use super::msg::SyncRecord;
+use super::record::SyncRecord;
 use super::*;
 use crate::model::{
     BATCH_INSTANCES_MAX, ClusterStatus, DIGEST_BUCKETS, IP_LEN_MAX, Instance, InstanceKey,
@@ -32,7 +32,7 @@ pub struct PeerHello {
     pub max_version: u8,
     /// xxh3-64 of the sorted member address list: nodes configured for different clusters
     /// refuse each other.
-    pub members_hash: u64,
+    pub cluster_hash: u64,
     pub nonce: [u8; NONCE_LEN],
 }
 
@@ -163,6 +163,21 @@ impl DigestMsg {
     }
 }
 
+/// A member's state byte in ClusterStatusResult: down (not answering, or never reached).
+pub const MEMBER_DOWN: u8 = 0;
+/// Answering pings: part of the live view.
+pub const MEMBER_UP: u8 = 1;
+/// Said it was leaving (Leave) and has not come back with a new handshake since.
+pub const MEMBER_LEFT: u8 = 2;
+
+fn member_state_byte(m: &MemberStatus) -> u8 {
+    match (m.up, m.left) {
+        (true, _) => MEMBER_UP,
+        (false, true) => MEMBER_LEFT,
+        (false, false) => MEMBER_DOWN,
+    }
+}
+
 impl ClusterStatus {
     pub(crate) fn try_encode(&self, out: &mut BytesMut) -> Result<(), WireError> {
         out.put_u16(self.node_id);
@@ -172,7 +187,7 @@ impl ClusterStatus {
         for m in &self.members {
             out.put_u16(m.id);
             put_text(out, &m.addr, "member address", NAME_LEN_MAX)?;
-            out.put_u8(m.up as u8);
+            out.put_u8(member_state_byte(m));
             out.put_u64(m.owned);
         }
         Ok(())
@@ -186,10 +201,24 @@ impl ClusterStatus {
         let n = r.count(n, "members", MEMBERS_MAX, 13)?;
         let mut members = Vec::with_capacity(n);
         for _ in 0..n {
+            let id = r.u16("member id")?;
+            let addr = r.text("member address", NAME_LEN_MAX)?;
+            let (up, left) = match r.u8("member state")? {
+                MEMBER_DOWN => (false, false),
+                MEMBER_UP => (true, false),
+                MEMBER_LEFT => (false, true),
+                _ => {
+                    return Err(WireError::InvalidValue {
+                        what: "member state",
+                        reason: "not 0 (down), 1 (up) or 2 (left)",
+                    });
+                }
+            };
             members.push(MemberStatus {
-                id: r.u16("member id")?,
-                addr: r.text("member address", NAME_LEN_MAX)?,
-                up: r.bool("member state")?,
+                id,
+                addr,
+                up,
+                left,
                 owned: r.u64("owned")?,
             });
         }

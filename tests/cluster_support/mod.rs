@@ -57,6 +57,9 @@ pub fn node_config(
         peer_listen,
         members: members.iter().map(|&a| a.into()).collect(),
         cluster_token: Some(TOKEN.into()),
+        // One name per test cluster: a node of another test that reaches one of these ports
+        // (reused after that test stopped its node) is refused.
+        cluster_name: format!("test-{}", members.first().map_or(0, |a| a.port())),
         member_timeout_ms: 600,
         verify_interval_ms: 500,
         sync_delay_ms: 10,
@@ -209,6 +212,29 @@ impl TestCluster {
             .take()
             .unwrap_or_else(|| panic!("node {id} is already stopped"));
         h.stop().await;
+    }
+
+    /// Stops node `id` gracefully: it leaves the cluster (its peers take over its keys at once)
+    /// and stops; waits until it finished.
+    pub async fn stop_gracefully(&mut self, id: NodeId) {
+        let h = self.handles[id as usize - 1]
+            .take()
+            .unwrap_or_else(|| panic!("node {id} is already stopped"));
+        h.stop_gracefully().await;
+    }
+
+    /// The peer address of node `id`.
+    pub fn peer_addr(&self, id: NodeId) -> SocketAddr {
+        self.configs[id as usize - 1].peer_listen
+    }
+
+    /// Gives running node `id` the member list `members` (node ids), as a SIGHUP with a new
+    /// config file does; its config (for restarts) gets it too.
+    pub async fn set_members(&mut self, id: NodeId, members: &[NodeId]) {
+        let addrs: Vec<distro::config::PeerAddr> =
+            members.iter().map(|&m| self.peer_addr(m).into()).collect();
+        self.configs[id as usize - 1].members = addrs.clone();
+        self.cluster(id).set_members(&addrs).await;
     }
 
     /// Starts node `id` again with a fresh store, on the addresses and config it had. Does not

@@ -151,6 +151,8 @@ pub struct NodeSlot {
     pub running: bool,
     /// When the running incarnation started.
     pub started_ms: u64,
+    /// Asks the running incarnation to stop gracefully (leave, then stop).
+    pub stop: Option<Arc<tokio::sync::Notify>>,
 }
 
 #[derive(Default)]
@@ -183,6 +185,7 @@ pub struct Stats {
     pub reads_not_ready: u64,
     pub reads_excused: u64,
     pub node_crashes: u64,
+    pub node_stops: u64,
     pub client_crashes: u64,
     pub partitions: u64,
 }
@@ -321,10 +324,11 @@ impl State {
         }
     }
 
-    fn node_started(&mut self, i: usize, node: Arc<Node>, t: u64) {
+    fn node_started(&mut self, i: usize, node: Arc<Node>, stop: Arc<tokio::sync::Notify>, t: u64) {
         let slot = &mut self.nodes[i];
         slot.inc += 1;
         slot.node = Some(node);
+        slot.stop = Some(stop);
         slot.running = true;
         slot.started_ms = t;
         let inc = slot.inc;
@@ -1199,6 +1203,19 @@ impl Driver<'_> {
                 let slot = &mut st.nodes[*node];
                 slot.running = false;
                 slot.node = None;
+                slot.stop = None;
+            }
+            Event::NodeStop { node } => {
+                // From now on the node leaves, then stops: it is no longer counted as running
+                // (its reads may fail, its clients move away).
+                let mut st = self.shared.lock().unwrap();
+                st.stats.node_stops += 1;
+                let slot = &mut st.nodes[*node];
+                if let Some(stop) = slot.stop.take() {
+                    stop.notify_one();
+                }
+                slot.running = false;
+                slot.node = None;
             }
             Event::NodeRestart { node } => {
                 self.sim.bounce(self.node_hosts[*node].as_str());
@@ -1548,7 +1565,16 @@ pub fn run(plan: &Plan, verbose: bool, checks: Checks) -> Outcome {
                     Some(Box::new(SimListener(peer))),
                     Arc::new(SimDialer),
                 );
-                shared.lock().unwrap().node_started(i, server.node(), t);
+                let node = server.node();
+                let stop = Arc::new(tokio::sync::Notify::new());
+                shared
+                    .lock()
+                    .unwrap()
+                    .node_started(i, node.clone(), stop.clone(), t);
+                tokio::spawn(async move {
+                    stop.notified().await;
+                    node.stop_gracefully().await;
+                });
                 server.run().await;
                 Ok(())
             }

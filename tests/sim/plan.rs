@@ -123,6 +123,10 @@ pub enum Event {
         node: usize,
         hard: bool,
     },
+    /// A node stops gracefully (SIGTERM): it leaves the cluster, then stops.
+    NodeStop {
+        node: usize,
+    },
     NodeRestart {
         node: usize,
     },
@@ -187,6 +191,7 @@ impl fmt::Display for Event {
                     if *hard { " (hard)" } else { "" }
                 )
             }
+            Event::NodeStop { node } => write!(f, "n{} stops gracefully (leaves)", node + 1),
             Event::NodeRestart { node } => write!(f, "n{} restarts", node + 1),
             Event::Partition { id, side } => {
                 let side: Vec<String> = side.iter().map(|n| format!("n{}", n + 1)).collect();
@@ -240,8 +245,10 @@ impl fmt::Display for Plan {
 }
 
 impl Plan {
-    /// Draws the run of `seed`; `schedule_ms` is how long faults and operations go on.
-    pub fn draw(seed: u64, schedule_ms: u64) -> Plan {
+    /// Draws the run of `seed`; `schedule_ms` is how long faults and operations go on. With
+    /// `graceful_stops`, some of the node crashes are graceful stops instead (drawn from a
+    /// stream of their own, so that the schedule is otherwise the same as without).
+    pub fn draw(seed: u64, schedule_ms: u64, graceful_stops: bool) -> Plan {
         let mut rng = Rng::new(seed);
         let nodes = rng.range(3, 5) as usize;
         let clients = rng.range(2, 4) as usize;
@@ -271,7 +278,8 @@ impl Plan {
         for c in 0..clients {
             client_stream(&mut rng, c, &params, &mut events);
         }
-        node_stream(&mut rng, &params, &mut events);
+        let mut stops = graceful_stops.then(|| Rng::new(seed ^ GRACEFUL_STOPS_SALT));
+        node_stream(&mut rng, stops.as_mut(), &params, &mut events);
         network_stream(&mut rng, &params, &mut events);
         events.push((
             faults_end_ms,
@@ -346,9 +354,20 @@ fn client_stream(rng: &mut Rng, c: usize, p: &Params, out: &mut Vec<(u64, Event)
     }
 }
 
-/// Node crashes, each followed by a restart after a drawn downtime (or left to the end of the
-/// faults); at least one node keeps running (the data lives in memory only).
-fn node_stream(rng: &mut Rng, p: &Params, out: &mut Vec<(u64, Event)>) {
+/// Separates the stream that turns crashes into graceful stops from the schedule's.
+const GRACEFUL_STOPS_SALT: u64 = 0x6c65_6176_6573_0001;
+/// Of the node crashes, this share (percent) are graceful stops when those are drawn.
+const GRACEFUL_STOP_PERCENT: u64 = 35;
+
+/// Node crashes (some of them graceful stops, drawn from `stops`), each followed by a restart
+/// after a drawn downtime (or left to the end of the faults); at least one node keeps running
+/// (the data lives in memory only).
+fn node_stream(
+    rng: &mut Rng,
+    mut stops: Option<&mut Rng>,
+    p: &Params,
+    out: &mut Vec<(u64, Event)>,
+) {
     // Per node: when it is back up (0: up).
     let mut back_at = vec![0u64; p.nodes];
     let mut t = WARMUP_MS + rng.range(500, 3_000);
@@ -356,13 +375,16 @@ fn node_stream(rng: &mut Rng, p: &Params, out: &mut Vec<(u64, Event)>) {
         let up: Vec<usize> = (0..p.nodes).filter(|&n| back_at[n] <= t).collect();
         if up.len() >= 2 {
             let n = up[rng.below(up.len() as u64) as usize];
-            out.push((
-                t,
-                Event::NodeCrash {
-                    node: n,
-                    hard: rng.chance(50),
-                },
-            ));
+            let hard = rng.chance(50);
+            let graceful = stops
+                .as_deref_mut()
+                .is_some_and(|s| s.chance(GRACEFUL_STOP_PERCENT));
+            let ev = if graceful {
+                Event::NodeStop { node: n }
+            } else {
+                Event::NodeCrash { node: n, hard }
+            };
+            out.push((t, ev));
             let back = t + rng.range(100, 4_000);
             if back < p.faults_end_ms {
                 out.push((back, Event::NodeRestart { node: n }));

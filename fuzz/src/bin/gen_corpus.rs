@@ -248,12 +248,22 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 node_id: 1,
                 ready: true,
                 instances: 2,
-                members: vec![MemberStatus {
-                    id: 1,
-                    addr: "127.0.0.1:8859".into(),
-                    up: true,
-                    owned: 2,
-                }],
+                members: vec![
+                    MemberStatus {
+                        id: 1,
+                        addr: "127.0.0.1:8859".into(),
+                        up: true,
+                        left: false,
+                        owned: 2,
+                    },
+                    MemberStatus {
+                        id: 3,
+                        addr: "127.0.0.1:7859".into(),
+                        up: false,
+                        left: true,
+                        owned: 0,
+                    },
+                ],
             }),
         ),
         (
@@ -269,7 +279,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
             Message::PeerHello(PeerHello {
                 node_id: 2,
                 max_version: 1,
-                members_hash: 0x1234,
+                cluster_hash: 0x1234,
                 nonce: [7; NONCE_LEN],
             }),
         ),
@@ -328,6 +338,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
             Message::Records(vec![record("10.0.0.1", 7 << 16, 3, true)]),
         ),
         ("snapshot-request", Message::SnapshotRequest),
+        ("leave", Message::Leave(3)),
     ]
 }
 
@@ -575,6 +586,17 @@ fn write_peer_seeds(dir: &Path) {
 
     // The same while the node is still loading (a snapshot request is refused).
     write(dir, "loading-peer", &seed(0b00, &w));
+    // The same to a node that is leaving the cluster (it forwards what it is sent on).
+    write(dir, "leaving-node", &seed(0b110, &w));
+
+    // The peer leaves (then sends on; and a Leave naming another node).
+    let mut w = Writer::default();
+    forwards(&mut w);
+    w.message(&Message::Leave(2))
+        .message(&Message::Leave(3))
+        .message(&Message::Ping(1));
+    forwards(&mut w);
+    write(dir, "peer-leaves", &seed(0b10, &w));
 
     // A client message on the peer port, and an undecodable frame.
     let mut w = Writer::default();
@@ -606,7 +628,7 @@ fn write_peer_seeds(dir: &Path) {
     w.message(&Message::PeerHello(PeerHello {
         node_id: 2,
         max_version: 1,
-        members_hash: 0,
+        cluster_hash: 0,
         nonce: [1; NONCE_LEN],
     }));
     write(dir, "stranger-hello", &seed(0b11, &w));

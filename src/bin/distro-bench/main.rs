@@ -10,6 +10,7 @@
 //!   query    --instances N [--services M] --duration-s S [--connections C] [--pipeline P]
 //!   beat     --instances N --duration-s S [--connections C]
 //!   converge --writes N [--rate R] [--services M | --service-size S] [--connections C]
+//!   flood    --duration-s S [--probes P]
 //! ```
 //!
 //! Latencies go into hdrhistograms in microseconds, measured from the *intended* send time: for
@@ -28,6 +29,7 @@
 //! phase: `generator_cpu_s`, `nodes_cpu_s` and `generator_cpu_share`, the generator's part of
 //! the two. The generator shares the machine with the nodes; it should take at most a third.
 
+mod flood;
 mod raw;
 
 use std::fs::File;
@@ -189,6 +191,16 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         connections: usize,
     },
+    /// Other clients' latency (P probe connections, one request at a time) for S seconds idle,
+    /// then for S seconds under each kind of flood from one connection: pipelined requests
+    /// never read, a subscriber of busy services that never reads, a slow reader of large
+    /// answers (see `flood.rs`).
+    Flood {
+        #[arg(long)]
+        duration_s: f64,
+        #[arg(long, default_value_t = 4)]
+        probes: u32,
+    },
     /// With --spawn N (N >= 2): starts N - 1 nodes, loads N instances over M services into
     /// them, then starts node N and measures how long it takes to load the cluster's data
     /// (streamed from a peer) until it serves, holding every instance.
@@ -334,6 +346,9 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
             let services = converge_services(writes, services, service_size);
             converge(&servers, &pids, writes, rate, services, connections).await?
         }
+        Scenario::Flood { duration_s, probes } => {
+            flood::flood(&servers, probes, duration_s).await?
+        }
         Scenario::Join {
             instances,
             services,
@@ -459,6 +474,10 @@ fn validate(s: &Scenario) -> anyhow::Result<()> {
                      --services or a larger --service-size"
                 );
             }
+        }
+        Scenario::Flood { duration_s, probes } => {
+            duration(*duration_s)?;
+            positive("probes", *probes as u64)?;
         }
         Scenario::Join {
             instances,

@@ -5,6 +5,10 @@
 //! joining node loads them. The time of the change is remembered: a pull deletes nothing for a
 //! grace after it (see [`super::reconcile`]), since a record may still be on its way to its new
 //! owner.
+//!
+//! A node that leaves (a graceful stop) installs the views of the members up without itself:
+//! every key it owned gets its new owner at once, the young records go to them as in any view
+//! change, and the writes it still receives are forwarded to them.
 
 use crate::config::PeerAddr;
 
@@ -17,6 +21,8 @@ use crate::ownership::Ownership;
 pub struct ViewState {
     /// When the last view was installed (ms); 0 before any.
     changed_ms: u64,
+    /// This node is leaving the cluster: its views leave it out.
+    leaving: bool,
 }
 
 /// Install `view`, handing off the records lost that were written at or after `since_ms`.
@@ -41,8 +47,17 @@ pub fn handoff_window_ms(timing: Timing) -> u64 {
 
 impl Engine {
     /// The view to install at `now_ms`, if the live set differs from the `installed` view.
+    /// A leaving node plans the view of the members up without itself (none when no member is
+    /// up: it keeps the last one).
     pub fn plan_view(&self, installed: &Ownership, now_ms: u64) -> Option<ViewPlan> {
-        let view = Ownership::new(self.members.live_view());
+        let mut live = self.members.live_view();
+        if self.view.leaving {
+            live.retain(|&id| id != self.members.me());
+            if live.is_empty() {
+                return None;
+            }
+        }
+        let view = Ownership::new(live);
         (view != *installed).then(|| ViewPlan {
             view,
             since_ms: now_ms.saturating_sub(handoff_window_ms(self.timing)),
@@ -73,6 +88,23 @@ impl Engine {
     /// When the last view was installed (ms).
     pub fn view_changed_ms(&self) -> u64 {
         self.view.changed_ms
+    }
+
+    /// This node leaves the cluster (a graceful stop): from now on its views leave it out
+    /// ([`Engine::plan_view`]) and it sends no digest. Answers the members to tell, once the
+    /// view without this node is installed and the records they gain are on their way: those
+    /// up.
+    pub fn leave(&mut self) -> Vec<PeerAddr> {
+        self.view.leaving = true;
+        self.members
+            .up()
+            .filter(|m| m.id != 0)
+            .map(|m| m.addr.clone())
+            .collect()
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.view.leaving
     }
 }
 
@@ -141,5 +173,48 @@ mod tests {
         let cmds = e.members_mut().on_probe(addr(2), Probe::Answered, 2 * t);
         assert!(cmds.contains(&Command::InstallView));
         assert_eq!(e.plan_view(&installed, 2 * t), None);
+    }
+
+    #[test]
+    fn a_leaving_node_leaves_itself_out_of_its_views() {
+        let now = 100_000;
+        let since = now - handoff_window_ms(TIMING);
+        let installed = Ownership::new(vec![1, 2, 3]);
+        // (members, up, members told, the view planned then)
+        type Row = (
+            u16,
+            &'static [u16],
+            &'static [u16],
+            Option<&'static [NodeId]>,
+        );
+        let table: &[Row] = &[
+            (3, &[2, 3], &[2, 3], Some(&[2, 3])),
+            (4, &[2, 4], &[2, 4], Some(&[2, 4])),
+            (3, &[3], &[3], Some(&[3])),
+            // Alone: nobody to tell or to hand over to; the last view stays.
+            (3, &[], &[], None),
+            (1, &[], &[], None),
+        ];
+        for (i, (n, up, told, view)) in table.iter().enumerate() {
+            let mut e = engine_with_up(*n, up, 0);
+            assert!(!e.is_leaving());
+            let want: Vec<PeerAddr> = told.iter().map(|&i| addr(i)).collect();
+            assert_eq!(e.leave(), want, "row {i}");
+            assert!(e.is_leaving(), "row {i}");
+            let want = view.map(|live| ViewPlan {
+                view: Ownership::new(live.to_vec()),
+                since_ms: since,
+            });
+            assert_eq!(e.plan_view(&installed, now), want, "row {i}");
+            assert_eq!(e.digest_targets(true), Vec::<PeerAddr>::new(), "row {i}");
+        }
+        // A member that goes down (or leaves itself) meanwhile leaves the view too.
+        let mut e = engine_with_up(3, &[2, 3], 0);
+        e.leave();
+        e.members_mut().on_leave(3, 10);
+        assert_eq!(
+            e.plan_view(&installed, now).map(|p| p.view),
+            Some(Ownership::new(vec![2]))
+        );
     }
 }

@@ -72,7 +72,7 @@ impl<'a> Acceptor<'a> {
                 ours: PROTOCOL_VERSION,
             });
         }
-        if hello.members_hash != self.me.members_hash {
+        if hello.cluster_hash != self.me.cluster_hash {
             return Err(HandshakeError::OtherCluster);
         }
         if hello.node_id == self.me.node_id || hello.node_id == 0 {
@@ -138,7 +138,7 @@ impl<'a> Dialing<'a> {
         Message::PeerHello(PeerHello {
             node_id: self.me.node_id,
             max_version: PROTOCOL_VERSION,
-            members_hash: self.me.members_hash,
+            cluster_hash: self.me.cluster_hash,
             nonce: self.nonce,
         })
     }
@@ -184,10 +184,10 @@ mod tests {
     use super::*;
     use crate::wire::{ErrorBody, ErrorCode};
 
-    fn identity(node_id: NodeId, token: &str, members_hash: u64) -> Identity {
+    fn identity(node_id: NodeId, token: &str, cluster_hash: u64) -> Identity {
         Identity {
             node_id,
-            members_hash,
+            cluster_hash,
             token: token.as_bytes().to_vec(),
         }
     }
@@ -296,7 +296,7 @@ mod tests {
         let old = Message::PeerHello(PeerHello {
             node_id: 2,
             max_version: 0,
-            members_hash: 77,
+            cluster_hash: 77,
             nonce: [1; NONCE_LEN],
         });
         assert_eq!(

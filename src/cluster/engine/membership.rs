@@ -1,9 +1,12 @@
-//! The other members and failure detection. Members are keyed by their peer address (the
-//! cluster's identity is its address list; a node id is learned in the handshake), kept in the
-//! order they were added. A member is up while it answers pings on its control link: one that
-//! has not answered for a member timeout is down, one that answers again is up. The live view
-//! — this node and every member that is up and whose id is known — is what ownership is
-//! computed over.
+//! The other members and failure detection. Members are keyed by their peer address (as the
+//! member list gives it; a node id is learned in the handshake), kept in the order they were
+//! added; the list may change at run time ([`Membership::add`], [`Membership::remove`]). A
+//! member is up while it answers pings on its control link: one that has not answered for a
+//! member timeout is down, one that answers again is up. A member that says it is leaving (a
+//! graceful stop) is down at once, and stays down until a handshake begun after it left
+//! succeeds — a new incarnation of it, since a leaving node takes no new peer connections. The
+//! live view — this node and every member that is up and whose id is known — is what
+//! ownership is computed over.
 
 use crate::config::PeerAddr;
 
@@ -34,7 +37,16 @@ pub struct MemberState {
     pub up: bool,
     /// When it last answered a ping (ms); 0 before it ever did.
     last_ok_ms: u64,
+    /// When it said it was leaving (ms), until a handshake begun after that succeeds.
+    left_at_ms: Option<u64>,
     pub(super) verify: VerifyState,
+}
+
+impl MemberState {
+    /// It said it was leaving and has not come back since.
+    pub fn left(&self) -> bool {
+        self.left_at_ms.is_some()
+    }
 }
 
 /// The other members of the cluster.
@@ -54,6 +66,11 @@ impl Membership {
         }
     }
 
+    /// This node's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
     /// Adds a member, not reached yet. False if it is a member already.
     pub fn add(&mut self, addr: PeerAddr) -> bool {
         if self.get(&addr).is_some() {
@@ -64,6 +81,7 @@ impl Membership {
             id: 0,
             up: false,
             last_ok_ms: 0,
+            left_at_ms: None,
             verify: VerifyState::default(),
         });
         true
@@ -124,13 +142,37 @@ impl Membership {
         live
     }
 
-    /// A handshake with the member told its node id.
-    pub fn on_handshake(&mut self, addr: PeerAddr, id: NodeId) {
+    /// A handshake with the member, begun at `dialed_ms`, told its node id. One begun after the
+    /// member left reached a new incarnation of it (a leaving node takes no new peer
+    /// connections): it may be up again.
+    pub fn on_handshake(&mut self, addr: PeerAddr, id: NodeId, dialed_ms: u64) {
         let Some(m) = self.get_mut(&addr) else { return };
         if m.id != 0 && m.id != id {
             warn!(peer = %addr, old = m.id, new = id, "member changed its node id");
         }
         m.id = id;
+        if m.left_at_ms.is_some_and(|left| dialed_ms > left) {
+            info!(peer = %addr, id, "member that left is back");
+            m.left_at_ms = None;
+        }
+    }
+
+    /// The member with node id `id` said, at `now_ms`, that it is leaving: it is down at once
+    /// (its keys move now, not after a member timeout), and answers on links opened before
+    /// this do not make it up again.
+    pub fn on_leave(&mut self, id: NodeId, now_ms: u64) -> Vec<Command> {
+        let Some(m) = self.by_id_mut(id) else {
+            return Vec::new();
+        };
+        m.left_at_ms = Some(now_ms);
+        let addr = m.addr.clone();
+        let mut out = vec![Command::MemberDown { addr: addr.clone() }];
+        if m.up {
+            m.up = false;
+            info!(peer = %addr, id, "member left");
+            out.push(Command::InstallView);
+        }
+        out
     }
 
     /// The outcome of one probe of the member at `now_ms`.
@@ -141,6 +183,13 @@ impl Membership {
         };
         let mut out = Vec::new();
         match probe {
+            // An answer on a link opened before the member left: it is still stopping. Its
+            // links go, so that the next probe needs a new handshake.
+            Probe::Answered if m.left_at_ms.is_some() => {
+                out.push(Command::CloseControl(addr.clone()));
+                out.push(Command::CloseData(addr));
+                return out;
+            }
             Probe::Answered => {
                 m.last_ok_ms = now_ms;
                 if !m.up {
@@ -192,7 +241,7 @@ mod tests {
     /// A member that answered at 1000 and is up.
     fn up_since_1000() -> Membership {
         let mut ms = membership();
-        ms.on_handshake(addr(2), 2);
+        ms.on_handshake(addr(2), 2, 0);
         ms.on_probe(addr(2), Probe::Answered, 1_000);
         ms
     }
@@ -284,7 +333,7 @@ mod tests {
         // id in the handshake that precedes any ping): not in the view.
         ms.on_probe(addr(3), Probe::Answered, 10);
         assert_eq!(ms.live_view(), vec![1]);
-        ms.on_handshake(addr(2), 7);
+        ms.on_handshake(addr(2), 7, 0);
         assert_eq!(ms.live_view(), vec![1]);
         ms.on_probe(addr(2), Probe::Answered, 10);
         assert_eq!(ms.live_view(), vec![1, 7]);
@@ -295,7 +344,7 @@ mod tests {
     #[test]
     fn a_member_that_changes_its_id_is_known_by_the_new_one() {
         let mut ms = up_since_1000();
-        ms.on_handshake(addr(2), 9);
+        ms.on_handshake(addr(2), 9, 0);
         assert_eq!(ms.live_view(), vec![1, 9]);
         assert!(ms.by_id(2).is_none());
     }
@@ -321,7 +370,111 @@ mod tests {
         assert_eq!(ms.remove(addr(2)), vec![]);
         // Events about an address that is no member do nothing.
         assert_eq!(ms.on_probe(addr(9), Probe::Answered, 5), vec![]);
-        ms.on_handshake(addr(9), 9);
+        ms.on_handshake(addr(9), 9, 0);
         assert_eq!(ms.len(), 1);
+    }
+
+    /// What happens to member 2 (up since 1000) in the leave tests.
+    #[derive(Clone, Copy)]
+    enum Ev {
+        /// The member with this id says it leaves, at 2000.
+        Leave(NodeId),
+        /// A handshake with member 2 that began at this time.
+        Handshake(u64),
+        /// A probe of member 2 at 2100.
+        Probed(Probe),
+    }
+
+    #[test]
+    fn a_member_that_leaves_is_down_at_once_and_up_again_only_after_a_new_handshake() {
+        use Command::*;
+        use Ev::*;
+        let a = addr(2);
+        let (down, view) = (MemberDown { addr: a.clone() }, InstallView);
+        let close = [CloseControl(a.clone()), CloseData(a.clone())];
+        let up = [
+            MemberUp {
+                addr: a.clone(),
+                id: 2,
+            },
+            InstallView,
+        ];
+        // (events, commands of the last one, up after, left after)
+        let table: Vec<(Vec<Ev>, Vec<Command>, bool, bool)> = vec![
+            // Down at once, and the view changes: no member timeout to wait for.
+            (
+                vec![Leave(2)],
+                vec![down.clone(), view.clone()],
+                false,
+                true,
+            ),
+            // Another id (no member of this node's, or none yet known): nothing.
+            (vec![Leave(9)], vec![], true, false),
+            (vec![Leave(0)], vec![], true, false),
+            // An answer on a link opened before it left: still stopping; its links go.
+            (
+                vec![Leave(2), Probed(Probe::Answered)],
+                close.to_vec(),
+                false,
+                true,
+            ),
+            // A handshake begun before it left (or in the same ms) is the old incarnation.
+            (
+                vec![Leave(2), Handshake(1_999), Probed(Probe::Answered)],
+                close.to_vec(),
+                false,
+                true,
+            ),
+            (
+                vec![Leave(2), Handshake(2_000), Probed(Probe::Answered)],
+                close.to_vec(),
+                false,
+                true,
+            ),
+            // One begun after it: a new incarnation, up again on its answer.
+            (
+                vec![Leave(2), Handshake(2_001), Probed(Probe::Answered)],
+                up.to_vec(),
+                true,
+                false,
+            ),
+            // Silence after leaving changes nothing more; leaving twice neither.
+            (
+                vec![Leave(2), Probed(Probe::Unreachable)],
+                vec![],
+                false,
+                true,
+            ),
+            (vec![Leave(2), Leave(2)], vec![down.clone()], false, true),
+        ];
+        for (i, (events, want, up_after, left_after)) in table.into_iter().enumerate() {
+            let mut ms = up_since_1000();
+            let mut got = Vec::new();
+            for ev in events {
+                got = match ev {
+                    Leave(id) => ms.on_leave(id, 2_000),
+                    Handshake(dialed) => {
+                        ms.on_handshake(a.clone(), 2, dialed);
+                        Vec::new()
+                    }
+                    Probed(p) => ms.on_probe(a.clone(), p, 2_100),
+                };
+            }
+            assert_eq!(got, want, "row {i}");
+            let m = ms.get(&a).unwrap();
+            assert_eq!((m.up, m.left()), (up_after, left_after), "row {i}");
+        }
+    }
+
+    #[test]
+    fn a_member_that_leaves_while_down_only_drops_its_links() {
+        let mut ms = membership();
+        ms.on_handshake(addr(3), 3, 0);
+        assert_eq!(
+            ms.on_leave(3, 500),
+            vec![Command::MemberDown { addr: addr(3) }]
+        );
+        assert!(ms.get(&addr(3)).unwrap().left());
+        assert_eq!(ms.live_view(), vec![1]);
     }
 }

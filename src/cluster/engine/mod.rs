@@ -165,7 +165,7 @@ pub(crate) mod testing {
     pub fn engine_with_up(n: u16, up: &[u16], now: u64) -> Engine {
         let mut e = engine(n);
         for &i in up {
-            e.members_mut().on_handshake(addr(i), i);
+            e.members_mut().on_handshake(addr(i), i, 0);
             e.members_mut().on_probe(addr(i), Probe::Answered, now);
         }
         e

@@ -106,9 +106,10 @@ pub fn buckets_to_pull(diff: &BucketSet, previous: Option<&BucketSet>) -> Bucket
 impl Engine {
     /// The members a verify round sends this node's digest to: every member that is up, when
     /// this node is ready (a node still loading holds a partial copy; its digest would make
-    /// peers pull for nothing).
+    /// peers pull for nothing) and not leaving.
     pub fn digest_targets(&self, ready: bool) -> Vec<PeerAddr> {
-        if !ready {
+        // A leaving node owns nothing any more.
+        if !ready || self.is_leaving() {
             return Vec::new();
         }
         self.members.up().map(|m| m.addr.clone()).collect()

@@ -129,7 +129,7 @@ pub struct MemberJson {
     pub id: u16,
     /// Its peer address.
     pub addr: String,
-    /// `up` or `down`.
+    /// `up`, `down` or `left` ([`MemberStatus::state_name`]).
     pub state: String,
     /// Live instances it owns.
     pub owned: u64,
@@ -140,7 +140,7 @@ impl From<&MemberStatus> for MemberJson {
         MemberJson {
             id: m.id,
             addr: m.addr.to_string(),
-            state: if m.up { "up" } else { "down" }.to_string(),
+            state: m.state_name().to_string(),
             owned: m.owned,
         }
     }
@@ -218,6 +218,7 @@ mod tests {
                 id: 3,
                 addr: "127.0.0.1:8869".into(),
                 up: false,
+                left: false,
                 owned: 0,
             }],
         };

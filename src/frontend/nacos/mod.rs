@@ -36,8 +36,9 @@ use tokio::net::TcpListener;
 
 use crate::api::Api;
 
-/// The gRPC port is the HTTP port plus this (every Nacos 2.x client derives it so).
-pub const GRPC_PORT_OFFSET: u16 = 1000;
+/// The gRPC port is the HTTP port plus this (every Nacos 2.x client derives it so); defined
+/// with the settings, which check that the port exists.
+pub use crate::config::NACOS_GRPC_PORT_OFFSET as GRPC_PORT_OFFSET;
 
 /// How long a gRPC request on a connection that has not sent its `ConnectionSetupRequest` yet
 /// waits for it before it is answered 301 "Connection is unregistered." (the Rust client sends

@@ -8,6 +8,13 @@
 //! A request that decodes but is not acceptable (a lease below the floor, a message only a node
 //! sends) gets an Error frame with its own request id and the connection stays open.
 //!
+//! Fair share ([`crate::frontend::share`]): the reader takes a request slot before it reads each
+//! frame and every answer takes its bytes of the connection's queue budget, so a client that
+//! pipelines without reading its answers is held back by TCP once it has
+//! `REQUESTS_IN_FLIGHT_MAX` requests unanswered or `QUEUED_BYTES_MAX` bytes of answers waiting.
+//! After each frame the reader spends a unit of tokio's cooperative budget, so a connection with
+//! a buffer full of frames yields to other connections' tasks now and then.
+//!
 //! On a node with a token file the client presents its token in an Auth frame; the session
 //! keeps the caller it stands for, and the request API checks every request against it. A
 //! connection refused for want of a valid token `AUTH_FAILURES_MAX` times, or whose token a
@@ -24,8 +31,9 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::api::subscriptions::PushQueue;
+use crate::api::PushQueue;
 use crate::api::{AUTH_FAILURES_MAX, Api, Push, Rejection, Session, Write};
+use crate::frontend::share::{QUEUED_BYTES_MAX, Queued, RequestSlot, Share};
 use crate::model::BATCH_INSTANCES_MAX;
 use crate::net::{BoxStream, Extra, WriterConfig};
 use crate::wire::{
@@ -33,9 +41,15 @@ use crate::wire::{
     PROTOCOL_VERSION, WireError, encode_frame, try_encode_raw_frame_into,
 };
 
-/// Answers queued for the writer. When full the reader stops reading: a client that sends
-/// faster than it reads is slowed down, not buffered without bound.
+/// Answers queued for the writer (besides their bytes, which the connection's share caps). When
+/// full the reader stops reading: a client that sends faster than it reads is slowed down, not
+/// buffered without bound.
 const ANSWER_QUEUE_MAX: usize = 1024;
+/// Each queued answer counts at least this many bytes of the connection's share (a small
+/// answer's allocation and bookkeeping cost more than its bytes), so that the share's bytes
+/// bound the answers queued too: a queue of small answers fills its budget at
+/// [`ANSWER_QUEUE_MAX`], the channel's capacity, and the connection is counted as held back.
+const ANSWER_COST_MIN_BYTES: usize = QUEUED_BYTES_MAX / ANSWER_QUEUE_MAX;
 /// The writer gathers answers up to this many bytes into one socket write.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
 /// A client that does not read what it is sent for this long is dropped.
@@ -56,7 +70,28 @@ struct Conn {
     api: Api,
     session: Session,
     peer: SocketAddr,
-    answers: mpsc::Sender<Bytes>,
+    answers: Answers,
+}
+
+/// Where a connection's answers go: its writer's queue, within the connection's share.
+#[derive(Clone)]
+struct Answers {
+    tx: mpsc::Sender<Queued<Bytes>>,
+    share: Arc<Share>,
+}
+
+impl Answers {
+    /// Queues `frame` once the connection's budget of bytes has room; false if the writer has
+    /// ended (the connection is closing).
+    async fn send(&self, frame: Bytes) -> bool {
+        let cost = frame.len().max(ANSWER_COST_MIN_BYTES);
+        let queued = self.share.queue(frame, cost).await;
+        self.tx.send(queued).await.is_ok()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// Serves one client connection until it closes, fails, idles out or the node shuts down.
@@ -66,6 +101,7 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     let (rd, wr) = crate::net::split(stream);
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let (tx, rx) = mpsc::channel(ANSWER_QUEUE_MAX);
+    let share = Arc::new(Share::new(node.metrics.clone()));
     let session = api.open_session();
     let pushes = Pushes {
         queue: session.push_queue().clone(),
@@ -89,19 +125,29 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
         api,
         session,
         peer,
-        answers: tx,
+        answers: Answers { tx, share },
     };
     debug!(%peer, session = c.session.id(), "client connected");
     let idle = Duration::from_millis(node.config.client_idle_timeout_ms);
     let mut node_closing = false;
     loop {
-        let next = tokio::select! {
-            _ = node.shutdown.cancelled() => {
-                node_closing = true;
-                c.send_error(0, Rejection::ShuttingDown.to_error_body()).await;
-                break;
-            }
-            n = tokio::time::timeout(idle, frames.next()) => n,
+        // The next frame is read only once the connection has a request slot free.
+        let slot = tokio::select! {
+            _ = node.shutdown.cancelled() => None,
+            s = c.answers.share.request_slot() => Some(s),
+        };
+        let next = match slot {
+            None => None,
+            Some(slot) => tokio::select! {
+                _ = node.shutdown.cancelled() => None,
+                n = tokio::time::timeout(idle, frames.next()) => Some((slot, n)),
+            },
+        };
+        let Some((slot, next)) = next else {
+            node_closing = true;
+            c.send_error(0, Rejection::ShuttingDown.to_error_body())
+                .await;
+            break;
         };
         match next {
             Err(_) => {
@@ -114,9 +160,13 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
                 break;
             }
             Ok(Some(Ok(frame))) => {
-                if let Flow::Close = c.handle(frame).await {
+                if let Flow::Close = c.handle(frame, slot).await {
                     break;
                 }
+                // A client whose frames are all buffered already never makes the reader wait
+                // on its socket: yield to other connections' tasks when this task has used its
+                // share of the scheduler's budget.
+                tokio::task::consume_budget().await;
             }
         }
     }
@@ -135,9 +185,10 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
 
 impl Conn {
     async fn send(&self, request_id: u32, msg: &Message) -> Flow {
-        match self.answers.send(encode_frame(request_id, 0, msg)).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Close,
+        if self.answers.send(encode_frame(request_id, 0, msg)).await {
+            Flow::Continue
+        } else {
+            Flow::Close
         }
     }
 
@@ -160,14 +211,16 @@ impl Conn {
             .await;
     }
 
-    async fn handle(&mut self, frame: Frame) -> Flow {
+    /// Handles one frame; `slot` is held until its answer is queued (by a pending write, in the
+    /// write's own task).
+    async fn handle(&mut self, frame: Frame, slot: RequestSlot) -> Flow {
         if self.session.is_revoked() {
             info!(peer = %self.peer, "closing client connection: its token was withdrawn");
             self.send_error(0, Rejection::Unauthenticated.to_error_body())
                 .await;
             return Flow::Close;
         }
-        let flow = self.dispatch(frame).await;
+        let flow = self.dispatch(frame, slot).await;
         if self.session.auth_failures_exhausted() {
             info!(
                 peer = %self.peer,
@@ -179,7 +232,7 @@ impl Conn {
         flow
     }
 
-    async fn dispatch(&mut self, frame: Frame) -> Flow {
+    async fn dispatch(&mut self, frame: Frame, slot: RequestSlot) -> Flow {
         let rid = frame.request_id;
         let msg = match frame.message() {
             Ok(m) => m,
@@ -231,15 +284,15 @@ impl Conn {
                     .session
                     .register(reg.instances, reg.session_bound)
                     .await;
-                self.write(rid, w, Message::Ack).await
+                self.write(rid, w, Message::Ack, slot).await
             }
             Message::Deregister(keys) => {
                 let w = self.session.deregister(keys).await;
-                self.write(rid, w, Message::Ack).await
+                self.write(rid, w, Message::Ack, slot).await
             }
             Message::Beat(keys) => {
                 let w = self.session.beat(keys).await;
-                self.write(rid, w, Message::BeatAck).await
+                self.write(rid, w, Message::BeatAck, slot).await
             }
             Message::Query(q) => match self.session.query(&q.name, &q.cluster, q.healthy_only) {
                 Ok(snap) => self.send_body(rid, Opcode::QueryResult, snap.body()).await,
@@ -283,12 +336,13 @@ impl Conn {
 
     /// Answers a write: at once when it is done; otherwise it runs in its own task (it may wait
     /// on owners in the cluster) and answers when it completes, while this connection goes on
-    /// reading.
+    /// reading. The task holds the request's `slot` until its answer is queued.
     async fn write<T: Send + 'static>(
         &self,
         rid: u32,
         w: Write<T>,
         to_msg: fn(T) -> Message,
+        slot: RequestSlot,
     ) -> Flow {
         match w {
             Write::Done(r) => self.answer(rid, r.map(to_msg)).await,
@@ -299,7 +353,8 @@ impl Conn {
                         Ok(v) => to_msg(v),
                         Err(r) => Message::Error(r.to_error_body()),
                     };
-                    let _ = answers.send(encode_frame(rid, 0, &answer)).await;
+                    answers.send(encode_frame(rid, 0, &answer)).await;
+                    drop(slot);
                 });
                 if self.answers.is_closed() {
                     Flow::Close
@@ -327,9 +382,10 @@ impl Conn {
             );
             return self.send_error(request_id, e).await;
         }
-        match self.answers.send(out.freeze()).await {
-            Ok(()) => Flow::Continue,
-            Err(_) => Flow::Close,
+        if self.answers.send(out.freeze()).await {
+            Flow::Continue
+        } else {
+            Flow::Close
         }
     }
 }

@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::api::subscriptions::PushMode;
+use crate::api::PushMode;
 use crate::api::{Api, Rejection, Session};
 use crate::frontend::nacos::NacosSettings;
 use crate::frontend::nacos::error::NacosError;

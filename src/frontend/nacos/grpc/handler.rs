@@ -30,6 +30,7 @@ use crate::frontend::nacos::model::grpc::{
 };
 use crate::frontend::nacos::model::names;
 use crate::frontend::nacos::model::params::{ParamError, WEIGHT_MAX, clusters};
+use crate::frontend::share::Share;
 use crate::model::{BATCH_INSTANCES_MAX, Instance, InstanceKey, ServiceName};
 
 /// The server's half of a connection's stream.
@@ -206,12 +207,19 @@ impl NacosGrpc for Handler {
             ));
         }
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
+        let out = push::Outbox {
+            tx,
+            share: Arc::new(Share::new(self.api().node().metrics.clone())),
+        };
         let inbound = request.into_inner();
         self.api()
             .node()
             .tracker
-            .spawn(read_stream(self.reg.clone(), conn, inbound, tx));
-        let out = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|p| p.map(Ok)));
+            .spawn(read_stream(self.reg.clone(), conn, inbound, out));
+        // A payload's bytes go back to the connection's budget when tonic takes it to encode.
+        let out = futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx).map(|p| p.map(|q| Ok(q.into_inner())))
+        });
         Ok(Response::new(Box::pin(out)))
     }
 }
@@ -500,7 +508,7 @@ async fn read_stream(
     reg: Arc<Registry>,
     conn: Arc<Connection>,
     mut inbound: Streaming<Payload>,
-    tx: mpsc::Sender<Payload>,
+    out: push::Outbox,
 ) {
     let node = reg.api.node().clone();
     loop {
@@ -535,9 +543,9 @@ async fn read_stream(
                     ability_table: None,
                 };
                 // The queue is empty still: this cannot wait.
-                let _ = tx.try_send(payload(&ack));
+                out.try_send(payload(&ack)).await;
                 node.tracker
-                    .spawn(push::run(reg.clone(), conn.clone(), tx.clone()));
+                    .spawn(push::run(reg.clone(), conn.clone(), out.clone()));
             }
             Ok(ClientMessage::NotifyAck(a)) => conn.ack(a.request_id()),
             Ok(ClientMessage::OtherAck { .. }) => {}
@@ -557,6 +565,6 @@ async fn read_stream(
             }
         }
     }
-    drop(tx);
+    drop(out);
     reg.close(&conn, node.shutdown.is_cancelled()).await;
 }

@@ -8,9 +8,10 @@
 //! - Coalesced per service: at most one push of a service is in flight on a connection; a
 //!   change meanwhile is sent, as one fresh snapshot, when the ack comes or the ack timeout
 //!   passes.
-//! - Bounded: the stream's send queue is bounded; a connection that acks nothing while a push
-//!   waits past the stall bound, or leaves its queue full that long, is closed (it does not
-//!   read its stream).
+//! - Bounded: the stream's send queue is bounded in payloads and in bytes (the connection's
+//!   share, [`crate::frontend::share`]); a connection that acks nothing while a push waits past
+//!   the stall bound, or leaves its queue full that long, is closed (it does not read its
+//!   stream).
 //! - Never empty because of loading: while the node is not ready nothing is pushed; the pushes
 //!   wait until it is.
 
@@ -27,11 +28,13 @@ use crate::api::{Push, Snapshot};
 use crate::frontend::nacos::convert::{self, GRPC_CACHE_MILLIS, InfoShape};
 use crate::frontend::nacos::model::grpc::{NotifySubscriberRequest, ServerBody, ServerRequestHead};
 use crate::frontend::nacos::model::params::clusters;
+use crate::frontend::share::{Queued, Share};
 use crate::hash::HashMap;
 use crate::model::{ServiceName, ServiceSnapshot};
 
 /// Payloads queued for the stream (pushes and the setup ack); when full, the push loop waits,
-/// up to the stall bound.
+/// up to the stall bound. Their bytes are capped too, by the connection's share
+/// (`QUEUED_BYTES_MAX`): 64 whole lists of a large service would otherwise be tens of MiB.
 pub const OUTBOUND_QUEUE_MAX: usize = 64;
 /// Bytes of whole lists taken from the subscriptions per wake of the push loop; what is left
 /// stays marked and wakes the loop again (the native writer's budget, for the same reason: one
@@ -46,13 +49,37 @@ pub fn note_answered(conn: &Connection, name: &ServiceName, snap: &Snapshot) {
     conn.session.push_queue().note_held(name, snap.revision());
 }
 
+/// The stream's send queue, within the connection's share of bytes.
+#[derive(Clone)]
+pub struct Outbox {
+    pub tx: mpsc::Sender<Queued<Payload>>,
+    pub share: Arc<Share>,
+}
+
+impl Outbox {
+    /// Queues `p` once the connection's budget has room and the queue a place; false if the
+    /// stream has ended.
+    pub async fn send(&self, p: Payload) -> bool {
+        let len = prost::Message::encoded_len(&p);
+        let queued = self.share.queue(p, len).await;
+        self.tx.send(queued).await.is_ok()
+    }
+
+    /// Queues `p` if the queue has a place now (the setup ack, sent on an empty queue).
+    pub async fn try_send(&self, p: Payload) {
+        let len = prost::Message::encoded_len(&p);
+        let queued = self.share.queue(p, len).await;
+        let _ = self.tx.try_send(queued);
+    }
+}
+
 struct InFlight {
     name: ServiceName,
     sent: Instant,
 }
 
 /// Runs the connection's pushes until it closes.
-pub async fn run(reg: Arc<Registry>, conn: Arc<Connection>, tx: mpsc::Sender<Payload>) {
+pub async fn run(reg: Arc<Registry>, conn: Arc<Connection>, out: Outbox) {
     let api = reg.api.clone();
     let ack_timeout = reg.settings.push_ack_timeout;
     let stall = reg.settings.push_stall;
@@ -141,7 +168,10 @@ pub async fn run(reg: Arc<Registry>, conn: Arc<Connection>, tx: mpsc::Sender<Pay
                         sent,
                     },
                 );
-                if tokio::time::timeout(stall, tx.send(payload)).await.is_err() {
+                if tokio::time::timeout(stall, out.send(payload))
+                    .await
+                    .is_err()
+                {
                     info!(
                         conn = conn.id(),
                         "Nacos client does not read its stream; closing"

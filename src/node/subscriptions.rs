@@ -3,7 +3,7 @@
 //! Each connection that subscribes gets a [`PushQueue`]: the services with news pending, in the
 //! order they were marked, and a wake-up. A change to a service marks it in the queue of every
 //! subscribed connection (once: many changes coalesce into one entry) and wakes its writer,
-//! which waits `push_delay_ms` more to coalesce, then asks [`crate::api::Api::pushes`] for what
+//! which waits `push_delay_ms` more to coalesce, then asks the request API (`Api::pushes`) for what
 //! each pending service owes: nothing, the changes since the revision the subscriber holds (a
 //! delta), or the whole list. A subscriber that reads slowly therefore never builds a backlog:
 //! however far behind it falls, it is owed at most one push per subscribed service.

@@ -1,6 +1,12 @@
 //! What one node is made of, shared by every connection and task of it: its settings, its
 //! copy of the registry, the cluster machinery, the subscriptions, readiness, shutdown, and the
-//! lease duty it runs. Requests reach it only through [`crate::api`].
+//! lease duty it runs. Requests reach it only through the request API (`api`).
+//!
+//! - [`subscriptions`]: who is subscribed to what, and the coalesced push queues.
+//! - [`collector`]: what the metrics read from the node at each scrape.
+
+pub mod collector;
+pub mod subscriptions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,16 +16,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use crate::api::subscriptions::Subscriptions;
+use subscriptions::Subscriptions;
+
 use crate::auth::Tokens;
 use crate::clock::Clock;
 use crate::cluster::Cluster;
 use crate::cluster::sync::SyncOutbox;
 use crate::config::Config;
-use crate::metrics::{Metrics, NodeCollector};
+use crate::metrics::Metrics;
 use crate::model::{ClusterStatus, MemberStatus, ServiceName};
 use crate::net::Dialer;
 use crate::store::{InstanceIdRef, Record, Store, StoreObserver};
+use collector::NodeCollector;
 
 /// A node stalled for this many lease passes (a GC pause, swap, a stopped VM) re-grants the
 /// leases it owns before expiring anything, instead of expiring everything at once on waking.
@@ -39,6 +47,9 @@ pub struct Node {
     ready: Arc<AtomicBool>,
     next_session: AtomicU64,
     pub shutdown: CancellationToken,
+    /// Cancelled when a graceful stop begins ([`Node::stop_gracefully`]), and by the shutdown:
+    /// the node takes no new connections from then on.
+    pub draining: CancellationToken,
     /// Every task of the node is spawned here, so that a shutdown waits for all of them.
     pub tracker: TaskTracker,
 }
@@ -117,9 +128,23 @@ impl Node {
             store,
             subs,
             next_session: AtomicU64::new(1),
+            draining: shutdown.child_token(),
             shutdown,
             tracker,
         })
+    }
+
+    /// A graceful stop (SIGTERM): no new connections; in a cluster the node leaves — its
+    /// peers take over its keys at once, with what it owned and every write it made
+    /// ([`Cluster::leave`]); then the shutdown: client sessions end with `ShuttingDown` (their
+    /// instances are not reported unhealthy: their clients register them again at another
+    /// node), and the tasks stop. The caller waits for them (the server's `run`).
+    pub async fn stop_gracefully(&self) {
+        self.draining.cancel();
+        if let Some(c) = &self.cluster {
+            c.leave().await;
+        }
+        self.shutdown.cancel();
     }
 
     pub fn is_ready(&self) -> bool {
@@ -149,6 +174,7 @@ impl Node {
                 id: self.config.node_id,
                 addr: self.config.listen.to_string().into(),
                 up: true,
+                left: false,
                 owned: n,
             }],
         }
