@@ -512,12 +512,10 @@ async fn grpc_requests_need_the_access_token_header_and_repeated_refusals_close_
     // sent landed.
     let bad = Grpc::connect(n).await;
     let (_bad_tx, bad_stream) = bad.setup().await;
-    let forged = AccessKey::new(Some("another cluster")).mint(
-        &h.node.tokens.login("writer", WRITER_PW).unwrap(),
-        "writer",
-        u64::MAX / 2,
-    );
-    for token in [None, Some(forged.as_str()), Some("garbage")] {
+    let p = h.node.tokens.login("writer", WRITER_PW).unwrap();
+    let forged = AccessKey::new(Some("another cluster")).mint(&p, "writer", u64::MAX / 2);
+    let expired = AccessKey::new(Some(CLUSTER_TOKEN)).mint(&p, "writer", 1_000);
+    for token in [None, Some(forged.as_str()), Some(expired.as_str())] {
         let (t, b) = bad
             .call("InstanceRequest", register_request("g", 9003), token)
             .await
