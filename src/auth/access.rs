@@ -161,7 +161,8 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| {
             let pair = text.get(i..i + 2)?;
-            if !pair.bytes().all(|c| c.is_ascii_hexdigit()) {
+            // Lowercase only, as minted: one token, one spelling.
+            if !pair.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
                 return None;
             }
             u8::from_str_radix(pair, 16).ok()
@@ -244,5 +245,35 @@ mod tests {
         // The user is removed.
         let gone = tokens(&[("ops", "pw-two", &["*"])]);
         assert!(key.verify(&gone, &token, NOW).is_none());
+    }
+
+    proptest::proptest! {
+        /// Whatever a stranger sends as a token (arbitrary text, or a real token with one byte
+        /// changed), it stands for nobody, and reading it does not panic.
+        #[test]
+        fn nothing_but_a_minted_token_verifies(
+            text in ".{0,200}",
+            flip in 0usize..200,
+            byte in proptest::num::u8::ANY,
+        ) {
+            // One user and token for every case (argon2 is slow on purpose).
+            static FIXTURE: std::sync::OnceLock<(Tokens, String)> = std::sync::OnceLock::new();
+            let key = AccessKey::new(Some("cluster-token"));
+            let (t, minted) = FIXTURE.get_or_init(|| {
+                let t = tokens(&[("nacos", "pw-one", &["public"])]);
+                let p = t.login("nacos", "pw-one").unwrap();
+                let minted = AccessKey::new(Some("cluster-token")).mint(&p, "nacos", NOW + 1000);
+                (t, minted)
+            });
+            proptest::prop_assert!(key.verify(t, &text, NOW).is_none());
+            proptest::prop_assert!(key.verify(t, minted, NOW).is_some());
+            let mut token = minted.clone().into_bytes();
+            let i = flip % token.len();
+            if token[i] != byte {
+                token[i] = byte;
+                let altered = String::from_utf8_lossy(&token).into_owned();
+                proptest::prop_assert!(key.verify(t, &altered, NOW).is_none());
+            }
+        }
     }
 }
