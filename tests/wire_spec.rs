@@ -18,6 +18,7 @@ use distro::api::Rejection;
 use distro::api::session::{AUTH_FAILURES_MAX, BOUND_PER_SESSION_MAX};
 use distro::auth::Access;
 use distro::clock::Clock;
+use distro::frontend::native::error::error_body;
 use distro::model::WEIGHT_MAX;
 use distro::model::*;
 use distro::model::{DIGEST_BUCKETS, key_hash};
@@ -604,19 +605,13 @@ fn expected(name: &str) -> Option<Expected> {
         "Auth" => frame(2, Message::Auth(Token::new("distro_example"))),
         "AuthAccepted" => frame(2, Message::Ack(1)),
         // The messages are those of the request API's rejections: what a node sends.
-        "ErrorUnauthenticated" => frame(
-            2,
-            Message::Error(Rejection::Unauthenticated.to_error_body()),
-        ),
+        "ErrorUnauthenticated" => frame(2, Message::Error(error_body(&Rejection::Unauthenticated))),
         "ErrorPermissionDenied" => frame(
             4,
-            Message::Error(
-                Rejection::PermissionDenied {
-                    namespace: "prod".into(),
-                    access: Access::Write,
-                }
-                .to_error_body(),
-            ),
+            Message::Error(error_body(&Rejection::PermissionDenied {
+                namespace: "prod".into(),
+                access: Access::Write,
+            })),
         ),
         "Pull" => frame(
             25,

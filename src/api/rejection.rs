@@ -1,7 +1,7 @@
-//! Why a request was not carried out: [`Rejection`], one variant per condition, and its one
-//! mapping to and from the binary protocol's Error frames (used by the native front end for its
-//! clients and by the API for the answers of owners to forwarded writes). Other front ends map
-//! it to their own error shapes. A rejected request changed nothing it was not acknowledged for.
+//! Why a request was not carried out: [`Rejection`], one variant per condition. Each front end
+//! maps it to its own error shape (the binary protocol's Error frames in `frontend::native`, the
+//! Nacos answers in `frontend::nacos::error`); the API knows no wire code. A rejected request
+//! changed nothing it was not acknowledged for.
 //!
 //! Rejections are the client's business (retry elsewhere, fix the request); they are not node
 //! failures, which the server logs and handles on its own.
@@ -9,9 +9,8 @@
 use thiserror::Error;
 
 use crate::auth::Access;
-use crate::cluster::ForwardError;
+use crate::cluster::{ForwardError, OwnerRefusal};
 use crate::model::{InvalidInstance, NodeId};
-use crate::wire::{ErrorBody, ErrorCode};
 
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum Rejection {
@@ -79,47 +78,6 @@ impl Rejection {
             Rejection::PermissionDenied { .. } => "permission_denied",
         }
     }
-
-    /// The code of the Error frame that answers this rejection on the binary protocol.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Rejection::NotReady => ErrorCode::NotReady,
-            Rejection::ShuttingDown => ErrorCode::ShuttingDown,
-            Rejection::Overloaded { .. } => ErrorCode::Overloaded,
-            Rejection::Timeout { .. } => ErrorCode::Timeout,
-            Rejection::Invalid(_)
-            | Rejection::InvalidArgument { .. }
-            | Rejection::LimitExceeded { .. }
-            | Rejection::NotFound { .. }
-            | Rejection::Refused { .. } => ErrorCode::InvalidArgument,
-            Rejection::Unauthenticated => ErrorCode::Unauthenticated,
-            Rejection::PermissionDenied { .. } => ErrorCode::PermissionDenied,
-        }
-    }
-
-    /// The Error frame body answering this rejection.
-    pub fn to_error_body(&self) -> ErrorBody {
-        ErrorBody::new(self.code(), self.to_string())
-    }
-
-    /// The rejection an owner's Error answer to a forwarded write stands for: the conditions a
-    /// client acts on keep their meaning, the rest is the owner's own refusal.
-    pub fn from_owner(owner: NodeId, e: &ErrorBody) -> Rejection {
-        match e.kind() {
-            Some(ErrorCode::NotReady) => Rejection::NotReady,
-            Some(ErrorCode::ShuttingDown) => Rejection::ShuttingDown,
-            Some(ErrorCode::Overloaded) => Rejection::Overloaded {
-                what: "the owner has too much work in flight",
-            },
-            Some(ErrorCode::Timeout) => Rejection::Timeout {
-                what: format!("owner node {owner}: {}", e.message),
-            },
-            _ => Rejection::Refused {
-                owner,
-                message: e.message.to_string(),
-            },
-        }
-    }
 }
 
 impl From<ForwardError> for Rejection {
@@ -131,56 +89,23 @@ impl From<ForwardError> for Rejection {
             ForwardError::Unreachable { .. } | ForwardError::Failed { .. } => Rejection::Timeout {
                 what: e.to_string(),
             },
-            ForwardError::Refused { owner, error } => Rejection::from_owner(owner, &error),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_condition_has_its_code_and_owner_errors_keep_their_meaning() {
-        let rows = [
-            (Rejection::NotReady, ErrorCode::NotReady),
-            (Rejection::ShuttingDown, ErrorCode::ShuttingDown),
-            (Rejection::Overloaded { what: "x" }, ErrorCode::Overloaded),
-            (Rejection::Timeout { what: "x".into() }, ErrorCode::Timeout),
-            (
-                Rejection::Invalid(InvalidInstance::PortZero { ip: "h".into() }),
-                ErrorCode::InvalidArgument,
-            ),
-            (
-                Rejection::LimitExceeded {
-                    what: "subscriptions",
-                    max: 1,
-                },
-                ErrorCode::InvalidArgument,
-            ),
-            (Rejection::Unauthenticated, ErrorCode::Unauthenticated),
-            (
-                Rejection::PermissionDenied {
-                    namespace: "prod".into(),
-                    access: Access::Write,
-                },
-                ErrorCode::PermissionDenied,
-            ),
-        ];
-        for (r, code) in rows {
-            assert_eq!(r.code(), code, "{r}");
-            let back = Rejection::from_owner(2, &r.to_error_body());
-            if matches!(
-                code,
-                ErrorCode::Unauthenticated | ErrorCode::PermissionDenied
-            ) {
-                // Owners never check rights (peers are trusted once the handshake passed), so
-                // such an answer from one is the owner's own refusal.
-                assert!(matches!(back, Rejection::Refused { .. }), "{back}");
-                continue;
+            ForwardError::Refused { .. } => {
+                let (owner, refusal, message) = e.owner_refusal().expect("a refusal by the owner");
+                match refusal {
+                    OwnerRefusal::NotReady => Rejection::NotReady,
+                    OwnerRefusal::ShuttingDown => Rejection::ShuttingDown,
+                    OwnerRefusal::Overloaded => Rejection::Overloaded {
+                        what: "the owner has too much work in flight",
+                    },
+                    OwnerRefusal::Timeout => Rejection::Timeout {
+                        what: format!("owner node {owner}: {message}"),
+                    },
+                    OwnerRefusal::Other => Rejection::Refused {
+                        owner,
+                        message: message.to_string(),
+                    },
+                }
             }
-            assert_eq!(back.code(), code, "{r} came back as {back}");
-            assert_eq!(back.is_retryable(), r.is_retryable(), "{r}");
         }
     }
 }

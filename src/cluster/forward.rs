@@ -13,7 +13,7 @@ use super::stats::Stats;
 use super::{Cluster, FORWARD_TIMEOUT};
 use crate::hash::HashSet;
 use crate::model::{Instance, InstanceKey, NodeId};
-use crate::wire::{ErrorBody, Message};
+use crate::wire::{ErrorBody, ErrorCode, Message};
 
 /// Why a write forwarded to its owner did not complete.
 #[derive(Debug, Clone, Error)]
@@ -27,6 +27,35 @@ pub enum ForwardError {
     /// The owner answered with an Error frame.
     #[error("owner node {owner} refused the forward: {}", error.message)]
     Refused { owner: NodeId, error: ErrorBody },
+}
+
+/// What an owner's refusal of a forwarded write means for the client whose write it was: the
+/// conditions a client acts on (try another node, retry later) keep their meaning across the
+/// forward; anything else is the owner's own refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerRefusal {
+    NotReady,
+    ShuttingDown,
+    Overloaded,
+    Timeout,
+    Other,
+}
+
+impl ForwardError {
+    /// For a refusal by the owner: what it means, and the owner's words.
+    pub fn owner_refusal(&self) -> Option<(NodeId, OwnerRefusal, &str)> {
+        let ForwardError::Refused { owner, error } = self else {
+            return None;
+        };
+        let refusal = match error.kind() {
+            Some(ErrorCode::NotReady) => OwnerRefusal::NotReady,
+            Some(ErrorCode::ShuttingDown) => OwnerRefusal::ShuttingDown,
+            Some(ErrorCode::Overloaded) => OwnerRefusal::Overloaded,
+            Some(ErrorCode::Timeout) => OwnerRefusal::Timeout,
+            _ => OwnerRefusal::Other,
+        };
+        Some((*owner, refusal, &error.message))
+    }
 }
 
 impl Cluster {

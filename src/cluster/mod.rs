@@ -50,7 +50,7 @@ pub use auth::Identity;
 pub use engine::reconcile::UNKNOWN_RECORD_MARGIN_MS;
 pub use engine::verify::PULL_AT_ONCE_BUCKETS_MAX;
 use engine::{Engine, Timing};
-pub use forward::ForwardError;
+pub use forward::{ForwardError, OwnerRefusal};
 use link::Link;
 use stats::Stats;
 use sync::SyncOutbox;

@@ -31,6 +31,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use super::error::error_body;
 use crate::api::PushQueue;
 use crate::api::{AUTH_FAILURES_MAX, Api, Push, Rejection, Session, Write};
 use crate::frontend::share::{QUEUED_BYTES_MAX, Queued, RequestSlot, Share};
@@ -145,8 +146,7 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
         };
         let Some((slot, next)) = next else {
             node_closing = true;
-            c.send_error(0, Rejection::ShuttingDown.to_error_body())
-                .await;
+            c.send_error(0, error_body(&Rejection::ShuttingDown)).await;
             break;
         };
         match next {
@@ -200,7 +200,7 @@ impl Conn {
     async fn answer(&self, rid: u32, answer: Result<Message, Rejection>) -> Flow {
         match answer {
             Ok(m) => self.send(rid, &m).await,
-            Err(r) => self.send_error(rid, r.to_error_body()).await,
+            Err(r) => self.send_error(rid, error_body(&r)).await,
         }
     }
 
@@ -216,7 +216,7 @@ impl Conn {
     async fn handle(&mut self, frame: Frame, slot: RequestSlot) -> Flow {
         if self.session.is_revoked() {
             info!(peer = %self.peer, "closing client connection: its token was withdrawn");
-            self.send_error(0, Rejection::Unauthenticated.to_error_body())
+            self.send_error(0, error_body(&Rejection::Unauthenticated))
                 .await;
             return Flow::Close;
         }
@@ -296,7 +296,7 @@ impl Conn {
             }
             Message::Query(q) => match self.session.query(&q.name, &q.cluster, q.healthy_only) {
                 Ok(snap) => self.send_body(rid, Opcode::QueryResult, snap.body()).await,
-                Err(r) => self.send_error(rid, r.to_error_body()).await,
+                Err(r) => self.send_error(rid, error_body(&r)).await,
             },
             Message::ListServices(l) => {
                 let list = self
@@ -351,7 +351,7 @@ impl Conn {
                 self.api.node().tracker.spawn(async move {
                     let answer = match pending.await {
                         Ok(v) => to_msg(v),
-                        Err(r) => Message::Error(r.to_error_body()),
+                        Err(r) => Message::Error(error_body(&r)),
                     };
                     answers.send(encode_frame(rid, 0, &answer)).await;
                     drop(slot);

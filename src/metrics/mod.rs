@@ -11,6 +11,12 @@
 //!
 //! Every name starts with `distro_` and carries its unit (`_seconds`, `_bytes`) and, for
 //! counters, `_total`; README.md, "Metrics", lists them all.
+//!
+//! - [`histogram`]: the latency histograms ([`LatencyHistogram`]).
+//! - [`peer`]: [`PeerMetrics`], the counters of one peer, found by node id without a lock.
+
+mod histogram;
+mod peer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -28,79 +34,12 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::model::{MEMBERS_MAX, NodeId};
 use crate::wire::{Opcode, SyncRecord};
 
+pub use histogram::LatencyHistogram;
+pub use peer::PeerMetrics;
+use peer::{PeerFamilies, PeerTable};
+
 /// The content type of what [`Metrics::encode`] writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
-
-/// Upper bounds of the latency histograms' buckets, microseconds: 100 µs to 10 s, about three
-/// per decade, which covers a local read (well under a millisecond) as well as a forwarded write
-/// waiting out a slow owner (the forward deadline is 2 s).
-const LATENCY_BOUNDS_US: [u64; 16] = [
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000, 2_500_000, 5_000_000, 10_000_000,
-];
-
-/// A latency histogram whose observation is two relaxed atomic adds (no lock): one bucket count
-/// and the sum. Clones share the same counts.
-#[derive(Debug, Clone, Default)]
-pub struct LatencyHistogram(Arc<HistogramCounts>);
-
-#[derive(Debug, Default)]
-struct HistogramCounts {
-    /// Per bucket of [`LATENCY_BOUNDS_US`], and one more for everything above the last bound.
-    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
-    sum_us: AtomicU64,
-}
-
-impl LatencyHistogram {
-    pub fn observe(&self, d: std::time::Duration) {
-        self.observe_us(d.as_micros().min(u64::MAX as u128) as u64);
-    }
-
-    pub fn observe_us(&self, us: u64) {
-        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
-        self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.0.sum_us.fetch_add(us, Ordering::Relaxed);
-    }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.0
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let mut buckets = Vec::with_capacity(LATENCY_BOUNDS_US.len() + 1);
-        let mut count = 0;
-        for (i, b) in self.0.buckets.iter().enumerate() {
-            let n = b.load(Ordering::Relaxed);
-            count += n;
-            let bound = LATENCY_BOUNDS_US
-                .get(i)
-                .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
-            buckets.push((bound, n));
-        }
-        let sum = self.0.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
-        encoder.encode_histogram(
-            sum,
-            count,
-            &buckets,
-            None::<&HashMap<usize, Exemplar<NoLabelSet, f64>>>,
-        )
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
 
 /// A request of the request API, as the metrics name it (`op` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,139 +111,6 @@ fn result_index(rejected: Option<&str>) -> usize {
 }
 
 type Labels = Vec<(&'static str, String)>;
-
-/// The per-peer counters of one member (label `peer`: its node id).
-#[derive(Debug)]
-pub struct PeerMetrics {
-    pub sync_sent_batches: Counter,
-    pub sync_sent_records: Counter,
-    pub sync_sent_bytes: Counter,
-    pub sync_dropped_batches: Counter,
-    pub sync_applied_batches: Counter,
-    pub sync_applied_bytes: Counter,
-    pub sync_received_records: Counter,
-    pub sync_applied_records: Counter,
-    pub forwards_sent: Counter,
-    pub forward_errors: Counter,
-    pub forwards_received: Counter,
-    pub digests_received: Counter,
-    pub digest_mismatched_buckets: Counter,
-    pub repaired_records: Counter,
-    pub pull_served_bytes: Counter,
-    /// From the moment the peer (the owner) wrote a record to the moment this node applied it.
-    pub write_applied: LatencyHistogram,
-}
-
-impl PeerMetrics {
-    /// A sync batch of `count` records, `bytes` long, went out to this peer.
-    pub fn sync_sent(&self, count: u32, bytes: usize) {
-        self.sync_sent_batches.inc();
-        self.sync_sent_records.inc_by(count as u64);
-        self.sync_sent_bytes.inc_by(bytes as u64);
-    }
-
-    /// A frame of `len` body bytes arrived from this peer (counted before it is handled).
-    pub fn frame_received(&self, opcode: u8, len: usize) {
-        match Opcode::from_u8(opcode) {
-            Ok(Opcode::SyncBatch) => {
-                self.sync_applied_bytes.inc_by(len as u64);
-            }
-            Ok(
-                Opcode::FwdRegister | Opcode::FwdDeregister | Opcode::FwdBeat | Opcode::FwdLapse,
-            ) => {
-                self.forwards_received.inc();
-            }
-            Ok(Opcode::Digest) => {
-                self.digests_received.inc();
-            }
-            _ => {}
-        }
-    }
-
-    /// This node applied a sync batch from this peer: `applied` of its records were newer than
-    /// what it held; `now_ms` is this node's clock.
-    pub fn sync_applied(&self, records: &[SyncRecord], applied: usize, now_ms: u64, from: NodeId) {
-        self.sync_applied_batches.inc();
-        self.sync_received_records.inc_by(records.len() as u64);
-        self.sync_applied_records.inc_by(applied as u64);
-        // A version carries its writer's HLC physical milliseconds: the lag from the write to
-        // now is the time the record took to get here (plus the clock skew between the two
-        // nodes, which NTP keeps to milliseconds). Only the sender's own writes are measured:
-        // a handoff carries records written earlier by others.
-        for r in records.iter().filter(|r| r.version.origin == from) {
-            let written_ms = crate::clock::hlc_physical_ms(r.version.hlc);
-            self.write_applied
-                .observe_us(now_ms.saturating_sub(written_ms).saturating_mul(1_000));
-        }
-    }
-}
-
-/// Per-peer metrics by node id, created on first use and then found without a lock: a fixed
-/// open-addressing table (ids are claimed with a compare-and-swap). Twice the member limit, so
-/// probes stay short; ids beyond that share one entry labelled `other`.
-struct PeerTable {
-    ids: Box<[AtomicU32]>,
-    slots: Box<[OnceLock<PeerMetrics>]>,
-    other: OnceLock<PeerMetrics>,
-}
-
-const PEER_SLOTS: usize = 2 * MEMBERS_MAX;
-
-impl PeerTable {
-    fn new() -> PeerTable {
-        PeerTable {
-            ids: (0..PEER_SLOTS).map(|_| AtomicU32::new(0)).collect(),
-            slots: (0..PEER_SLOTS).map(|_| OnceLock::new()).collect(),
-            other: OnceLock::new(),
-        }
-    }
-
-    fn get(&self, id: NodeId, make: impl Fn(String) -> PeerMetrics) -> &PeerMetrics {
-        // Stored as id + 1, so that 0 marks a free slot and node id 0 (a member not reached
-        // yet) still has an entry.
-        let key = id as u32 + 1;
-        let start = (id as usize).wrapping_mul(0x9E37) % PEER_SLOTS;
-        for i in 0..PEER_SLOTS {
-            let slot = (start + i) % PEER_SLOTS;
-            let cur = self.ids[slot].load(Ordering::Acquire);
-            let claimed = cur == key
-                || (cur == 0
-                    && match self.ids[slot].compare_exchange(
-                        0,
-                        key,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => true,
-                        Err(now) => now == key,
-                    });
-            if claimed {
-                return self.slots[slot].get_or_init(|| make(id.to_string()));
-            }
-        }
-        self.other.get_or_init(|| make("other".into()))
-    }
-}
-
-/// The families the per-peer counters live in.
-struct PeerFamilies {
-    sync_sent_batches: Family<Labels, Counter>,
-    sync_sent_records: Family<Labels, Counter>,
-    sync_sent_bytes: Family<Labels, Counter>,
-    sync_dropped_batches: Family<Labels, Counter>,
-    sync_applied_batches: Family<Labels, Counter>,
-    sync_applied_bytes: Family<Labels, Counter>,
-    sync_received_records: Family<Labels, Counter>,
-    sync_applied_records: Family<Labels, Counter>,
-    forwards_sent: Family<Labels, Counter>,
-    forward_errors: Family<Labels, Counter>,
-    forwards_received: Family<Labels, Counter>,
-    digests_received: Family<Labels, Counter>,
-    digest_mismatched_buckets: Family<Labels, Counter>,
-    repaired_records: Family<Labels, Counter>,
-    pull_served_bytes: Family<Labels, Counter>,
-    write_applied: Family<Labels, LatencyHistogram>,
-}
 
 /// Every metric of one node.
 pub struct Metrics {
@@ -697,7 +503,7 @@ mod tests {
         m.peer(3).forwards_sent.inc();
         assert_eq!(m.peer(2).forwards_sent.get(), 2);
         assert_eq!(m.peer(3).forwards_sent.get(), 1);
-        for id in 100..100 + PEER_SLOTS as u16 + 10 {
+        for id in 100..100 + peer::PEER_SLOTS as u16 + 10 {
             m.peer(id).forwards_sent.inc();
         }
         let text = m.encode();
