@@ -1,6 +1,7 @@
-//! The admin console in a real headless browser: a three-node cluster with data, Debian's
-//! `chromium` driven by `tests/console/check_console.js` (Node.js and `playwright-core`). The
-//! page shows the instances and every member up; an instance registered afterwards (on
+//! The admin console in a real headless browser: a three-node cluster with data and a token
+//! file, Debian's `chromium` driven by `tests/console/check_console.js` (Node.js and
+//! `playwright-core`). The page asks for a token, and once one is typed into its token field
+//! (kept for the tab across a reload) shows the instances and every member up; an instance registered afterwards (on
 //! another node) appears without a reload; the search box filters; metadata shows. The page's
 //! screenshot is left at `target/tmp/console.png`.
 //!
@@ -65,8 +66,8 @@ fn playwright() -> Result<PathBuf, String> {
     Ok(module)
 }
 
-/// Three clustered nodes, each with an admin port, on loopback.
-async fn start_cluster() -> (Vec<ServerHandle>, Vec<SocketAddr>) {
+/// Three clustered nodes, each with an admin port and the token file `token_file`, on loopback.
+async fn start_cluster(token_file: &Path) -> (Vec<ServerHandle>, Vec<SocketAddr>) {
     let mut listeners = Vec::new();
     for _ in 0..3 {
         listeners.push((
@@ -88,6 +89,7 @@ async fn start_cluster() -> (Vec<ServerHandle>, Vec<SocketAddr>) {
         cfg.peer_listen = peer.local_addr().unwrap();
         cfg.members = members.iter().map(|&a| a.into()).collect();
         cfg.cluster_token = Some("test-token-123".into());
+        cfg.token_file = Some(token_file.to_path_buf());
         cfg.member_timeout_ms = 1_000;
         cfg.verify_interval_ms = 500;
         admins.push(admin.local_addr().unwrap());
@@ -130,9 +132,24 @@ fn the_console_shows_the_cluster_and_updates_live() {
         .enable_all()
         .build()
         .unwrap();
-    let (nodes, admins) = rt.block_on(start_cluster());
+    let files =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("console-{}", std::process::id()));
+    std::fs::create_dir_all(&files).unwrap();
+    let token_file = files.join("tokens.toml");
+    let token = distro::auth::file::mint_token();
+    std::fs::write(
+        &token_file,
+        distro::auth::file::token_entry("console", &token, &[], &["*".to_string()]).unwrap(),
+    )
+    .unwrap();
+    let (nodes, admins) = rt.block_on(start_cluster(&token_file));
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr).collect();
-    let client = rt.block_on(common::client(&addrs));
+    let connect = |addrs: &[SocketAddr]| {
+        let cfg = common::client_config(addrs).with_token(&token);
+        rt.block_on(distro::client::Client::connect(cfg))
+            .expect("the client connects")
+    };
+    let client = connect(&addrs);
     let orders = [
         ("10.0.0.11", 8080, "a"),
         ("10.0.0.12", 8080, "b"),
@@ -182,6 +199,7 @@ fn the_console_shows_the_cluster_and_updates_live() {
         )
         .env("EXPECT", expect.join(","))
         .env("MEMBERS", "3")
+        .env("TOKEN", &token)
         .env("SCREENSHOT", &screenshot)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -212,7 +230,7 @@ fn the_console_shows_the_cluster_and_updates_live() {
         match line.as_str() {
             "WAITING_FOR_NEW" => {
                 // Registered through node 3: node 1 learns it by sync, the page by its refresh.
-                let late = rt.block_on(common::client(&[addrs[2]]));
+                let late = connect(&[addrs[2]]);
                 rt.block_on(late.register(instance("orders", "10.0.0.99", 8081, "b")))
                     .unwrap();
                 late.close();
@@ -242,4 +260,5 @@ fn the_console_shows_the_cluster_and_updates_live() {
             n.stop().await;
         }
     });
+    let _ = std::fs::remove_dir_all(&files);
 }

@@ -3,7 +3,10 @@
 //! API (gRPC), and the `nacos-sdk` crate (gRPC). Each client registers at one node and reads and
 //! subscribes at another, then deregisters (`roundtrip`); then each registers and is killed
 //! (`hold`), and its instance must go — seen through the native SDK at a third node, so that
-//! the Nacos instances are shown to be ordinary instances of the registry.
+//! the Nacos instances are shown to be ordinary instances of the registry. A second cluster has a
+//! token file: each client, given a username and password (`NACOS_USERNAME`, `NACOS_PASSWORD`
+//! in its environment), does its `roundtrip` there, and with a wrong password fails with an
+//! error and registers nothing (docs/security.md §4.1).
 //!
 //! The clients are installed by `tests/nacos_clients/install.sh` (`.ci/run` calls it) into
 //! `$DISTRO_NACOS_CLIENTS_DIR` (default `~/.cache/distro-nacos-clients`). Without them the test
@@ -147,7 +150,7 @@ impl Drop for Distrod {
     }
 }
 
-fn start_cluster() -> Vec<Distrod> {
+fn start_cluster(extra: &[&str]) -> Vec<Distrod> {
     let peers: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let members = peers
         .iter()
@@ -169,6 +172,7 @@ fn start_cluster() -> Vec<Distrod> {
                 .args(["--member-timeout-ms", "1000"])
                 .args(["--verify-interval-ms", "1000"])
                 .args(["--log-level", "warn"])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
@@ -216,16 +220,17 @@ fn until(what: &str, mut f: impl FnMut() -> Result<(), String>) {
     }
 }
 
-/// Every node answers readiness and sees the other two up.
-fn wait_formed(nodes: &[Distrod]) {
+/// Every node answers readiness and sees the other two up. `auth` is the query string of the
+/// member list's request (credentials, on nodes with a token file).
+fn wait_formed(nodes: &[Distrod], auth: &str) {
     for n in nodes {
         until("node ready", || {
             match http_get(n.nacos, "/nacos/v1/console/health/readiness") {
                 Ok((200, _)) => {}
                 other => return Err(format!("{other:?}")),
             }
-            let (_, body) =
-                http_get(n.nacos, "/nacos/v1/core/cluster/nodes").map_err(|e| e.to_string())?;
+            let (_, body) = http_get(n.nacos, &format!("/nacos/v1/core/cluster/nodes{auth}"))
+                .map_err(|e| e.to_string())?;
             let v: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
             let up = v["data"]
                 .as_array()
@@ -239,23 +244,49 @@ fn wait_formed(nodes: &[Distrod]) {
     }
 }
 
-/// Runs a driver's `roundtrip` to its end; panics with its output unless every step succeeded.
-fn roundtrip(kind: Kind, dir: &Path, write: SocketAddr, read: SocketAddr, port: u16) {
-    let out = kind
-        .command(dir)
-        .arg("roundtrip")
+/// Username and password a driver logs in with (`None`: it is configured without).
+type Creds<'a> = Option<(&'a str, &'a str)>;
+
+/// Runs a driver's `roundtrip` on `service` to its end: its output, and its steps.
+fn run_roundtrip(
+    kind: Kind,
+    dir: &Path,
+    (write, read): (SocketAddr, SocketAddr),
+    service: &str,
+    port: u16,
+    creds: Creds,
+) -> (std::process::Output, Vec<Value>) {
+    let mut cmd = kind.command(dir);
+    cmd.arg("roundtrip")
         .args(["--write", &write.to_string(), "--read", &read.to_string()])
-        .args(["--service", &format!("rt-{}", kind.name())])
+        .args(["--service", service])
         .args(["--port", &port.to_string()])
         .args(["--timeout-s", DRIVER_TIMEOUT_S])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the driver");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let steps: Vec<Value> = stdout
+        .stdin(Stdio::null());
+    if let Some((user, password)) = creds {
+        cmd.env("NACOS_USERNAME", user)
+            .env("NACOS_PASSWORD", password);
+    }
+    let out = cmd.output().expect("run the driver");
+    let steps: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    (out, steps)
+}
+
+/// Runs a driver's `roundtrip` to its end; panics with its output unless every step succeeded.
+fn roundtrip(kind: Kind, dir: &Path, write: SocketAddr, read: SocketAddr, port: u16, creds: Creds) {
+    let prefix = if creds.is_some() { "rt-auth" } else { "rt" };
+    let (out, steps) = run_roundtrip(
+        kind,
+        dir,
+        (write, read),
+        &format!("{prefix}-{}", kind.name()),
+        port,
+        creds,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
     let done = steps.iter().any(|s| s["step"] == "done" && s["ok"] == true);
     let failed = steps.iter().find(|s| s["ok"] == false);
     assert!(
@@ -273,7 +304,7 @@ fn roundtrip(kind: Kind, dir: &Path, write: SocketAddr, read: SocketAddr, port: 
     assert_eq!(read_step["healthy"], true, "{read_step}");
     assert_eq!(read_step["ephemeral"], true, "{read_step}");
     assert_eq!(read_step["cluster"], "DEFAULT", "{read_step}");
-    let service = format!("DEFAULT_GROUP@@rt-{}", kind.name());
+    let service = format!("DEFAULT_GROUP@@{prefix}-{}", kind.name());
     assert_eq!(read_step["service_name"], service.as_str(), "{read_step}");
     assert_eq!(
         read_step["instance_id"],
@@ -397,31 +428,40 @@ fn hold_and_kill(
     );
 }
 
+/// Whether every client is installed; if not, the test is skipped (false), unless
+/// `DISTRO_NACOS_CLIENTS=require`, where it fails.
+fn clients_installed(dir: &Path) -> bool {
+    let missing: Vec<&str> = Kind::ALL
+        .iter()
+        .filter(|k| !k.installed(dir).exists())
+        .map(|k| k.name())
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let required = std::env::var("DISTRO_NACOS_CLIENTS").is_ok_and(|v| v == "require");
+    assert!(
+        !required,
+        "Nacos clients {missing:?} are not installed in {} (run tests/nacos_clients/install.sh)",
+        dir.display()
+    );
+    eprintln!(
+        "skipped: Nacos clients {missing:?} not installed in {} (tests/nacos_clients/install.sh \
+         installs them; DISTRO_NACOS_CLIENTS=require makes this a failure)",
+        dir.display()
+    );
+    false
+}
+
 #[test]
 fn published_nacos_clients_work_against_a_distro_cluster() {
     let dir = clients_dir();
-    let missing: Vec<&str> = Kind::ALL
-        .iter()
-        .filter(|k| !k.installed(&dir).exists())
-        .map(|k| k.name())
-        .collect();
-    if !missing.is_empty() {
-        let required = std::env::var("DISTRO_NACOS_CLIENTS").is_ok_and(|v| v == "require");
-        assert!(
-            !required,
-            "Nacos clients {missing:?} are not installed in {} (run tests/nacos_clients/install.sh)",
-            dir.display()
-        );
-        eprintln!(
-            "skipped: Nacos clients {missing:?} not installed in {} (tests/nacos_clients/install.sh \
-             installs them; DISTRO_NACOS_CLIENTS=require makes this a failure)",
-            dir.display()
-        );
+    if !clients_installed(&dir) {
         return;
     }
 
-    let nodes = start_cluster();
-    wait_formed(&nodes);
+    let nodes = start_cluster(&[]);
+    wait_formed(&nodes, "");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -443,7 +483,7 @@ fn published_nacos_clients_work_against_a_distro_cluster() {
             let (dir, nodes, rt, check) = (&dir, &nodes, &rt, &checkers[c]);
             s.spawn(move || {
                 let base = 30_000 + 100 * i as u16;
-                roundtrip(kind, dir, nodes[a].nacos, nodes[b].nacos, base);
+                roundtrip(kind, dir, nodes[a].nacos, nodes[b].nacos, base, None);
                 hold_and_kill(kind, dir, nodes[a].nacos, rt, check, base + 50);
             });
         }
@@ -451,4 +491,109 @@ fn published_nacos_clients_work_against_a_distro_cluster() {
     for c in &checkers {
         c.close();
     }
+}
+
+/// The clients configured with a username and password against a cluster whose nodes have a
+/// token file (docs/security.md §4.1): with the right password each one's `roundtrip` works
+/// (the Python and Rust clients log in and send an accessToken; the Node client sends the pair
+/// with every request); with a wrong one each fails with an error, and nothing of it is
+/// registered.
+#[test]
+fn published_nacos_clients_log_in_to_a_cluster_with_tokens() {
+    let dir = clients_dir();
+    if !clients_installed(&dir) {
+        return;
+    }
+    const USER: &str = "nacos";
+    const PASSWORD: &str = "the clients' test password";
+    let files =
+        std::env::temp_dir().join(format!("distro-nacos-clients-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&files).unwrap();
+    let token_file = files.join("tokens.toml");
+    let checker_token = distro::auth::file::mint_token();
+    let entries = [
+        distro::auth::file::user_entry(USER, PASSWORD, &[], &["public".to_string()]).unwrap(),
+        distro::auth::file::token_entry("checker", &checker_token, &["*".to_string()], &[])
+            .unwrap(),
+    ]
+    .join("\n");
+    std::fs::write(&token_file, entries).unwrap();
+    // As docs/security.md asks (the node warns otherwise).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let nodes = start_cluster(&[
+        "--token-file",
+        token_file.to_str().unwrap(),
+        "--cluster-token",
+        "the clients' test cluster token",
+    ]);
+    wait_formed(
+        &nodes,
+        &format!(
+            "?username={USER}&password={}",
+            PASSWORD.replace(' ', "%20").replace('\'', "%27")
+        ),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let checker = {
+        let mut cfg = ClientConfig::new([nodes[0].client.to_string()]).with_token(&checker_token);
+        cfg.request_timeout = Duration::from_secs(5);
+        rt.block_on(Client::connect(cfg))
+            .expect("native client connects")
+    };
+
+    std::thread::scope(|s| {
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            let (a, b) = (i % 3, (i + 1) % 3);
+            let (dir, nodes, rt, checker) = (&dir, &nodes, &rt, &checker);
+            s.spawn(move || {
+                let base = 32_000 + 100 * i as u16;
+                roundtrip(
+                    kind,
+                    dir,
+                    nodes[a].nacos,
+                    nodes[b].nacos,
+                    base,
+                    Some((USER, PASSWORD)),
+                );
+                let service = format!("wrong-{}", kind.name());
+                let (out, steps) = run_roundtrip(
+                    kind,
+                    dir,
+                    (nodes[a].nacos, nodes[b].nacos),
+                    &service,
+                    base + 50,
+                    Some((USER, "not the password")),
+                );
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    !out.status.success()
+                        && steps.iter().any(|s| s["ok"] == false)
+                        && !steps
+                            .iter()
+                            .any(|s| s["step"] == "register" && s["ok"] == true),
+                    "{} with a wrong password did not fail at its registration:\n{stdout}",
+                    kind.name()
+                );
+                let failed = steps.iter().find(|s| s["ok"] == false);
+                eprintln!("{}: a wrong password fails: {failed:?}", kind.name());
+                let name = ServiceName::new("public", "DEFAULT_GROUP", &service);
+                let snap = rt
+                    .block_on(checker.query(&name, false))
+                    .expect("the checker reads");
+                assert!(
+                    snap.instances.is_empty(),
+                    "{} with a wrong password registered {:?}",
+                    kind.name(),
+                    snap.instances
+                );
+            });
+        }
+    });
+    checker.close();
+    let _ = std::fs::remove_dir_all(&files);
 }

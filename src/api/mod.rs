@@ -687,4 +687,45 @@ mod tests {
         s2.close(false).await;
         assert!(!api.node().store.is_watched(&a));
     }
+
+    /// A front end that verifies its callers itself (the Nacos accessToken) sets the session's
+    /// principal: a new caller keeps only the subscriptions it may read, and the front end's
+    /// refusals count towards closing the connection.
+    #[test]
+    fn a_principal_set_by_the_front_end_bounds_the_session_and_refusals_count() {
+        use crate::auth::TokenSet;
+        use crate::auth::file::token_entry;
+        let api = api();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let text = token_entry("a", "ta", &s(&["x"]), &[]).unwrap()
+            + &token_entry("b", "tb", &s(&["y"]), &[]).unwrap();
+        api.node()
+            .tokens
+            .install(TokenSet::parse(&text, "t").unwrap());
+        let (x, y) = (
+            ServiceName::new("x", "DEFAULT_GROUP", "s"),
+            ServiceName::new("y", "DEFAULT_GROUP", "s"),
+        );
+        let session = api.open_session();
+        assert_eq!(session.subscribe(&x), Err(Rejection::Unauthenticated));
+        session.set_principal(api.authenticate("ta").unwrap());
+        session.subscribe(&x).unwrap();
+        assert!(matches!(
+            session.subscribe(&y),
+            Err(Rejection::PermissionDenied { .. })
+        ));
+        session.set_principal(api.authenticate("tb").unwrap());
+        session.subscribe(&y).unwrap();
+        assert_eq!(
+            session.unsubscribe(&x),
+            Ok(false),
+            "b may not read x: that subscription ended"
+        );
+        assert!(!session.auth_failures_exhausted());
+        for _ in 1..AUTH_FAILURES_MAX {
+            assert_eq!(session.refuse(), Rejection::Unauthenticated);
+        }
+        // The first refusal above (subscribing without a caller) counted too.
+        assert!(session.auth_failures_exhausted());
+    }
 }

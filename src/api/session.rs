@@ -3,7 +3,8 @@
 //! writes in flight.
 //!
 //! A session also holds its caller, a [`Principal`]: set once per connection, when the client
-//! presents its token ([`Session::authenticate`]), and looked up again by the token's digest
+//! presents its token ([`Session::authenticate`]) — or by a front end that verifies its
+//! clients' credentials itself ([`Session::set_principal`], the Nacos accessToken) — and looked up again by the token's digest
 //! after the node reloads its token file (a narrowed grant drops the subscriptions it no longer
 //! covers; a removed one leaves the session anonymous and [`Session::is_revoked`] true).
 //!
@@ -119,6 +120,30 @@ impl Session {
             }
             Err(e) => self.counted(Err(e)),
         }
+    }
+
+    /// The front end verified the caller itself (a Nacos accessToken): the session acts as `p`
+    /// from now on. Called again when the client presents another token (a refreshed one, or
+    /// another user's: subscriptions the new caller may not read end). A node without a token
+    /// file changes nothing. The front end verifies each distinct token once and counts its
+    /// refusals with [`Session::refuse`].
+    pub fn set_principal(&self, p: Principal) {
+        if !self.api.node().tokens.is_on() {
+            return;
+        }
+        let mut current = self.principal.lock().unwrap();
+        if current.name() != p.name() {
+            info!(session = self.id, user = p.name(), "client authenticated");
+            self.drop_unreadable_subscriptions(&p);
+        }
+        *current = p;
+    }
+
+    /// A presentation the front end refused (no token, an invalid or expired one): answers
+    /// `Unauthenticated`, counted towards [`AUTH_FAILURES_MAX`].
+    pub fn refuse(&self) -> Rejection {
+        self.note(&Rejection::Unauthenticated);
+        Rejection::Unauthenticated
     }
 
     /// The session's caller as of now: if the node reloaded its tokens since the caller was

@@ -12,10 +12,13 @@
 //! - [`tokens`]: [`Tokens`], a node's live token set: presenting a token (hashed once, compared
 //!   in constant time with every entry), logging in, reloading the file (SIGHUP), and
 //!   re-resolving a connection's grant after a reload.
+//! - [`access`]: the Nacos accessToken a login answers — self-contained and HMAC-signed with a
+//!   key derived from the cluster token, so that every node of the cluster accepts it.
 //!
 //! The request API decides, in one place, whether a principal may do a request
 //! (the request API's `authorize`); front ends only find out who the caller is.
 
+pub mod access;
 pub mod file;
 pub mod tokens;
 

@@ -172,6 +172,16 @@ impl Tokens {
         }
     }
 
+    /// The entry of user `username` in the set in force: its grant, its password hash and the
+    /// set's generation (what an accessToken is checked against, `super::access`). `None` for
+    /// an unknown user, and without a token file.
+    pub(crate) fn user(&self, username: &str) -> Option<(Arc<super::Grant>, String, u64)> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let set = self.current()?;
+        let u = set.users.iter().find(|u| u.username.as_str() == username)?;
+        Some((u.grant.clone(), u.password_hash.clone(), generation))
+    }
+
     /// After a reload: the principal that `p` is now (its entry's new rights, or anonymous if
     /// the entry is gone); `None` if nothing was reloaded since `p` was resolved, or `p` is
     /// not a grant. One atomic load when nothing changed; no hashing ever.

@@ -140,14 +140,26 @@ impl Server {
     /// (`node.draining`, see [`Node::stop_gracefully`]).
     pub async fn run(self) {
         let node = self.node;
-        if let Ok(addr) = self.listener.local_addr()
-            && open_to_the_network(addr, &node)
-        {
-            warn!(
-                listen = %addr,
-                "the client port listens beyond loopback and no token file is set: anyone who \
-                 reaches it may register, deregister and read anything (docs/security.md)"
-            );
+        let ports = [
+            ("client", self.listener.local_addr().ok()),
+            (
+                "admin",
+                self.admin_listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok()),
+            ),
+            ("Nacos", self.nacos.as_ref().map(|(l, _)| l.http_addr())),
+        ];
+        for (port, addr) in ports {
+            if let Some(addr) = addr
+                && open_to_the_network(addr, &node)
+            {
+                warn!(
+                    listen = %addr,
+                    "the {port} port listens beyond loopback and no token file is set: anyone who \
+                     reaches it may register, deregister and read anything (docs/security.md)"
+                );
+            }
         }
         node.tracker.spawn(node.clone().lease_duty());
         let api = Api::new(node.clone());
@@ -242,8 +254,8 @@ impl ServerHandle {
     }
 }
 
-/// Whether a client listener at `addr` serves anyone who reaches it: not loopback, and no
-/// token file.
+/// Whether a listener at `addr` that serves clients (native, Nacos or admin) serves anyone who
+/// reaches it: not loopback, and no token file.
 fn open_to_the_network(addr: SocketAddr, node: &Node) -> bool {
     !addr.ip().is_loopback() && !node.tokens.is_on()
 }

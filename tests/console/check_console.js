@@ -2,7 +2,9 @@
 //
 // Environment: CONSOLE_URL (the admin port's /), EXPECT (ip:port of instances the page must
 // show, comma-separated), MEMBERS (how many members are up), SCREENSHOT (a PNG path),
-// PLAYWRIGHT (the playwright-core module's folder).
+// PLAYWRIGHT (the playwright-core module's folder), TOKEN (the nodes have a token file: the page
+// must ask for a token, then show the data once it is typed into the token field, also after a
+// reload of the tab).
 // Protocol on stdio: prints "WAITING_FOR_NEW" once the page shows EXPECT; reads one line
 // "NEW ip:port" (registered meanwhile by the test) and waits until the page shows it without a
 // reload; prints "OK" and exits 0. Any failure: a message on stderr, exit 1.
@@ -63,6 +65,25 @@ async function waitForAddrs(page, addrs, what) {
     await page.goto(process.env.CONSOLE_URL, { waitUntil: "load" });
 
     const expect = process.env.EXPECT.split(",");
+    if (process.env.TOKEN) {
+      try {
+        await page.waitForFunction(
+          () => { const e = document.getElementById("error"); return !e.hidden && e.textContent.includes("requires a token"); },
+          null,
+          { timeout: WAIT_MS }
+        );
+      } catch (e) {
+        fail(`without a token the page does not ask for one: ${await page.textContent("#error")}`);
+      }
+      if ((await shownAddrs(page)).length) fail("instances shown without a token");
+      await page.fill("#token", process.env.TOKEN);
+      await page.dispatchEvent("#token", "change");
+      await waitForAddrs(page, expect, "the instances, once the token is given");
+      // The tab keeps the token (sessionStorage) across a reload.
+      await page.reload({ waitUntil: "load" });
+      // The browser logged the refused requests before the token (401s) as errors.
+      errors.length = 0;
+    }
     await waitForAddrs(page, expect, "the instances registered before the page loaded");
 
     // The members table: every member, up.

@@ -79,8 +79,15 @@ function parseArgs(argv) {
   return args;
 }
 
+// With NACOS_USERNAME and NACOS_PASSWORD in the environment the client sends them with every
+// request (it has no login call of its own).
 async function connect(addr) {
-  const client = new NacosNamingClient({ logger, serverList: addr, namespace: 'public' });
+  const options = { logger, serverList: addr, namespace: 'public' };
+  if (process.env.NACOS_USERNAME && process.env.NACOS_PASSWORD) {
+    options.username = process.env.NACOS_USERNAME;
+    options.password = process.env.NACOS_PASSWORD;
+  }
+  const client = new NacosNamingClient(options);
   await client.ready();
   return client;
 }

@@ -48,7 +48,14 @@ def fail(step, error):
 
 
 def connect(addr, workdir, name):
-    client = nacos.NacosClient(addr, logDir=os.path.join(workdir, name))
+    # With NACOS_USERNAME and NACOS_PASSWORD in the environment the client logs in
+    # (POST /nacos/v1/auth/login) and sends its accessToken with every request.
+    client = nacos.NacosClient(
+        addr,
+        logDir=os.path.join(workdir, name),
+        username=os.environ.get("NACOS_USERNAME") or None,
+        password=os.environ.get("NACOS_PASSWORD") or None,
+    )
     client.set_options(default_timeout=5)
     return client
 

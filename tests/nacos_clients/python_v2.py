@@ -52,7 +52,7 @@ def fail(step, error):
 async def connect(addr, app, workdir):
     # A cache and log directory of the run's own, and no cache loaded at start, so that
     # nothing from disk can stand in for what the server answers.
-    config = (
+    builder = (
         ClientConfigBuilder()
         .server_address(addr)
         .namespace_id("")
@@ -60,8 +60,12 @@ async def connect(addr, app, workdir):
         .log_dir(os.path.join(workdir, app, "log"))
         .load_cache_at_start(False)
         .timeout_ms(5000)
-        .build()
     )
+    # With NACOS_USERNAME and NACOS_PASSWORD in the environment the client logs in
+    # (POST /nacos/v1/auth/users/login) and sends its accessToken with every request.
+    if os.environ.get("NACOS_USERNAME") and os.environ.get("NACOS_PASSWORD"):
+        builder = builder.username(os.environ["NACOS_USERNAME"]).password(os.environ["NACOS_PASSWORD"])
+    config = builder.build()
     config.app_name = app
     return await NacosNamingService.create_naming_service(config)
 

@@ -1,8 +1,14 @@
 //! The admin HTTP port (`--http ADDR`, default `127.0.0.1:8860`): what operators and their
 //! tools read — Prometheus metrics, the liveness and readiness probes, the cluster, namespaces,
-//! services and instances as JSON, and a web console. Like every front end it only translates:
-//! what it shows comes from the request API ([`crate::api::Api`]) and the node's metrics. It
-//! writes nothing.
+//! services and instances as JSON, and a web console; and an operator's deregistration of an
+//! instance. Like every front end it only translates: what it shows and does goes through the
+//! request API ([`crate::api::Api`]) and the node's metrics.
+//!
+//! On a node with a token file (`docs/security.md` §4.2) the registry's data and every change
+//! need a token, sent as `Authorization: Bearer <token>` and checked with the caller's rights
+//! like any other front end's caller (401 without a valid token, 403 without the right). The
+//! probes, `/metrics` and the console's static files stay open: they show counts, not registry
+//! data, and are what orchestrators and Prometheus read without secrets.
 //!
 //! | path | answer |
 //! |---|---|
@@ -13,6 +19,7 @@
 //! | `GET /namespaces` | [`json::NamespaceJson`] array |
 //! | `GET /services?namespace=NS` | [`json::ServiceJson`] array (= `distroctl services --json`) |
 //! | `GET /instances?service=S[&namespace=NS][&group=G][&healthy_only=true]` | [`json::InstanceJson`] array (= `distroctl list --json`) |
+//! | `DELETE /instances?service=S&ip=IP&port=P[&namespace=NS][&group=G][&cluster=C]` | deregisters one instance (needs `write` on the namespace): `{"deregistered": 0 or 1}` |
 //! | `GET /` | the console (`console/`: HTML, JS and CSS compiled into the binary) |
 //!
 //! - [`json`]: the JSON shapes, shared with `distroctl`.
@@ -22,8 +29,8 @@ pub mod json;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use axum::extract::{Query, State, rejection::QueryRejection};
-use axum::http::{StatusCode, header};
+use axum::extract::{FromRequestParts, Query, State, rejection::QueryRejection};
+use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -34,7 +41,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, Rejection};
-use crate::model::{PAGE_SIZE_MAX, ServiceName};
+use crate::auth::Principal;
+use crate::model::{InstanceKey, PAGE_SIZE_MAX, ServiceName};
 use json::{ClusterJson, ErrorJson, InstanceJson, NamespaceJson, ServiceJson};
 
 /// Admin connections at once: a few scrapers, probes and consoles. Beyond it new connections
@@ -57,7 +65,7 @@ pub fn router(api: Api) -> Router {
         .route("/cluster", get(cluster))
         .route("/namespaces", get(namespaces))
         .route("/services", get(services))
-        .route("/instances", get(instances))
+        .route("/instances", get(instances).delete(deregister))
         .fallback(not_found)
         .with_state(api)
 }
@@ -126,15 +134,43 @@ async fn ready(State(api): State<Api>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, why).into_response()
 }
 
-// The registry's data is read as the guest (`Api::guest`): everything on a node without a
-// token file, nothing on a node with one, until this port takes tokens (docs/security.md §4.2).
+/// The caller of a request: the token of its `Authorization: Bearer` header (hashed once per
+/// request: this port is no hot path), or the guest without one — every right on a node without
+/// a token file, none on a node with one. A header that is not a valid token is
+/// `Unauthenticated`.
+struct Caller(Principal);
 
-async fn cluster(State(api): State<Api>) -> Result<Json<ClusterJson>, AdminError> {
-    Ok(Json(ClusterJson::from(&api.cluster_status(&api.guest())?)))
+impl FromRequestParts<Api> for Caller {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, api: &Api) -> Result<Caller, AdminError> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Ok(Caller(api.guest()));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                let (scheme, token) = v.split_once(' ')?;
+                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+            })
+            .ok_or(AdminError::Rejected(Rejection::Unauthenticated))?;
+        Ok(Caller(api.authenticate(token)?))
+    }
 }
 
-async fn namespaces(State(api): State<Api>) -> Result<Json<Vec<NamespaceJson>>, AdminError> {
-    let list = api.list_namespaces(&api.guest())?;
+async fn cluster(
+    State(api): State<Api>,
+    Caller(who): Caller,
+) -> Result<Json<ClusterJson>, AdminError> {
+    Ok(Json(ClusterJson::from(&api.cluster_status(&who)?)))
+}
+
+async fn namespaces(
+    State(api): State<Api>,
+    Caller(who): Caller,
+) -> Result<Json<Vec<NamespaceJson>>, AdminError> {
+    let list = api.list_namespaces(&who)?;
     Ok(Json(list.iter().map(NamespaceJson::from).collect()))
 }
 
@@ -146,13 +182,14 @@ struct ServicesParams {
 
 async fn services(
     State(api): State<Api>,
+    Caller(who): Caller,
     params: Result<Query<ServicesParams>, QueryRejection>,
 ) -> Result<Json<Vec<ServiceJson>>, AdminError> {
     let Query(p) = params?;
     let mut out = Vec::new();
     let mut page = 0;
     loop {
-        let list = api.list_services(&api.guest(), &p.namespace, page, PAGE_SIZE_MAX as u16)?;
+        let list = api.list_services(&who, &p.namespace, page, PAGE_SIZE_MAX as u16)?;
         out.extend(
             list.services
                 .iter()
@@ -186,12 +223,60 @@ fn default_group() -> String {
 
 async fn instances(
     State(api): State<Api>,
+    Caller(who): Caller,
     params: Result<Query<InstancesParams>, QueryRejection>,
 ) -> Result<Json<Vec<InstanceJson>>, AdminError> {
     let Query(p) = params?;
     let name = ServiceName::new(&p.namespace, &p.group, &p.service);
-    let snap = api.query(&api.guest(), &name, "", p.healthy_only)?.decode();
+    let snap = api.query(&who, &name, "", p.healthy_only)?.decode();
     Ok(Json(InstanceJson::all(&snap)))
+}
+
+#[derive(Debug, Deserialize)]
+struct InstanceParams {
+    #[serde(default = "default_namespace")]
+    namespace: String,
+    #[serde(default = "default_group")]
+    group: String,
+    service: String,
+    #[serde(default = "default_cluster")]
+    cluster: String,
+    ip: String,
+    port: u16,
+}
+
+fn default_cluster() -> String {
+    "DEFAULT".into()
+}
+
+/// What a deregistration answers: how many instances it removed (0: there was none).
+#[derive(Debug, serde::Serialize)]
+struct Deregistered {
+    deregistered: u32,
+}
+
+/// `DELETE /instances`: an operator takes one instance out of the registry (a client that still
+/// runs registers it again with its next beat or reconnect).
+async fn deregister(
+    State(api): State<Api>,
+    Caller(who): Caller,
+    params: Result<Query<InstanceParams>, QueryRejection>,
+) -> Result<Json<Deregistered>, AdminError> {
+    let Query(p) = params?;
+    let key = InstanceKey {
+        service: ServiceName::new(&p.namespace, &p.group, &p.service),
+        cluster: p.cluster.as_str().into(),
+        ip: p.ip.as_str().into(),
+        port: p.port,
+    };
+    // Carried out in a task of the node: a caller that goes away does not leave it half done.
+    let node = api.node().clone();
+    let deregistered = node
+        .tracker
+        .spawn(async move { api.deregister(&who, &[key]).await })
+        .await
+        .unwrap_or(Err(Rejection::ShuttingDown))?;
+    Ok(Json(Deregistered { deregistered }))
 }
 
 async fn not_found() -> AdminError {
@@ -219,6 +304,7 @@ impl From<QueryRejection> for AdminError {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
+        let challenge = matches!(self, AdminError::Rejected(Rejection::Unauthenticated));
         let (status, body) = match self {
             AdminError::Rejected(r) => (status_of(&r), ErrorJson::from(&r)),
             AdminError::BadRequest(message) => (
@@ -236,7 +322,15 @@ impl IntoResponse for AdminError {
                 },
             ),
         };
-        (status, Json(body)).into_response()
+        let mut r = (status, Json(body)).into_response();
+        if challenge {
+            // RFC 6750: a 401 names the scheme that would have been accepted.
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
     }
 }
 

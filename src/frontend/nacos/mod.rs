@@ -7,6 +7,8 @@
 //!   envelope, gRPC request and response bodies — and Nacos's naming rules (defaults,
 //!   `group@@service` names, lenient booleans, metadata strings). The request API never sees
 //!   these types; the front end translates them.
+//! - [`auth`]: who a request's caller is — the login, the accessToken, the credentials each
+//!   request carries (`docs/security.md` §4.1).
 //! - [`convert`]: those shapes into the model's types (keys, instances, the lease from the
 //!   `preserved.*` metadata) and snapshots back into Nacos's `ServiceInfo`.
 //! - [`error`]: [`error::NacosError`], every cause of a failed request, and its one mapping to
@@ -18,6 +20,7 @@
 //! [`serve`] runs both on the listeners of [`NacosListeners::bind`]: HTTP at the configured
 //! address, gRPC at its port + 1000, where every Nacos client looks for it.
 
+pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod grpc;
@@ -132,13 +135,19 @@ impl NacosListeners {
 pub async fn serve(api: Api, listeners: NacosListeners, settings: NacosSettings) {
     let node = api.node().clone();
     let connections = Arc::new(AtomicU64::new(0));
+    let auth = auth::NacosAuth::new(api.clone());
     let http = node.tracker.spawn(http::serve(
         api.clone(),
+        auth.clone(),
         listeners.http,
         connections.clone(),
     ));
-    let grpc = node
-        .tracker
-        .spawn(grpc::serve(api, listeners.grpc, settings, connections));
+    let grpc = node.tracker.spawn(grpc::serve(
+        api,
+        auth,
+        listeners.grpc,
+        settings,
+        connections,
+    ));
     let _ = tokio::join!(http, grpc);
 }

@@ -2,7 +2,12 @@
 // /instances) and refreshes it every REFRESH_MS while "live" is checked. Every value coming
 // from the registry is set as text (never as HTML): service names and metadata are data that
 // clients registered.
+//
+// On a node with a token file the JSON needs a token: the one typed into the token field is
+// kept in sessionStorage (this tab only, gone when it closes) and sent as a bearer token.
 "use strict";
+
+const TOKEN_KEY = "distro-token";
 
 const REFRESH_MS = 2000;
 
@@ -34,7 +39,9 @@ function el(tag, attrs, ...children) {
 }
 
 async function getJson(path) {
-  const r = await fetch(path, { cache: "no-store" });
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const r = await fetch(path, { cache: "no-store", headers });
   const body = await r.json().catch(() => null);
   if (!r.ok) {
     const msg = body && body.message ? body.message : `${r.status} ${r.statusText}`;
@@ -199,7 +206,14 @@ function showError(e) {
     box.hidden = true;
     return;
   }
-  box.textContent = e.status === 503 ? `This node does not serve now: ${e.message}` : `Cannot reach the node: ${e.message}`;
+  box.textContent =
+    e.status === 503
+      ? `This node does not serve now: ${e.message}`
+      : e.status === 401
+        ? `This node requires a token: enter one above (${e.message})`
+        : e.status === 403
+          ? `Your token does not allow this: ${e.message}`
+          : `Cannot reach the node: ${e.message}`;
   box.hidden = false;
 }
 
@@ -261,6 +275,13 @@ function schedule() {
   state.timer = $("live").checked ? setInterval(refresh, REFRESH_MS) : null;
 }
 
+$("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
+$("token").addEventListener("change", () => {
+  const t = $("token").value.trim();
+  if (t) sessionStorage.setItem(TOKEN_KEY, t);
+  else sessionStorage.removeItem(TOKEN_KEY);
+  refresh();
+});
 $("search").addEventListener("input", () => {
   renderServices();
   renderInstances();

@@ -74,6 +74,9 @@ pub struct Connection {
     ref_times: Mutex<HashMap<ServiceName, u64>>,
     acks: Mutex<Vec<String>>,
     pub(super) acked: Notify,
+    /// The last accessToken verified on this connection and its expiry (ms): a request with the
+    /// same token is not verified again.
+    pub(super) access: Mutex<Option<(String, u64)>>,
     /// Counts this connection in the node's client connections while it lives.
     _open: GaugeGuard,
 }
@@ -81,6 +84,11 @@ pub struct Connection {
 impl Connection {
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The client's address.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
     }
 
     /// Nacos's form of a connection id: `<accept ms>_<ip>_<port>`.
@@ -288,6 +296,7 @@ impl Registry {
             ref_times: Mutex::default(),
             acks: Mutex::default(),
             acked: Notify::new(),
+            access: Mutex::default(),
             _open: self.api.node().metrics.client_connection(),
         });
         self.conns.lock().unwrap().insert(conn.id, conn.clone());

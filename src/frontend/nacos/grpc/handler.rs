@@ -5,6 +5,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::sync::mpsc;
@@ -16,6 +17,7 @@ use super::conn::{Connection, Registry};
 use super::proto::{NacosGrpc, Payload};
 use super::push::{self, OUTBOUND_QUEUE_MAX};
 use crate::api::{Api, Rejection};
+use crate::frontend::nacos::auth::NacosAuth;
 use crate::frontend::nacos::convert::{self, GRPC_CACHE_MILLIS, InfoShape};
 use crate::frontend::nacos::error::NacosError;
 use crate::frontend::nacos::model::grpc::{
@@ -34,14 +36,22 @@ use crate::model::{BATCH_INSTANCES_MAX, Instance, InstanceKey, ServiceName};
 /// The server's half of a connection's stream.
 pub type Outbound = Pin<Box<dyn Stream<Item = Result<Payload, Status>> + Send>>;
 
+/// How long a connection refused `AUTH_FAILURES_MAX` times stays open after its last
+/// refusal: time for that answer to be written before the socket is cut.
+const REFUSED_CLOSE_DELAY: Duration = Duration::from_millis(200);
+
+/// The header of a request's `Metadata` that carries the caller's accessToken.
+pub const ACCESS_TOKEN_HEADER: &str = "accessToken";
+
 /// Serves both calls of every connection of a node.
 pub struct Handler {
     reg: Arc<Registry>,
+    auth: Arc<NacosAuth>,
 }
 
 impl Handler {
-    pub fn new(reg: Arc<Registry>) -> Handler {
-        Handler { reg }
+    pub fn new(reg: Arc<Registry>, auth: Arc<NacosAuth>) -> Handler {
+        Handler { reg, auth }
     }
 
     fn api(&self) -> &Api {
@@ -159,10 +169,25 @@ impl NacosGrpc for Handler {
             Ok(m) => m,
             Err(e) => return Ok(Response::new(error_payload(&None, &e.into()))),
         };
+        let token = p
+            .metadata
+            .as_ref()
+            .and_then(|m| m.headers.get(ACCESS_TOKEN_HEADER))
+            .map(String::as_str);
         let rid = request_id(&msg);
         let answer = match conn {
             None => Err(NacosError::Unregistered),
-            Some(conn) => self.serve(&conn, msg).await,
+            Some(conn) => {
+                let answer = self.serve(&conn, msg, token).await;
+                if matches!(
+                    answer,
+                    Err(NacosError::Rejected(Rejection::Unauthenticated))
+                ) && conn.session.auth_failures_exhausted()
+                {
+                    self.close_refused(conn);
+                }
+                answer
+            }
         };
         Ok(Response::new(
             answer.unwrap_or_else(|e| error_payload(&rid, &e)),
@@ -200,10 +225,56 @@ impl NacosGrpc for Handler {
 }
 
 impl Handler {
+    /// Makes a request's accessToken the connection's caller (`docs/security.md` §4.1): the
+    /// token verified last on this connection, not expired, is taken as it is; another one is
+    /// verified (and becomes the connection's). No token, or one that is not valid, is
+    /// `Unauthenticated`, counted towards `crate::api::AUTH_FAILURES_MAX`. A node without a token file
+    /// checks nothing.
+    fn authenticate(&self, conn: &Connection, token: Option<&str>) -> Result<(), NacosError> {
+        if !self.auth.is_on() {
+            return Ok(());
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(conn.session.refuse().into());
+        };
+        let now = self.api().now_ms();
+        let mut last = conn.access.lock().unwrap();
+        if let Some((known, until)) = &*last
+            && known == token
+            && now < *until
+        {
+            return Ok(());
+        }
+        match self.auth.verify(token) {
+            Ok(a) => {
+                conn.session.set_principal(a.principal);
+                *last = Some((token.to_string(), a.expires_ms));
+                Ok(())
+            }
+            Err(_) => Err(conn.session.refuse().into()),
+        }
+    }
+
+    /// Closes a connection refused `AUTH_FAILURES_MAX` times, once its last answer is out.
+    fn close_refused(&self, conn: Arc<Connection>) {
+        info!(
+            conn = conn.id(),
+            remote = %conn.remote(),
+            "closing Nacos gRPC connection after repeated authentication failures"
+        );
+        let reg = self.reg.clone();
+        self.api().node().tracker.spawn(async move {
+            tokio::time::sleep(REFUSED_CLOSE_DELAY).await;
+            reg.close(&conn, false).await;
+            conn.kill();
+        });
+    }
+
     async fn serve(
         &self,
         conn: &Arc<Connection>,
         msg: ClientMessage,
+        token: Option<&str>,
     ) -> Result<Payload, NacosError> {
         use ClientMessage as M;
         if let M::ServerCheck(r) = &msg {
@@ -219,6 +290,13 @@ impl Handler {
         if !conn.wait_setup(self.reg.settings.setup_wait).await {
             return Err(NacosError::Unregistered);
         }
+        // Health checks need no token, as in Nacos (the clients send theirs without one).
+        if !matches!(
+            msg,
+            M::HealthCheck(_) | M::ConnectionSetup(_) | M::NotifyAck(_) | M::OtherAck { .. }
+        ) {
+            self.authenticate(conn, token)?;
+        }
         match msg {
             M::ServerCheck(_) => unreachable!("answered above"),
             M::HealthCheck(r) => {
@@ -232,7 +310,7 @@ impl Handler {
             M::PersistentInstance(_) => Err(ParamError::PersistentInstance.into()),
             M::ServiceQuery(r) => self.query(conn, r),
             M::Subscribe(r) => self.subscribe(conn, r),
-            M::ServiceList(r) => self.service_list(r),
+            M::ServiceList(r) => self.service_list(conn, r),
             M::ConnectionSetup(_) => Err(NacosError::WrongCall {
                 type_name: "ConnectionSetupRequest",
             }),
@@ -329,9 +407,7 @@ impl Handler {
             [one] => one,
             _ => "",
         };
-        let snap = self
-            .api()
-            .query(&self.api().guest(), name, store_cluster, healthy_only)?;
+        let snap = conn.session.query(name, store_cluster, healthy_only)?;
         let s = snap.decode();
         let shape = InfoShape {
             grouped_name: false,
@@ -395,7 +471,11 @@ impl Handler {
     }
 
     /// `ServiceListRequest`: one page (from 1) of a group's service names, sorted.
-    fn service_list(&self, r: ServiceListRequest) -> Result<Payload, NacosError> {
+    fn service_list(
+        &self,
+        conn: &Connection,
+        r: ServiceListRequest,
+    ) -> Result<Payload, NacosError> {
         let namespace = names::namespace(r.namespace.as_deref());
         let group = names::group(r.group_name.as_deref());
         let page_no = r.page_no.unwrap_or(1).max(1) - 1;
@@ -403,7 +483,7 @@ impl Handler {
         // Out of u16 is out of the API's page bound too, which refuses it with its reason.
         let page_size = u16::try_from(r.page_size.unwrap_or(10)).unwrap_or(0);
         let list = self.api().list_group_services(
-            &self.api().guest(),
+            &conn.session.principal(),
             namespace,
             group,
             page_no,

@@ -36,6 +36,7 @@ use tonic::transport::server::Connected;
 use tracing::{debug, error, warn};
 
 use super::NacosSettings;
+use super::auth::NacosAuth;
 use crate::api::Api;
 use conn::Registry;
 
@@ -132,13 +133,14 @@ impl Connected for NacosIo {
 /// Serves the gRPC protocol on `listener` until the node shuts down.
 pub(super) async fn serve(
     api: Api,
+    auth: Arc<NacosAuth>,
     listener: TcpListener,
     settings: NacosSettings,
     connections: Arc<AtomicU64>,
 ) {
     let node = api.node().clone();
     let registry = Registry::new(api.clone(), settings, connections);
-    let (request, bi) = proto::services(Arc::new(handler::Handler::new(registry.clone())));
+    let (request, bi) = proto::services(Arc::new(handler::Handler::new(registry.clone(), auth)));
     let incoming = accept_stream(api.clone(), listener, registry.clone());
     let stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()

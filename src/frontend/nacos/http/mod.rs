@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,10 +29,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, error};
 
+use super::auth::NacosAuth;
 use super::error::NacosError;
 use super::model::answers::V2Result;
-use super::model::params::{PARAMS_BYTES_MAX, RawParams};
+use super::model::params::{PARAMS_BYTES_MAX, ParamError, RawParams};
 use crate::api::Api;
+use crate::auth::Principal;
 
 /// Largest request body read (a form body carries the same parameters the query string can):
 /// the parameters' own bound. A larger body is answered 413 without being read.
@@ -55,6 +57,7 @@ pub const HTTP_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// What every handler shares.
 pub(super) struct Http {
     pub api: Api,
+    pub auth: Arc<NacosAuth>,
     /// Open Nacos gRPC connections of this node (for the operator metrics).
     pub grpc_connections: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -74,6 +77,8 @@ fn router(state: Arc<Http>) -> Router {
         .route("/nacos/v1/ns/instance/list", get(list::<false>))
         .route("/nacos/v1/ns/instance/beat", put(beat::<false>))
         .route("/nacos/v1/ns/service/list", get(service_list::<false>))
+        .route("/nacos/v1/auth/login", post(login))
+        .route("/nacos/v1/auth/users/login", post(login))
         .route("/nacos/v1/ns/operator/metrics", get(metrics))
         .route("/nacos/v1/console/health/liveness", get(liveness))
         .route("/nacos/v1/console/health/readiness", get(readiness))
@@ -107,6 +112,7 @@ async fn not_found(req: Request) -> Response {
 /// `max_connections` connections at once (the accept loop waits for a free slot beyond that).
 pub(super) async fn serve(
     api: Api,
+    auth: Arc<NacosAuth>,
     listener: TcpListener,
     grpc_connections: Arc<std::sync::atomic::AtomicU64>,
 ) {
@@ -114,6 +120,7 @@ pub(super) async fn serve(
     let slots = Arc::new(Semaphore::new(node.config.max_connections));
     let app = router(Arc::new(Http {
         api,
+        auth,
         grpc_connections,
     }));
     let mut backoff_ms = 1u64;
@@ -195,6 +202,36 @@ pub(super) async fn params(req: Request) -> Result<RawParams, NacosError> {
     };
     let form = (is_form && !bytes.is_empty()).then_some(&bytes[..]);
     Ok(RawParams::parse(parts.uri.query(), form)?)
+}
+
+/// The parameters of a request and its caller (refused before anything else of the request is
+/// looked at, as Nacos does, when a node with a token file finds no valid credentials).
+pub(super) async fn request(h: &Http, req: Request) -> Result<(RawParams, Principal), NacosError> {
+    let p = params(req).await?;
+    let who = h.auth.caller(&p).await?;
+    Ok((p, who))
+}
+
+/// `POST /nacos/v1/auth/login` and `/nacos/v1/auth/users/login` (`username` and `password` in
+/// the query or a form): Nacos's `{"accessToken","tokenTtl","globalAdmin","username"}`, or 403
+/// with the same text for a wrong password and an unknown user.
+async fn login(State(h): State<Arc<Http>>, req: Request) -> Response {
+    let r = async {
+        let p = params(req).await?;
+        let username = p
+            .get("username")
+            .filter(|u| !u.is_empty())
+            .ok_or(ParamError::Missing { name: "username" })?;
+        let password = p
+            .get("password")
+            .ok_or(ParamError::Missing { name: "password" })?;
+        Ok::<_, NacosError>(h.auth.login(username, password).await?)
+    }
+    .await;
+    match r {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(e) => error::<false>(e),
+    }
 }
 
 pub(super) fn text(status: StatusCode, body: impl Into<String>) -> Response {

@@ -8,8 +8,9 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::StatusCode;
 
-use super::{Http, data, error, json, ok, params};
+use super::{Http, data, error, json, ok, request};
 use crate::api::Rejection;
+use crate::auth::Principal;
 use crate::frontend::nacos::convert::{self, HTTP_CACHE_MILLIS, InfoShape};
 use crate::frontend::nacos::error::NacosError;
 use crate::frontend::nacos::model::answers::{
@@ -27,7 +28,8 @@ type St = State<Arc<Http>>;
 /// `POST /instance`: registers a lease-bound instance (the client beats it).
 pub async fn register<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
-        let p: InstanceParams = params(req).await?.to();
+        let (raw, who) = request(&h, req).await?;
+        let p: InstanceParams = raw.to();
         let f = p.form()?;
         let weight = f.weight.unwrap_or(1.0);
         let inst = convert::instance(
@@ -37,7 +39,7 @@ pub async fn register<const V2: bool>(State(h): St, req: Request) -> Response {
             f.enabled,
             f.metadata,
         )?;
-        write_instance(&h, inst).await?;
+        write_instance(&h, &who, inst).await?;
         Ok(())
     }
     .await;
@@ -49,10 +51,11 @@ pub async fn register<const V2: bool>(State(h): St, req: Request) -> Response {
 /// instance is registered again with its new attributes, which renews its lease.
 pub async fn update<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
-        let p: InstanceParams = params(req).await?.to();
+        let (raw, who) = request(&h, req).await?;
+        let p: InstanceParams = raw.to();
         let f = p.form()?;
         let key = convert::key(&f.key);
-        let current = h.api.instance(&h.api.guest(), &key).map_err(not_found)?;
+        let current = h.api.instance(&who, &key).map_err(not_found)?;
         let enabled_given = names::given(Some(&p.enabled))
             .or(names::given(Some(&p.enable)))
             .is_some();
@@ -72,7 +75,7 @@ pub async fn update<const V2: bool>(State(h): St, req: Request) -> Response {
             },
             metadata,
         )?;
-        write_instance(&h, inst).await?;
+        write_instance(&h, &who, inst).await?;
         Ok(())
     }
     .await;
@@ -82,15 +85,12 @@ pub async fn update<const V2: bool>(State(h): St, req: Request) -> Response {
 /// `DELETE /instance`: `ok` also when the instance was not there (as Nacos answers).
 pub async fn deregister<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
-        let p: InstanceParams = params(req).await?.to();
+        let (raw, who) = request(&h, req).await?;
+        let p: InstanceParams = raw.to();
         let key = convert::key(&p.key()?);
         p.check_ephemeral()?;
         let api = h.api.clone();
-        carried_out(
-            &h,
-            async move { api.deregister(&api.guest(), &[key]).await },
-        )
-        .await?;
+        carried_out(&h, async move { api.deregister(&who, &[key]).await }).await?;
         Ok(())
     }
     .await;
@@ -112,9 +112,9 @@ async fn carried_out<T: Send + 'static>(
         .unwrap_or(Err(Rejection::ShuttingDown))
 }
 
-async fn write_instance(h: &Http, inst: Instance) -> Result<u32, Rejection> {
-    let api = h.api.clone();
-    carried_out(h, async move { api.register(&api.guest(), &[inst]).await }).await
+async fn write_instance(h: &Http, who: &Principal, inst: Instance) -> Result<u32, Rejection> {
+    let (api, who) = (h.api.clone(), who.clone());
+    carried_out(h, async move { api.register(&who, &[inst]).await }).await
 }
 
 /// An API "not found" is Nacos's "no matched ip found!".
@@ -128,12 +128,10 @@ fn not_found(r: Rejection) -> NacosError {
 /// `GET /instance`: one instance.
 pub async fn detail<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
-        let p: InstanceDetailParams = params(req).await?.to();
+        let (raw, who) = request(&h, req).await?;
+        let p: InstanceDetailParams = raw.to();
         let k = p.key()?;
-        let v = h
-            .api
-            .instance(&h.api.guest(), &convert::key(&k))
-            .map_err(not_found)?;
+        let v = h.api.instance(&who, &convert::key(&k)).map_err(not_found)?;
         let service = names::grouped(k.group, k.service);
         let instance_id = names::instance_id(k.ip, k.port, k.cluster, k.group, k.service);
         Ok::<_, NacosError>((service, instance_id, v))
@@ -173,7 +171,8 @@ pub async fn detail<const V2: bool>(State(h): St, req: Request) -> Response {
 /// `GET /instance/list`: the service's instances; an unknown service is an empty list.
 pub async fn list<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
-        let p: ListParams = params(req).await?.to();
+        let (raw, who) = request(&h, req).await?;
+        let p: ListParams = raw.to();
         let q = p.query()?;
         let name = convert::service_name(q.namespace, q.group, q.service);
         // One cluster is filtered by the store (its cached snapshot serves "all").
@@ -183,7 +182,7 @@ pub async fn list<const V2: bool>(State(h): St, req: Request) -> Response {
         };
         let snap = h
             .api
-            .query(&h.api.guest(), &name, store_cluster, q.healthy_only)?
+            .query(&who, &name, store_cluster, q.healthy_only)?
             .decode();
         let shape = InfoShape {
             grouped_name: true,
@@ -205,12 +204,13 @@ pub async fn list<const V2: bool>(State(h): St, req: Request) -> Response {
 /// client registers it. The v2 beat answers without the envelope, as Nacos does.
 pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
-        let p: BeatParams = params(req).await?.to();
+        let (raw, who) = request(&h, req).await?;
+        let p: BeatParams = raw.to();
         let info = p.info()?;
         let b = p.beat(info.as_ref())?;
         let key = convert::key(&b.key);
-        let (api, k) = (h.api.clone(), key.clone());
-        let unknown = !carried_out(&h, async move { api.beat(&api.guest(), &[k]).await })
+        let (api, k, w) = (h.api.clone(), key.clone(), who.clone());
+        let unknown = !carried_out(&h, async move { api.beat(&w, &[k]).await })
             .await?
             .is_empty();
         let default_interval = Lease::default().beat_ms;
@@ -228,7 +228,7 @@ pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
             (false, None) => {
                 let interval = h
                     .api
-                    .instance(&h.api.guest(), &key)
+                    .instance(&who, &key)
                     .ok()
                     .and_then(|v| convert::lease(&convert::metadata_map(&v)).ok())
                     .map_or(default_interval, |l| l.beat_ms);
@@ -237,7 +237,7 @@ pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
             (true, Some(full)) => {
                 let inst = convert::instance(key, full.weight, true, true, full.metadata)?;
                 let interval = inst.lease.beat_ms;
-                write_instance(&h, inst).await?;
+                write_instance(&h, &who, inst).await?;
                 Ok(answer(BEAT_OK, interval))
             }
             (true, None) => Ok(answer(BEAT_UNKNOWN_INSTANCE, default_interval)),
@@ -253,12 +253,13 @@ pub async fn beat<const V2: bool>(State(h): St, req: Request) -> Response {
 /// `GET /service/list`: one page (from 1) of the names of a group's services, sorted.
 pub async fn service_list<const V2: bool>(State(h): St, req: Request) -> Response {
     let r = async {
-        let p: ServiceListParams = params(req).await?.to();
+        let (raw, who) = request(&h, req).await?;
+        let p: ServiceListParams = raw.to();
         let page = p.page(!V2)?;
         // Past u16 it is past the API's page bound anyway, which refuses it with its reason.
         let size = u16::try_from(page.page_size).unwrap_or(u16::MAX);
         let list = h.api.list_group_services(
-            &h.api.guest(),
+            &who,
             page.namespace,
             page.group,
             page.page_no.saturating_sub(1),

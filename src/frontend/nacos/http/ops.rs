@@ -10,7 +10,8 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use http::StatusCode;
 
-use super::{Http, error, json, params, text};
+use super::{Http, error, json, params, request, text};
+use crate::auth::Principal;
 use crate::frontend::nacos::error::NacosError;
 use crate::frontend::nacos::model::answers::{Member, Metrics, RestResult};
 use crate::frontend::nacos::model::params::MetricsParams;
@@ -48,9 +49,10 @@ pub async fn metrics(State(h): State<Arc<Http>>, req: Request) -> Response {
         let counts = h.api.counts();
         let connections = h.grpc_connections.load(Ordering::Relaxed);
         let me = h.api.node_id();
+        // A count, like the others here (these are probes): read as the node itself.
         let owned = h
             .api
-            .cluster_status(&h.api.guest())
+            .cluster_status(&Principal::anyone())
             .ok()
             .and_then(|s| s.members.iter().find(|m| m.id == me).map(|m| m.owned))
             .unwrap_or(0);
@@ -81,9 +83,14 @@ pub async fn readiness(State(h): State<Arc<Http>>) -> Response {
 
 /// `GET /nacos/v1/core/cluster/nodes`: the members as this node sees them. Addresses are the
 /// members' peer addresses (the address list is the identity of a Distro cluster); `extendInfo`
-/// carries each member's node id and the live instances it owns.
-pub async fn cluster_nodes(State(h): State<Arc<Http>>) -> Response {
-    let status = match h.api.cluster_status(&h.api.guest()) {
+/// carries each member's node id and the live instances it owns. Needs a caller (it is a map of
+/// the cluster: docs/security.md §2.4).
+pub async fn cluster_nodes(State(h): State<Arc<Http>>, req: Request) -> Response {
+    let who = match request(&h, req).await {
+        Ok((_, who)) => who,
+        Err(e) => return error::<false>(e),
+    };
+    let status = match h.api.cluster_status(&who) {
         Ok(s) => s,
         Err(r) => return error::<false>(NacosError::Rejected(r)),
     };

@@ -13,6 +13,8 @@
 //! the `--read` node through two separate clients; `hold` registers and then keeps its connection
 //! until the process is killed, so that the test can watch the instance go.
 //!
+//! With `NACOS_USERNAME` and `NACOS_PASSWORD` in the environment the clients log in with them.
+//!
 //! Every step prints `{"client":"rust","step":…,"ok":true|false,…}`; the first failed step ends the
 //! process with exit code 1.
 
@@ -120,17 +122,24 @@ fn fail(step: &str, error: impl std::fmt::Display) -> ! {
 async fn connect(addr: &str, app: &str) -> Result<NamingService, String> {
     let cache_dir =
         std::env::temp_dir().join(format!("nacos-client-rust-{}-{}", std::process::id(), app));
-    let props = ClientProps::new()
+    let mut props = ClientProps::new()
         .server_addr(addr)
         .namespace("")
         .app_name(app)
         .env_first(false)
         .naming_load_cache_at_start(false)
         .cache_dir(cache_dir);
-    NamingServiceBuilder::new(props)
-        .build()
-        .await
-        .map_err(|e| e.to_string())
+    let mut builder = NamingServiceBuilder::new(props.clone());
+    // Credentials from the environment: the client logs in (POST /nacos/v1/auth/login) and
+    // sends the accessToken it gets with every request.
+    if let (Ok(user), Ok(password)) = (
+        std::env::var("NACOS_USERNAME"),
+        std::env::var("NACOS_PASSWORD"),
+    ) {
+        props = props.auth_username(user).auth_password(password);
+        builder = NamingServiceBuilder::new(props).enable_auth_plugin_http();
+    }
+    builder.build().await.map_err(|e| e.to_string())
 }
 
 fn instance(ip: &str, port: i32, lease_ms: Option<(u64, u64, u64)>) -> ServiceInstance {
