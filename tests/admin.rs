@@ -51,6 +51,22 @@ async fn metric_at_least(admin: SocketAddr, series: &str, min: f64) -> String {
     }
 }
 
+/// Polls the metrics until `series` is `want` (a gauge that settles, such as connections).
+async fn metric_settles_at(admin: SocketAddr, series: &str, want: f64) -> String {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let text = metrics(admin).await;
+        if metric(&text, series) == Some(want) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} did not settle at {want}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn distroctl(server: SocketAddr, args: &[&str]) -> serde_json::Value {
     let out = Command::new(DISTROCTL)
         .arg("--server")
@@ -166,8 +182,9 @@ async fn probes_json_and_metrics_of_a_standalone_node() {
     assert_eq!(missing.status, 404);
     assert_eq!(missing.json()["error"], "not_found");
 
-    // The metrics count what happened, in the Prometheus text format.
-    let text = metrics(admin).await;
+    // The metrics count what happened, in the Prometheus text format. distroctl's connection
+    // counts until the node's session of it has seen it close.
+    let text = metric_settles_at(admin, "distro_client_connections", 1.0).await;
     let ct = http_get(admin, "/metrics").await.content_type;
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     for (series, want) in [
