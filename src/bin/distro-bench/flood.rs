@@ -30,7 +30,8 @@ use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
-use super::{REQUEST_TIMEOUT, client_token, insert_percentiles, micros, new_histogram};
+use crate::conn::{REQUEST_TIMEOUT, client_token};
+use crate::measure::{insert_percentiles, micros, new_histogram};
 
 /// Instances of the large service the slow reader queries (some 250 KB per answer).
 const BIG_SERVICE_SIZE: u32 = 1_000;
@@ -56,7 +57,7 @@ fn heavy(service: &ServiceName, i: u32, generation: u32) -> Instance {
         ip: ip.into(),
         port: 7000,
     });
-    x.lease = super::BENCH_LEASE;
+    x.lease = crate::dataset::BENCH_LEASE;
     x.metadata = vec![(
         "generation".into(),
         format!("{generation:08}{}", "x".repeat(192)).into(),

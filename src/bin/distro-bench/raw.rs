@@ -26,7 +26,8 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::Decoder;
 
-use crate::{Counters, REQUEST_TIMEOUT, micros, new_histogram};
+use crate::conn::REQUEST_TIMEOUT;
+use crate::measure::{Counters, micros, new_histogram};
 
 /// Where the opcode sits in a whole frame: after the length prefix and the version byte.
 const OPCODE_AT: usize = LEN_PREFIX + 1;
@@ -78,7 +79,7 @@ impl RawConn {
         }
         // The token, once per connection, as the SDK presents it: what the measured requests
         // cost after that is what a token costs each request.
-        if let Some(t) = super::client_token() {
+        if let Some(t) = crate::conn::client_token() {
             let auth = Message::Auth(Token::new(t));
             conn.wbuf.extend_from_slice(&encode_frame(2, 0, &auth));
             conn.flush().await?;
@@ -126,6 +127,15 @@ impl RawConn {
             RawWriter { wr, buf: self.wbuf },
         )
     }
+}
+
+/// `n` raw connections, round-robin over `servers` (connection j to node j mod n).
+pub async fn open_raw(servers: &[String], n: usize) -> anyhow::Result<Vec<RawConn>> {
+    let mut conns = Vec::with_capacity(n);
+    for j in 0..n {
+        conns.push(RawConn::open(&servers[j % servers.len()], "distro-bench").await?);
+    }
+    Ok(conns)
 }
 
 /// The reading half of a split [`RawConn`].
@@ -402,7 +412,7 @@ mod tests {
         let name = ServiceName::new("public", "DEFAULT_GROUP", "svc");
         let instances = (0..n)
             .map(|i| {
-                let inst = crate::bench_instance(i as u64, std::slice::from_ref(&name));
+                let inst = crate::dataset::bench_instance(i as u64, std::slice::from_ref(&name));
                 distro::model::InstanceView {
                     cluster: inst.key.cluster,
                     ip: inst.key.ip,
