@@ -199,6 +199,14 @@ pub struct Config {
     /// The client tokens and their rights (`docs/security.md`); reloaded on SIGHUP. Without
     /// it every client may do everything.
     pub token_file: Option<PathBuf>,
+    /// The node's TLS certificate chain (PEM). With it every port serves TLS: the client,
+    /// admin and Nacos ports, and the peer port with mutual TLS (`docs/security.md`).
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signs the members' certificates (PEM): peers verify each other against it.
+    /// Needed in a cluster with TLS.
+    pub tls_ca: Option<PathBuf>,
     /// Client connections at once; the accept loop waits for a free slot beyond that.
     pub max_connections: usize,
     /// Smallest lease setting (beat, unhealthy-after, expire-after) a client may ask for, ms.
@@ -238,6 +246,9 @@ impl Default for Config {
             cluster_token: None,
             cluster_name: "distro".into(),
             token_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
             max_connections: 10_000,
             lease_floor_ms: 500,
             push_delay_ms: 5,
@@ -388,6 +399,17 @@ impl Config {
         Ok((config, positions))
     }
 
+    /// The node's TLS material, read from `tls_cert`, `tls_key` and `tls_ca`; `None` without a
+    /// certificate. The error names the file.
+    pub fn tls(&self) -> Result<Option<crate::net::NodeTls>, crate::net::TlsError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::net::NodeTls::load(cert, key, self.tls_ca.as_deref()).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Rejects settings the node cannot run with; the error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| {
@@ -435,6 +457,24 @@ impl Config {
             return invalid(
                 "nacos_listen",
                 "port must leave room for the gRPC port (port + 1000 <= 65535)",
+            );
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return invalid("tls_cert", "needs its private key (tls_key)"),
+            (None, Some(_)) => return invalid("tls_key", "needs its certificate (tls_cert)"),
+            _ => {}
+        }
+        if self.tls_ca.is_some() && self.tls_cert.is_none() {
+            return invalid(
+                "tls_ca",
+                "the CA verifies peers, which needs this node's own certificate (tls_cert)",
+            );
+        }
+        if self.tls_cert.is_some() && self.tls_ca.is_none() && self.is_clustered() {
+            return invalid(
+                "tls_ca",
+                "peers use mutual TLS: a cluster with TLS needs the CA that signs its members' \
+                 certificates",
             );
         }
         if self.members.len() > crate::model::MEMBERS_MAX {

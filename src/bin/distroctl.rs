@@ -36,6 +36,10 @@ struct Cli {
     /// environment variable: a flag shows in the process list.
     #[arg(long, env = "DISTRO_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// Speak TLS to the nodes, verifying their certificates against this CA (PEM); a node
+    /// that serves TLS refuses plaintext.
+    #[arg(long, env = "DISTRO_TLS_CA", global = true)]
+    tls_ca: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -271,6 +275,9 @@ async fn connect_with(
     cfg.client_name = "distroctl".into();
     if let Some(t) = &cli.token {
         cfg = cfg.with_token(t.clone());
+    }
+    if let Some(ca) = &cli.tls_ca {
+        cfg = cfg.with_tls(&distro::net::ClientTls::from_ca_file(ca)?);
     }
     match Client::connect(cfg).await {
         Ok(c) => Ok(c),

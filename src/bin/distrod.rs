@@ -74,6 +74,16 @@ struct Args {
     /// every client may do everything.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The node's TLS certificate chain (PEM): every port serves TLS, peers mutual TLS
+    /// (docs/security.md) [default: plaintext].
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// The CA that signs the members' certificates (PEM); needed in a cluster with TLS.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Most client connections at once [default: 10000].
     #[arg(long)]
     max_connections: Option<usize>,
@@ -177,6 +187,16 @@ impl Args {
         if self.token_file.is_some() {
             c.token_file = self.token_file;
             from_flags.push("token_file");
+        }
+        for (flag, value, key) in [
+            (self.tls_cert, &mut c.tls_cert, "tls_cert"),
+            (self.tls_key, &mut c.tls_key, "tls_key"),
+            (self.tls_ca, &mut c.tls_ca, "tls_ca"),
+        ] {
+            if flag.is_some() {
+                *value = flag;
+                from_flags.push(key);
+            }
         }
         let checked = c.validate().and_then(|()| {
             tracing_subscriber::EnvFilter::try_new(&c.log_level)

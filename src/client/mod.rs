@@ -79,7 +79,8 @@ pub struct ClientConfig {
     /// The token every connection presents (a node with a token file requires one). Its
     /// `Debug` does not show it.
     pub token: Option<Token>,
-    /// How connections are opened (tokio TCP; the simulation plugs in its own).
+    /// How connections are opened (tokio TCP, TLS over it with [`ClientConfig::with_tls`];
+    /// the simulation plugs in its own).
     pub dialer: Arc<dyn crate::net::Dialer>,
 }
 
@@ -96,6 +97,13 @@ impl ClientConfig {
             client_name: format!("distro-sdk/{}", env!("CARGO_PKG_VERSION")),
             token: None,
         }
+    }
+
+    /// This config, speaking TLS to nodes whose certificates `tls` verifies (a node that
+    /// serves TLS refuses plaintext; see [`crate::net::ClientTls::from_ca_file`]).
+    pub fn with_tls(mut self, tls: &crate::net::ClientTls) -> ClientConfig {
+        self.dialer = tls.dialer();
+        self
     }
 
     /// This config, presenting `token` on every connection.

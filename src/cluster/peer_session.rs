@@ -78,7 +78,7 @@ pub async fn accept_loop(
         PEER_CONNECTIONS_MAX,
         shutdown.clone(),
         &tracker,
-        |stream, peer| serve(cluster.clone(), stream, peer, shutdown.clone()),
+        move |stream, peer| serve(cluster.clone(), stream, peer, shutdown.clone()),
     )
     .await
 }

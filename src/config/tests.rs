@@ -34,7 +34,7 @@ fn errors_name_the_key_and_where_it_is() {
         err("node_id = 2\nlisen = \"127.0.0.1:9000\"\n"),
         "config file f.toml:2:1: key `lisen`: unknown field `lisen`, expected one of \
          `node_id`, `listen`, `peer_listen`, `http`, `members`, `peer_advertise`, \
-         `cluster_token`, `cluster_name`, `token_file`, \
+         `cluster_token`, `cluster_name`, `token_file`, `tls_cert`, `tls_key`, `tls_ca`, \
          `max_connections`, `lease_floor_ms`, `push_delay_ms`, `lease_pass_ms`, \
          `client_idle_timeout_ms`, `sync_delay_ms`, `verify_interval_ms`, \
          `member_timeout_ms`, `log_level`, `log_format`, `nacos_listen`"
@@ -172,6 +172,34 @@ fn bad_values_are_named() {
         c.validate().unwrap_err().to_string(),
         "invalid setting http: 127.0.0.1:8858 is also the address of listen"
     );
+}
+
+/// TLS settings come as a whole: a certificate with its key, a CA only beside a certificate,
+/// and in a cluster a CA for the peers' mutual TLS.
+#[test]
+fn tls_settings_come_as_a_whole() {
+    let tls = |cert: bool, key: bool, ca: bool, clustered: bool| Config {
+        tls_cert: cert.then(|| "node.pem".into()),
+        tls_key: key.then(|| "node.key".into()),
+        tls_ca: ca.then(|| "ca.pem".into()),
+        members: if clustered {
+            vec![
+                "127.0.0.1:8859".parse().unwrap(),
+                "127.0.0.1:9859".parse().unwrap(),
+            ]
+        } else {
+            Vec::new()
+        },
+        cluster_token: clustered.then(|| "a-cluster-token".into()),
+        ..Config::default()
+    };
+    let refusal = |c: Config| c.validate().unwrap_err().to_string();
+    assert!(tls(true, true, false, false).validate().is_ok());
+    assert!(tls(true, true, true, true).validate().is_ok());
+    assert!(refusal(tls(true, false, false, false)).contains("tls_cert: needs its private key"));
+    assert!(refusal(tls(false, true, false, false)).contains("tls_key: needs its certificate"));
+    assert!(refusal(tls(false, false, true, false)).contains("tls_ca"));
+    assert!(refusal(tls(true, true, false, true)).contains("mutual TLS"));
 }
 
 /// `distrod.example.toml` lists every key (set to its default, or commented out where

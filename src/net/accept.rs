@@ -3,7 +3,9 @@
 //! It accepts while fewer than its cap of connections are open (beyond it, new connections wait
 //! in the listen backlog until one closes, instead of each costing a task and buffers), serves
 //! each connection in a task of the node's tracker (so a shutdown waits for it), and backs off on
-//! accept errors (out of file descriptors, ...) instead of spinning.
+//! accept errors (out of file descriptors, ...) instead of spinning. A listener's handshake
+//! (TLS, [`Listener::handshake`]) runs in the connection's task too, before it is served: a
+//! connection that fails it is dropped and logged, and never reaches the protocol code.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::error;
+use tracing::{error, info};
 
 use super::{BoxStream, Listener};
 
@@ -23,19 +25,20 @@ const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(1);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Accepts connections on `listener` until `shutdown` is cancelled, at most `max_connections`
-/// open at once, and runs `serve` for each in a task of `tracker`. `what` names the listener in
-/// logs.
+/// open at once, and runs `serve` for each (after the listener's handshake) in a task of
+/// `tracker`. `what` names the listener in logs.
 pub async fn accept_loop<F, Fut>(
     what: &'static str,
     listener: &dyn Listener,
     max_connections: usize,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
-    mut serve: F,
+    serve: F,
 ) where
-    F: FnMut(BoxStream, SocketAddr) -> Fut,
+    F: Fn(BoxStream, SocketAddr) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let serve = Arc::new(serve);
     let slots = Arc::new(Semaphore::new(max_connections));
     let mut backoff = ACCEPT_BACKOFF_FIRST;
     loop {
@@ -50,9 +53,13 @@ pub async fn accept_loop<F, Fut>(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = ACCEPT_BACKOFF_FIRST;
-                let served = serve(stream, peer);
+                let handshake = listener.handshake(stream);
+                let serve = serve.clone();
                 tracker.spawn(async move {
-                    served.await;
+                    match handshake.await {
+                        Ok(stream) => serve(stream, peer).await,
+                        Err(e) => info!(listener = what, %peer, error = %e, "handshake failed"),
+                    }
                     drop(permit);
                 });
             }

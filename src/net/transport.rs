@@ -23,6 +23,13 @@ pub type StreamWriter = WriteHalf<BoxStream>;
 pub trait Listener: Send + Sync + 'static {
     fn accept(&self) -> BoxFuture<'_, io::Result<(BoxStream, SocketAddr)>>;
     fn local_addr(&self) -> io::Result<SocketAddr>;
+
+    /// What a connection goes through before it is served: nothing for plain TCP, the server
+    /// side of a TLS handshake for [`super::tls::TlsListener`]. The accept loop runs it in the
+    /// connection's own task, so a slow handshake holds up no one else.
+    fn handshake(&self, stream: BoxStream) -> BoxFuture<'static, io::Result<BoxStream>> {
+        Box::pin(std::future::ready(Ok(stream)))
+    }
 }
 
 /// Opens outgoing connections to `host:port` addresses.

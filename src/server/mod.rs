@@ -15,7 +15,8 @@ use crate::api::Api;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::frontend::nacos::{NacosListeners, NacosSettings};
-use crate::net::{Dialer, Listener};
+use crate::net::tls::{ALPN_H2, ALPN_HTTP1, TlsDialer, maybe_tls};
+use crate::net::{Dialer, Listener, NodeTls, TlsError};
 use crate::node::Node;
 
 /// How long shutdown waits for connections and tasks to finish and flush.
@@ -31,13 +32,45 @@ pub struct Server {
     peer_listener: Option<Box<dyn Listener>>,
     admin_listener: Option<tokio::net::TcpListener>,
     nacos: Option<(NacosListeners, NacosSettings)>,
+    tls: Option<ServerTls>,
+}
+
+/// The TLS acceptors of a node's ports, made once from its [`NodeTls`].
+struct ServerTls {
+    /// The client port: the node's certificate, no client certificate.
+    client: tokio_rustls::TlsAcceptor,
+    /// The admin and Nacos HTTP ports (ALPN http/1.1).
+    http1: tokio_rustls::TlsAcceptor,
+    /// The Nacos gRPC port (ALPN h2, which gRPC clients insist on).
+    h2: tokio_rustls::TlsAcceptor,
+    /// The peer port: mutual TLS against the cluster's CA (a cluster only).
+    peer: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl ServerTls {
+    fn new(tls: &NodeTls, clustered: bool) -> Result<ServerTls, TlsError> {
+        Ok(ServerTls {
+            client: tls.client_port(&[])?,
+            http1: tls.client_port(&[ALPN_HTTP1])?,
+            h2: tls.client_port(&[ALPN_H2])?,
+            peer: if clustered {
+                Some(tls.peer_port()?)
+            } else {
+                None
+            },
+        })
+    }
 }
 
 impl Server {
     /// Binds the client port of `config.listen` (port 0 picks a free port), in a cluster the
-    /// peer port of `config.peer_listen`, and the admin port of `config.http` unless it is off.
-    /// An error names the address that could not be bound.
+    /// peer port of `config.peer_listen`, and the admin port of `config.http` unless it is off;
+    /// with `tls_cert`, reads the node's TLS material and serves every port with TLS. An error
+    /// names the address that could not be bound or the file that could not be used.
     pub async fn bind(config: Config) -> std::io::Result<Server> {
+        let tls = config
+            .tls()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let bind = |addr: SocketAddr, what: &'static str| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
@@ -57,7 +90,8 @@ impl Server {
             Some(addr) => Some(NacosListeners::bind(addr).await?),
             None => None,
         };
-        let mut server = Server::from_listeners(config, listener, peer_listener);
+        let mut server = Server::from_listeners_tls(config, listener, peer_listener, tls)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         if let Some(l) = admin {
             server = server.with_admin(l);
         }
@@ -99,13 +133,37 @@ impl Server {
         listener: tokio::net::TcpListener,
         peer_listener: Option<tokio::net::TcpListener>,
     ) -> Server {
-        Server::with_transport(
+        Server::from_listeners_tls(config, listener, peer_listener, None)
+            .expect("no TLS, nothing to fail")
+    }
+
+    /// [`Server::from_listeners`], serving every port with TLS when `tls` is given: the client,
+    /// admin and Nacos ports with the node's certificate, the peer port and links with mutual
+    /// TLS (which needs the cluster's CA in `tls`).
+    pub fn from_listeners_tls(
+        config: Config,
+        listener: tokio::net::TcpListener,
+        peer_listener: Option<tokio::net::TcpListener>,
+        tls: Option<NodeTls>,
+    ) -> Result<Server, TlsError> {
+        let clustered = config.is_clustered();
+        let acceptors = tls
+            .as_ref()
+            .map(|t| ServerTls::new(t, clustered))
+            .transpose()?;
+        let dialer = match &tls {
+            Some(t) if clustered => Arc::new(TlsDialer::new(crate::net::tcp(), t.peer_links()?)),
+            _ => crate::net::tcp(),
+        };
+        let mut server = Server::with_transport(
             config,
             Clock::system(),
             Box::new(listener),
             peer_listener.map(|l| Box::new(l) as Box<dyn Listener>),
-            crate::net::tcp(),
-        )
+            dialer,
+        );
+        server.tls = acceptors;
+        Ok(server)
     }
 
     /// A server on any transport, with an injected clock: the simulation's entry point.
@@ -122,6 +180,7 @@ impl Server {
             peer_listener,
             admin_listener: None,
             nacos: None,
+            tls: None,
         }
     }
 
@@ -163,34 +222,43 @@ impl Server {
         }
         node.tracker.spawn(node.clone().lease_duty());
         let api = Api::new(node.clone());
+        let tls = self.tls;
+        let acceptor = |pick: fn(&ServerTls) -> Option<&tokio_rustls::TlsAcceptor>| {
+            tls.as_ref().and_then(pick).cloned()
+        };
         if let (Some(c), Some(l)) = (&node.cluster, self.peer_listener) {
-            c.start(l);
+            c.start(maybe_tls(l, acceptor(|t| t.peer.as_ref())));
         }
         // The admin port outlives the rest of the node: while it stops, `/ready` answers 503
         // (so that a load balancer or Kubernetes takes it out of rotation) and `/metrics` still
         // answers.
+        let http1 = acceptor(|t| Some(&t.http1));
         let admin = self.admin_listener.map(|l| {
             let stop = CancellationToken::new();
+            let l = maybe_tls(Box::new(l), http1.clone());
             let task = tokio::spawn(crate::frontend::admin::serve(api.clone(), l, stop.clone()));
             (stop, task)
         });
         if let Some((listeners, settings)) = self.nacos {
             node.tracker.spawn(crate::frontend::nacos::serve(
                 api.clone(),
-                listeners,
+                maybe_tls(Box::new(listeners.http), http1),
+                maybe_tls(Box::new(listeners.grpc), acceptor(|t| Some(&t.h2))),
                 settings,
             ));
         }
+        let listener = maybe_tls(self.listener, acceptor(|t| Some(&t.client)));
+        let native = api.clone();
         crate::net::accept_loop(
             "client",
-            &*self.listener,
+            &*listener,
             node.config.max_connections,
             node.draining.clone(),
             &node.tracker,
-            |stream, peer| crate::frontend::native::serve(api.clone(), stream, peer),
+            move |stream, peer| crate::frontend::native::serve(native.clone(), stream, peer),
         )
         .await;
-        drop(self.listener);
+        drop(listener);
         // A graceful stop takes new connections no more, then leaves the cluster: the client
         // sessions keep being served until the shutdown that follows.
         node.shutdown.cancelled().await;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)] // each test crate uses a different part of this module
 
+pub mod certs;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use distro::client::{Conn, PushSink};
+use distro::net::Dialer;
 use distro::wire::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -28,11 +29,27 @@ pub(crate) fn client_token() -> Option<&'static str> {
     TOKEN.get().and_then(|t| t.as_deref())
 }
 
+/// How every connection is opened: TCP, or TLS over it (`--tls-ca`, `--spawn-tls`). Set once,
+/// before the first connection; TCP if never set.
+static DIALER: std::sync::OnceLock<Arc<dyn Dialer>> = std::sync::OnceLock::new();
+
+/// Every connection from now on speaks TLS, verifying the nodes against the CA in `ca`.
+pub(crate) fn use_tls(ca: &std::path::Path) -> anyhow::Result<()> {
+    let tls = distro::net::ClientTls::from_ca_file(ca)?;
+    DIALER
+        .set(tls.dialer())
+        .map_err(|_| anyhow::anyhow!("the dialer was chosen already"))
+}
+
+pub(crate) fn dialer() -> &'static Arc<dyn Dialer> {
+    DIALER.get_or_init(distro::net::tcp)
+}
+
 pub(crate) fn no_push() -> PushSink {
     Arc::new(|_| {})
 }
 
-/// One SDK connection over TCP. Its tasks live until it is closed (or the bench exits).
+/// One SDK connection (over TCP, or TLS: [`dialer`]). Its tasks live until it is closed (or the bench exits).
 pub(crate) async fn dial(
     addr: &str,
     name: &str,
@@ -41,16 +58,7 @@ pub(crate) async fn dial(
 ) -> Result<Arc<Conn>, distro::client::ClientError> {
     let tasks = tokio_util::task::TaskTracker::new();
     let owner = CancellationToken::new();
-    let conn = Conn::open(
-        &distro::net::Tcp,
-        addr,
-        name,
-        timeout,
-        on_push,
-        &tasks,
-        &owner,
-    )
-    .await?;
+    let conn = Conn::open(&**dialer(), addr, name, timeout, on_push, &tasks, &owner).await?;
     if let Some(t) = client_token() {
         let auth = Message::Auth(distro::wire::Token::new(t));
         match conn.call(&auth, timeout).await? {

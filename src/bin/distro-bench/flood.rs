@@ -20,13 +20,13 @@ use anyhow::{Context, bail};
 use bytes::BytesMut;
 use distro::client::{Client, ClientConfig};
 use distro::model::{Instance, InstanceKey, ServiceName};
+use distro::net::BoxStream;
 use distro::wire::{
     Frame, FrameCodec, Hello, Message, PROTOCOL_VERSION, Query, Register, Token, encode_frame,
 };
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 
@@ -66,11 +66,11 @@ fn heavy(service: &ServiceName, i: u32, generation: u32) -> Instance {
 }
 
 /// A raw connection that said Hello (and presented the run's token).
-async fn open(addr: SocketAddr) -> anyhow::Result<(TcpStream, BytesMut)> {
-    let mut s = TcpStream::connect(addr)
+async fn open(addr: SocketAddr) -> anyhow::Result<(BoxStream, BytesMut)> {
+    let mut s = crate::conn::dialer()
+        .connect(addr.to_string())
         .await
         .with_context(|| format!("connect {addr}"))?;
-    s.set_nodelay(true)?;
     let hello = Message::Hello(Hello {
         max_version: PROTOCOL_VERSION,
         client_name: "distro-bench-flood".into(),
@@ -86,7 +86,7 @@ async fn open(addr: SocketAddr) -> anyhow::Result<(TcpStream, BytesMut)> {
     Ok((s, buf))
 }
 
-async fn next_frame(s: &mut TcpStream, buf: &mut BytesMut) -> anyhow::Result<Frame> {
+async fn next_frame(s: &mut BoxStream, buf: &mut BytesMut) -> anyhow::Result<Frame> {
     let mut codec = FrameCodec::default();
     loop {
         if let Some(f) = codec.decode(buf)? {
@@ -229,7 +229,7 @@ async fn flood_subscriber(
 /// A connection that pipelines Queries of the big service and reads slowly.
 async fn flood_slow_reader(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<()> {
     let (s, _) = open(addr).await?;
-    let (mut rd, mut wr) = s.into_split();
+    let (mut rd, mut wr) = distro::net::split(s);
     let q = Message::Query(Query {
         name: svc("flood-big"),
         cluster: "".into(),

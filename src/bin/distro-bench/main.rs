@@ -5,7 +5,8 @@
 //! ([`distro::client::Conn`]).
 //!
 //! ```text
-//! distro-bench [--servers ADDR,...] [--spawn N [--spawn-tokens]] [--token T] <scenario> [options]
+//! distro-bench [--servers ADDR,...] [--spawn N [--spawn-tokens] [--spawn-tls]] [--token T]
+//!              [--tls-ca CA] <scenario> [options]
 //!   register --instances N [--services M] [--connections C] [--pipeline P] [--batch B]
 //!   query    --instances N [--services M] --duration-s S [--connections C] [--pipeline P]
 //!   beat     --instances N --duration-s S [--connections C]
@@ -24,6 +25,9 @@
 //! `--spawn-tokens` the spawned nodes require tokens (a token file with one token that writes
 //! every namespace, minted for the run) and every connection presents it — so that the cost of
 //! token checks is measured against the same scenario without them (`"tokens"` in the JSON).
+//! Likewise `--tls-ca` makes every connection speak TLS (verifying the nodes against that CA),
+//! and `--spawn-tls` makes a CA and a certificate for the run and spawns nodes that serve TLS
+//! on every port (mutual TLS between peers): the cost of TLS against plaintext (`"tls"`).
 //!
 //! Every scenario reports the CPU it and (with `--spawn`) the nodes used over its measured
 //! phase: `generator_cpu_s`, `nodes_cpu_s` and `generator_cpu_share`, the generator's part of
@@ -105,6 +109,13 @@ struct Cli {
     /// every connection presents).
     #[arg(long, global = true)]
     spawn_tokens: bool,
+    /// Speak TLS to the nodes, verifying them against this CA (PEM).
+    #[arg(long, global = true)]
+    tls_ca: Option<PathBuf>,
+    /// With --spawn: the nodes serve TLS (and peers mutual TLS), with a CA and certificate
+    /// made for the run; every connection speaks TLS.
+    #[arg(long, global = true)]
+    spawn_tls: bool,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -227,6 +238,13 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     };
     let tokens_on = token.is_some();
     TOKEN.set(token).expect("set once");
+    match (cli.spawn_tls, &cli.tls_ca) {
+        (true, _) if cli.spawn.is_none() => bail!("--spawn-tls needs --spawn"),
+        (true, Some(_)) => bail!("--spawn-tls makes its own CA: leave out --tls-ca"),
+        (false, Some(ca)) => crate::conn::use_tls(ca)?,
+        _ => {}
+    }
+    let tls_on = cli.spawn_tls || cli.tls_ca.is_some();
     // The guard stops the spawned nodes whichever way this function is left.
     let joining = matches!(cli.scenario, Scenario::Join { .. });
     if joining && cli.spawn.is_none_or(|n| n < 2) {
@@ -239,6 +257,7 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
                 joining as usize,
                 cli.distrod.as_deref(),
                 cli.spawn_tokens,
+                cli.spawn_tls,
             )
             .await?,
         ),
@@ -336,6 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<Map<String, Value>> {
     let nodes = cluster.as_ref().map_or(servers.len(), |c| c.children.len());
     out.insert("nodes".into(), json!(nodes));
     out.insert("tokens".into(), json!(tokens_on));
+    out.insert("tls".into(), json!(tls_on));
     if let Some(c) = &cluster {
         if !(0.0..=3600.0).contains(&cli.settle_s) {
             bail!("--settle-s must be 0..=3600 seconds");

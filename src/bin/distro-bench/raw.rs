@@ -16,14 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::{Buf, Bytes, BytesMut};
+use distro::net::{BoxStream, StreamReader, StreamWriter};
 use distro::wire::{
     ErrorBody, FRAME_LEN_MAX, FrameCodec, HEADER_LEN, Hello, LEN_PREFIX, Message, Opcode,
     PROTOCOL_VERSION, Token, encode_frame,
 };
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::Decoder;
 
 use crate::conn::REQUEST_TIMEOUT;
@@ -41,7 +40,7 @@ const READ_CHUNK: usize = 64 << 10;
 /// One connection to a node, said Hello to, with its read and write buffers.
 pub struct RawConn {
     pub addr: String,
-    stream: TcpStream,
+    stream: BoxStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
 }
@@ -50,12 +49,11 @@ impl RawConn {
     /// Connects and says Hello; fails unless the node answers HelloOk and is ready.
     pub async fn open(addr: &str, client_name: &str) -> anyhow::Result<RawConn> {
         let timeout = CONNECT_TIMEOUT;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        // TCP with Nagle off, or TLS over it: the SDK's dialer (`--tls-ca`, `--spawn-tls`).
+        let stream = tokio::time::timeout(timeout, crate::conn::dialer().connect(addr.into()))
             .await
             .with_context(|| format!("connecting to {addr}: timed out"))?
             .with_context(|| format!("cannot connect to {addr}"))?;
-        // Requests are small and latency is measured: no Nagle delay (as the SDK's dialer).
-        stream.set_nodelay(true)?;
         let mut conn = RawConn {
             addr: addr.to_string(),
             stream,
@@ -117,7 +115,7 @@ impl RawConn {
 
     /// Splits into halves for an open-loop sender and its answer reader.
     pub fn into_split(self) -> (RawReader, RawWriter) {
-        let (rd, wr) = self.stream.into_split();
+        let (rd, wr) = distro::net::split(self.stream);
         (
             RawReader {
                 addr: self.addr,
@@ -141,7 +139,7 @@ pub async fn open_raw(servers: &[String], n: usize) -> anyhow::Result<Vec<RawCon
 /// The reading half of a split [`RawConn`].
 pub struct RawReader {
     pub addr: String,
-    rd: OwnedReadHalf,
+    rd: StreamReader,
     buf: BytesMut,
 }
 
@@ -171,7 +169,7 @@ impl RawReader {
 
 /// The writing half of a split [`RawConn`].
 pub struct RawWriter {
-    wr: OwnedWriteHalf,
+    wr: StreamWriter,
     buf: BytesMut,
 }
 

@@ -24,6 +24,8 @@ pub(crate) struct SpawnedCluster {
     token: String,
     /// The token file the nodes load (with `--spawn-tokens`).
     token_file: Option<PathBuf>,
+    /// The nodes' certificate, key and CA (with `--spawn-tls`).
+    tls_files: Option<[PathBuf; 3]>,
     /// The started nodes, in member order (node i + 1 is `children[i]`).
     pub(crate) children: Vec<Child>,
     dir: PathBuf,
@@ -40,6 +42,7 @@ impl SpawnedCluster {
         held_back: usize,
         distrod: Option<&Path>,
         with_tokens: bool,
+        with_tls: bool,
     ) -> anyhow::Result<SpawnedCluster> {
         if n == 0 || n > 8 {
             bail!("--spawn must be 1..=8");
@@ -91,12 +94,20 @@ impl SpawnedCluster {
             }
             _ => None,
         };
+        let tls_files = if with_tls {
+            let files = make_certs(&dir)?;
+            crate::conn::use_tls(&files[2])?;
+            Some(files)
+        } else {
+            None
+        };
         let mut cluster = SpawnedCluster {
             exe,
             client_addrs,
             peer_addrs,
             token,
             token_file,
+            tls_files,
             children: Vec::new(),
             dir: dir.clone(),
             logs: Vec::new(),
@@ -138,6 +149,14 @@ impl SpawnedCluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);
+        if let Some([cert, key, ca]) = &self.tls_files {
+            cmd.arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key)
+                .arg("--tls-ca")
+                .arg(ca);
+        }
         if n > 1 {
             cmd.args(["--members", &self.peer_addrs.join(",")])
                 // Through the environment, so the token does not show in process lists.
@@ -230,4 +249,40 @@ impl Drop for SpawnedCluster {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// A CA and one certificate (for 127.0.0.1, server and client use) that every spawned node
+/// presents: files `node.pem`, `node.key`, `ca.pem` in `dir`, returned in that order.
+fn make_certs(dir: &Path) -> anyhow::Result<[PathBuf; 3]> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_key = KeyPair::generate()?;
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()])?;
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &Issuer::from_params(&ca_params, &ca_key))?;
+    let files = [
+        dir.join("node.pem"),
+        dir.join("node.key"),
+        dir.join("ca.pem"),
+    ];
+    for (path, pem) in files
+        .iter()
+        .zip([cert.pem(), key.serialize_pem(), ca.pem()])
+    {
+        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(files)
 }

@@ -26,23 +26,20 @@
 
 pub mod json;
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
 use axum::extract::{FromRequestParts, Query, State, rejection::QueryRejection};
 use axum::http::{StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::{Api, Rejection};
 use crate::auth::Principal;
+use crate::frontend::http1;
 use crate::model::{InstanceKey, PAGE_SIZE_MAX, ServiceName};
+use crate::net::Listener;
 use json::{ClusterJson, ErrorJson, InstanceJson, NamespaceJson, ServiceJson};
 
 /// Admin connections at once: a few scrapers, probes and consoles. Beyond it new connections
@@ -70,21 +67,37 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// Serves the admin port on `listener` until `shutdown`, then lets the requests in progress
-/// finish.
-pub async fn serve(api: Api, listener: TcpListener, shutdown: CancellationToken) {
-    let listener = Bounded {
-        inner: listener,
-        slots: Arc::new(Semaphore::new(ADMIN_CONNECTIONS_MAX)),
-    };
+/// The largest request head of the admin port: its requests carry a few short parameters and,
+/// for a change, a bearer token. Beyond it hyper answers 431.
+const ADMIN_HEAD_BYTES_MAX: usize = 16 << 10;
+
+/// Serves the admin port on `listener` (TLS when it is a TLS listener) until `shutdown`, then
+/// lets the requests in progress finish.
+pub async fn serve(api: Api, listener: Box<dyn Listener>, shutdown: CancellationToken) {
     let app = router(api);
-    let stop = async move { shutdown.cancelled().await };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::error!(error = %e, "admin port failed");
-    }
+    // Not the node's tracker: the admin port outlives the node's other tasks (`Server::run`).
+    let tracker = TaskTracker::new();
+    let stop = shutdown.clone();
+    crate::net::accept_loop(
+        "admin",
+        &*listener,
+        ADMIN_CONNECTIONS_MAX,
+        shutdown,
+        &tracker,
+        move |stream, peer| {
+            http1::serve(
+                "admin",
+                app.clone(),
+                stream,
+                peer,
+                ADMIN_HEAD_BYTES_MAX,
+                stop.clone(),
+            )
+        },
+    )
+    .await;
+    tracker.close();
+    tracker.wait().await;
 }
 
 async fn index() -> Response {
@@ -348,79 +361,6 @@ fn status_of(r: &Rejection) -> StatusCode {
         | Rejection::Refused { .. } => StatusCode::BAD_REQUEST,
         Rejection::Unauthenticated => StatusCode::UNAUTHORIZED,
         Rejection::PermissionDenied { .. } => StatusCode::FORBIDDEN,
-    }
-}
-
-/// The admin listener with a bound on connections at once ([`ADMIN_CONNECTIONS_MAX`]): each
-/// accepted connection holds a slot until it closes.
-struct Bounded {
-    inner: TcpListener,
-    slots: Arc<Semaphore>,
-}
-
-impl axum::serve::Listener for Bounded {
-    type Io = Slotted;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Slotted, std::net::SocketAddr) {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        let (stream, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (
-            Slotted {
-                stream,
-                _slot: permit,
-            },
-            addr,
-        )
-    }
-
-    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.inner.local_addr()
-    }
-}
-
-/// An admin connection and the slot it holds.
-struct Slotted {
-    stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
-}
-
-impl AsyncRead for Slotted {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Slotted {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 

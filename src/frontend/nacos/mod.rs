@@ -35,6 +35,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::Api;
+use crate::net::Listener;
 
 /// The gRPC port is the HTTP port plus this (every Nacos 2.x client derives it so); defined
 /// with the settings, which check that the port exists.
@@ -130,24 +131,26 @@ impl NacosListeners {
     }
 }
 
-/// Serves the Nacos HTTP and gRPC APIs until the node shuts down. Both run as tasks of the
-/// node's tracker; this returns once both have stopped.
-pub async fn serve(api: Api, listeners: NacosListeners, settings: NacosSettings) {
+/// Serves the Nacos HTTP API on `http` and the gRPC protocol on `grpc` (the listeners of
+/// [`NacosListeners`], each wrapped in TLS where the node has a certificate) until the node
+/// shuts down. Both run as tasks of the node's tracker; this returns once both have stopped.
+pub async fn serve(
+    api: Api,
+    http: Box<dyn Listener>,
+    grpc: Box<dyn Listener>,
+    settings: NacosSettings,
+) {
     let node = api.node().clone();
     let connections = Arc::new(AtomicU64::new(0));
     let auth = auth::NacosAuth::new(api.clone());
     let http = node.tracker.spawn(http::serve(
         api.clone(),
         auth.clone(),
-        listeners.http,
+        http,
         connections.clone(),
     ));
-    let grpc = node.tracker.spawn(grpc::serve(
-        api,
-        auth,
-        listeners.grpc,
-        settings,
-        connections,
-    ));
+    let grpc = node
+        .tracker
+        .spawn(grpc::serve(api, auth, grpc, settings, connections));
     let _ = tokio::join!(http, grpc);
 }

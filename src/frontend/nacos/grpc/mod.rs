@@ -27,10 +27,8 @@ use std::sync::atomic::AtomicU64;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard, WaitForCancellationFutureOwned};
 use tonic::transport::server::Connected;
 use tracing::{debug, error, warn};
@@ -38,6 +36,7 @@ use tracing::{debug, error, warn};
 use super::NacosSettings;
 use super::auth::NacosAuth;
 use crate::api::Api;
+use crate::net::{BoxStream, Listener};
 use conn::Registry;
 
 /// HTTP/2 keep-alive pings on an idle connection: how a half-open connection (a client host
@@ -63,13 +62,13 @@ pub struct ConnInfo {
 
 /// An accepted socket as the gRPC server sees it: the connection's id for each request, a kill
 /// switch (a cancelled token fails every read and write, so hyper drops the connection), a
-/// signal that fires when hyper drops it, and the connection's slot.
+/// signal that fires when hyper drops it. (The connection's slot is held by its task in the
+/// accept loop, which lives until the connection is closed.)
 pub struct NacosIo {
-    stream: TcpStream,
+    stream: BoxStream,
     info: ConnInfo,
     kill: Pin<Box<WaitForCancellationFutureOwned>>,
     _closed: DropGuard,
-    _slot: OwnedSemaphorePermit,
 }
 
 fn killed() -> io::Error {
@@ -130,18 +129,25 @@ impl Connected for NacosIo {
     }
 }
 
-/// Serves the gRPC protocol on `listener` until the node shuts down.
+/// Accepted connections waiting for the gRPC server to take them.
+const ACCEPTED_WAITING_MAX: usize = 64;
+
+/// Serves the gRPC protocol on `listener` (TLS when it is a TLS listener) until the node shuts
+/// down.
 pub(super) async fn serve(
     api: Api,
     auth: Arc<NacosAuth>,
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     settings: NacosSettings,
     connections: Arc<AtomicU64>,
 ) {
     let node = api.node().clone();
     let registry = Registry::new(api.clone(), settings, connections);
     let (request, bi) = proto::services(Arc::new(handler::Handler::new(registry.clone(), auth)));
-    let incoming = accept_stream(api.clone(), listener, registry.clone());
+    let (accepted, mut incoming) = mpsc::channel(ACCEPTED_WAITING_MAX);
+    node.tracker
+        .spawn(accept(api.clone(), listener, registry.clone(), accepted));
+    let incoming = futures_util::stream::poll_fn(move |cx| incoming.poll_recv(cx));
     let stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -172,37 +178,26 @@ pub(super) async fn serve(
     }
 }
 
-/// The accepted connections, each wrapped and registered; at most `max_connections` at once
-/// (accepting waits for a free slot beyond that). Accept errors back off instead of spinning.
-fn accept_stream(
+/// Accepts connections (the node's one accept loop: at most `max_connections` at once, the TLS
+/// handshake in each connection's task), registers each and hands it to the gRPC server, then
+/// waits for hyper to let go of it and ends its session.
+async fn accept(
     api: Api,
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     registry: Arc<Registry>,
-) -> impl futures_util::Stream<Item = Result<NacosIo, io::Error>> + Send + 'static {
-    let slots = Arc::new(Semaphore::new(api.node().config.max_connections));
-    futures_util::stream::unfold(
-        (listener, slots, registry, api),
-        |(listener, slots, registry, api)| async move {
-            let node = api.node().clone();
-            let mut backoff_ms = 1u64;
-            loop {
-                let slot = tokio::select! {
-                    _ = node.shutdown.cancelled() => return None,
-                    p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-                };
-                let (stream, remote) = tokio::select! {
-                    _ = node.shutdown.cancelled() => return None,
-                    a = listener.accept() => match a {
-                        Ok(a) => a,
-                        Err(e) => {
-                            error!(error = %e, backoff_ms, "Nacos gRPC accept failed");
-                            tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                            backoff_ms = (backoff_ms * 2).min(1_000);
-                            continue;
-                        }
-                    },
-                };
-                let _ = stream.set_nodelay(true);
+    accepted: mpsc::Sender<io::Result<NacosIo>>,
+) {
+    let node = api.node().clone();
+    crate::net::accept_loop(
+        "Nacos gRPC",
+        &*listener,
+        node.config.max_connections,
+        node.shutdown.clone(),
+        &node.tracker,
+        move |stream, remote| {
+            let registry = registry.clone();
+            let accepted = accepted.clone();
+            async move {
                 let (conn, kill, closed) = registry.open(remote);
                 debug!(%remote, conn = conn.id(), "Nacos gRPC connection accepted");
                 let io = NacosIo {
@@ -213,19 +208,16 @@ fn accept_stream(
                     },
                     kill: Box::pin(kill.cancelled_owned()),
                     _closed: closed.clone().drop_guard(),
-                    _slot: slot,
                 };
+                // The server has stopped taking connections: this one ends here (the guard in
+                // the dropped io cancels `closed`).
+                let _ = accepted.send(Ok(io)).await;
+                drop(accepted);
                 // The connection's end (hyper dropped the socket) ends its session.
-                let reg = registry.clone();
-                node.tracker.spawn(
-                    async move {
-                        closed.cancelled().await;
-                        reg.close(&conn, false).await;
-                    }
-                    .boxed(),
-                );
-                return Some((Ok(io), (listener, slots, registry, api)));
+                closed.cancelled().await;
+                registry.close(&conn, false).await;
             }
         },
     )
+    .await
 }

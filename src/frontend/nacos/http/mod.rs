@@ -23,11 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tracing::{debug, error};
 
 use super::auth::NacosAuth;
 use super::error::NacosError;
@@ -35,6 +31,8 @@ use super::model::answers::V2Result;
 use super::model::params::{PARAMS_BYTES_MAX, ParamError, RawParams};
 use crate::api::Api;
 use crate::auth::Principal;
+use crate::frontend::http1;
+use crate::net::Listener;
 
 /// Largest request body read (a form body carries the same parameters the query string can):
 /// the parameters' own bound. A larger body is answered 413 without being read.
@@ -43,12 +41,6 @@ pub const HTTP_BODY_BYTES_MAX: usize = PARAMS_BYTES_MAX;
 /// Largest request head (request line and headers): the query string, which may carry every
 /// parameter, plus room for ordinary headers. Beyond it hyper answers 431.
 pub const HTTP_HEAD_BYTES_MAX: usize = PARAMS_BYTES_MAX + (16 << 10);
-
-/// A connection must deliver a request's head within this long, also while it idles between
-/// requests (hyper starts the clock when it waits for a head): a client that sends nothing, or
-/// a byte at a time, does not keep its connection slot for ever. The clients under test send
-/// requests at least every few seconds while they work, and reconnect when they need to.
-pub const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request's body must arrive within this long (a client that declares a body and sends it
 /// slowly, or not at all, is answered 408 and its connection closed).
@@ -108,65 +100,40 @@ async fn not_found(req: Request) -> Response {
     )
 }
 
-/// Serves the Nacos HTTP API on `listener` until the node shuts down; at most
-/// `max_connections` connections at once (the accept loop waits for a free slot beyond that).
+/// Serves the Nacos HTTP API on `listener` (TLS when it is a TLS listener) until the node shuts
+/// down; at most `max_connections` connections at once (the accept loop waits for a free slot
+/// beyond that).
 pub(super) async fn serve(
     api: Api,
     auth: Arc<NacosAuth>,
-    listener: TcpListener,
+    listener: Box<dyn Listener>,
     grpc_connections: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let node = api.node().clone();
-    let slots = Arc::new(Semaphore::new(node.config.max_connections));
     let app = router(Arc::new(Http {
         api,
         auth,
         grpc_connections,
     }));
-    let mut backoff_ms = 1u64;
-    loop {
-        let permit = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
-        };
-        let (stream, peer) = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    error!(error = %e, backoff_ms, "Nacos HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-                    backoff_ms = (backoff_ms * 2).min(1_000);
-                    continue;
-                }
-            },
-        };
-        backoff_ms = 1;
-        let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let shutdown = node.shutdown.clone();
-        node.tracker.spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HTTP_HEAD_TIMEOUT)
-                .max_buf_size(HTTP_HEAD_BYTES_MAX);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.cancelled() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "Nacos HTTP connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
+    let shutdown = node.shutdown.clone();
+    crate::net::accept_loop(
+        "Nacos HTTP",
+        &*listener,
+        node.config.max_connections,
+        node.shutdown.clone(),
+        &node.tracker,
+        move |stream, peer| {
+            http1::serve(
+                "Nacos HTTP",
+                app.clone(),
+                stream,
+                peer,
+                HTTP_HEAD_BYTES_MAX,
+                shutdown.clone(),
+            )
+        },
+    )
+    .await
 }
 
 /// The parameters of a request: its query string and, for a form body, the body.
