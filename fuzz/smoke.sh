@@ -2,7 +2,7 @@
 # The fuzzing smoke of CI (.ci/run calls it; fuzz/README.md explains the targets).
 #
 # Installs cargo-fuzz if it is missing, builds every target once (stable toolchain, no
-# sanitizer), then runs each target for FUZZ_SECONDS (default 25: five targets and a cold build
+# sanitizer), then runs each target for FUZZ_SECONDS (default 25: six targets and a cold build
 # stay near four minutes on the 2-core CI machine) starting from its seed corpus
 # in fuzz/corpus/. New inputs go to a scratch directory, so the repository's corpus stays as
 # committed. Fails if any target crashes, panics, leaks a hang past the per-input timeout or
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds=${FUZZ_SECONDS:-25}
-read -r -a targets <<<"${FUZZ_TARGETS:-frame_decoder message_bodies client_session peer_session store_batches}"
+read -r -a targets <<<"${FUZZ_TARGETS:-frame_decoder message_bodies client_session peer_session store_batches tls_session}"
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "-- installing cargo-fuzz"

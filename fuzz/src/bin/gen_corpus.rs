@@ -74,6 +74,7 @@ fn main() {
     write(&dir, "version-2", &seed);
 
     write_session_seeds(&root.join("client_session"));
+    write_tls_seeds(&root.join("client_session"), &root.join("tls_session"));
     write_peer_seeds(&root.join("peer_session"));
     write_store_seeds(&root.join("store_batches"));
 }
@@ -82,6 +83,35 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
     std::fs::create_dir_all(dir).expect("create corpus dir");
     let path = dir.join(format!("seed-{name}"));
     std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+/// The TLS session's seeds: every client session seed (its items, after a real handshake: mode
+/// bit 0 set), the same bytes sent before any handshake (bit 0 clear), and a truncated
+/// ClientHello record.
+fn write_tls_seeds(client_session: &Path, dir: &Path) {
+    let mut names: Vec<_> = std::fs::read_dir(client_session)
+        .expect("the client session seeds")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_prefix("seed-").map(str::to_string))
+        .collect();
+    names.sort();
+    for name in names {
+        let bytes = std::fs::read(client_session.join(format!("seed-{name}"))).unwrap();
+        let Some((&mode, items)) = bytes.split_first() else {
+            continue;
+        };
+        // The token-file bit of the client session has no meaning here.
+        let mut after = vec![(mode & !1) | 1];
+        after.extend_from_slice(items);
+        write(dir, &format!("after-handshake-{name}"), &after);
+        let mut before = vec![0];
+        before.extend_from_slice(items);
+        write(dir, &format!("before-handshake-{name}"), &before);
+    }
+    // A handshake record whose ClientHello stops after its random.
+    let mut hello = vec![0, 0x16, 3, 1, 0, 0x40, 1, 0, 0, 0x3c, 3, 3];
+    hello.extend_from_slice(&[0x5a; 32]);
+    write(dir, "truncated-client-hello", &hello);
 }
 
 fn orders() -> ServiceName {
