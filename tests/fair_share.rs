@@ -31,9 +31,9 @@ use tokio_util::codec::Decoder;
 const FLOODER_RECV_BUFFER_BYTES: u32 = 4096;
 /// Bytes the other clients' own answers may add to the node's queued bytes at any moment on
 /// top of the flooder's share (a few small answers in flight, at their minimum cost each).
-const OTHERS_QUEUED_BYTES: i64 = 64 << 10;
+const OTHERS_QUEUED_BYTES: u64 = 64 << 10;
 /// Requests the other clients may have in flight on top of the flooder's.
-const OTHERS_IN_FLIGHT: i64 = 16;
+const OTHERS_IN_FLIGHT: u64 = 16;
 
 /// A connection with a small receive buffer.
 async fn flooder(addr: SocketAddr) -> (OwnedReadHalf, OwnedWriteHalf) {
@@ -98,14 +98,13 @@ fn heavy(service: &ServiceName, i: u32, generation: u32) -> Instance {
 /// Asserts the node's queued bytes and requests in flight are within one flooder's share
 /// (plus what the other clients' few requests add).
 fn assert_within_share(m: &Metrics) {
-    let queued = m.client_queued_bytes.get();
+    let (queued, in_flight) = m.client_queues.totals();
     assert!(
-        queued <= QUEUED_BYTES_MAX as i64 + OTHERS_QUEUED_BYTES,
+        queued <= QUEUED_BYTES_MAX as u64 + OTHERS_QUEUED_BYTES,
         "the node queues {queued} bytes for its clients, beyond one connection's share"
     );
-    let in_flight = m.client_requests_in_flight.get();
     assert!(
-        in_flight <= REQUESTS_IN_FLIGHT_MAX as i64 + OTHERS_IN_FLIGHT,
+        in_flight <= REQUESTS_IN_FLIGHT_MAX as u64 + OTHERS_IN_FLIGHT,
         "the node holds {in_flight} requests in flight, beyond one connection's share"
     );
 }
@@ -206,7 +205,7 @@ async fn a_client_that_pipelines_requests_and_reads_no_answer_is_held_back_and_o
     }
     let _wr = flood.await.unwrap();
     eventually("the flooder's share to be given back", async || {
-        (m.client_queued_bytes.get() == 0).then_some(())
+        (m.client_queues.totals().0 == 0).then_some(())
     })
     .await;
     assert_eq!(

@@ -38,10 +38,20 @@ pub use rejection::Rejection;
 pub use session::AUTH_FAILURES_MAX;
 pub use session::{Session, Write};
 
-/// The request API of one node. Cheap to clone; every front end holds one.
-#[derive(Clone)]
+/// The request API of one node. Cheap to clone; every front end (and every connection of the
+/// native one) holds one.
 pub struct Api {
     node: Arc<Node>,
+    /// The node's shutdown as this clone sees it: a child token of `node.shutdown`, so that the
+    /// check every request makes ([`Api::admit`]) locks this clone's token, not the one all
+    /// connections share (a lock every core contends for, at a million requests a second).
+    stopping: tokio_util::sync::CancellationToken,
+}
+
+impl Clone for Api {
+    fn clone(&self) -> Api {
+        Api::new(self.node.clone())
+    }
 }
 
 /// A service's instances as a query answers them: the snapshot body in the binary protocol's
@@ -118,7 +128,8 @@ impl Push {
 
 impl Api {
     pub fn new(node: Arc<Node>) -> Api {
-        Api { node }
+        let stopping = node.shutdown.child_token();
+        Api { node, stopping }
     }
 
     /// The node behind the API (front ends read its settings and shutdown token from it).
@@ -177,7 +188,7 @@ impl Api {
 
     /// Requests are served only by a node that holds the cluster's data and is not stopping.
     fn admit(&self) -> Result<(), Rejection> {
-        if self.node.shutdown.is_cancelled() {
+        if self.stopping.is_cancelled() {
             return Err(Rejection::ShuttingDown);
         }
         if !self.node.is_ready() {

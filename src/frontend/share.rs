@@ -22,10 +22,9 @@
 
 use std::sync::Arc;
 
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::{GaugeGuard, Metrics, Throttle};
+use crate::metrics::{Metrics, QueueLevels, Throttle};
 
 /// Requests one connection may have read and not yet answered. Enough for a pipelining client
 /// to keep a clustered node busy (a forwarded write waits one peer round trip: 256 in flight
@@ -53,25 +52,33 @@ pub struct Share {
 /// front end drops it once the request's answer is queued).
 pub struct RequestSlot {
     _permit: OwnedSemaphorePermit,
-    _counted: GaugeGuard,
 }
 
 /// An answer or push queued for a connection's writer, holding its bytes of the connection's
 /// budget until it is dropped (the writer drops it when it has copied it into its buffer).
 pub struct Queued<T> {
     item: Option<T>,
-    bytes: i64,
-    gauge: Gauge,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Share {
-    pub fn new(metrics: Arc<Metrics>) -> Share {
-        Share {
+    /// A connection's budgets, counted in the node's gauges while they live (summed at a
+    /// scrape: `metrics::ClientQueues`).
+    pub fn new(metrics: Arc<Metrics>) -> Arc<Share> {
+        let share = Arc::new(Share {
             requests: Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_MAX)),
             bytes: Arc::new(Semaphore::new(QUEUED_BYTES_MAX)),
             metrics,
-        }
+        });
+        let levels: Arc<dyn QueueLevels> = share.clone();
+        share.metrics.client_queues.add(Arc::downgrade(&levels));
+        share
+    }
+
+    /// A slot for the next request if one is free now.
+    pub fn try_request_slot(&self) -> Option<RequestSlot> {
+        let permit = self.requests.clone().try_acquire_owned().ok()?;
+        Some(RequestSlot { _permit: permit })
     }
 
     /// A slot for the next request; waits (counted as throttled) while the connection has
@@ -88,10 +95,7 @@ impl Share {
                     .expect("the semaphore is never closed")
             }
         };
-        RequestSlot {
-            _permit: permit,
-            _counted: GaugeGuard::new(self.metrics.client_requests_in_flight.clone()),
-        }
+        RequestSlot { _permit: permit }
     }
 
     /// Takes `bytes` of the queue's budget for `item` (all of it for an item larger than the
@@ -110,12 +114,8 @@ impl Share {
                     .expect("the semaphore is never closed")
             }
         };
-        let gauge = self.metrics.client_queued_bytes.clone();
-        gauge.inc_by(bytes as i64);
         Queued {
             item: Some(item),
-            bytes: bytes as i64,
-            gauge,
             _permit: permit,
         }
     }
@@ -142,9 +142,13 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Queued<T> {
     }
 }
 
-impl<T> Drop for Queued<T> {
-    fn drop(&mut self) {
-        self.gauge.dec_by(self.bytes);
+impl QueueLevels for Share {
+    fn queued_bytes(&self) -> u64 {
+        self.queued_bytes() as u64
+    }
+
+    fn requests_in_flight(&self) -> u64 {
+        (REQUESTS_IN_FLIGHT_MAX - self.requests.available_permits()) as u64
     }
 }
 
@@ -161,7 +165,7 @@ mod tests {
         let a = share.queue(vec![0u8; 10], QUEUED_BYTES_MAX - 10).await;
         let b = share.queue(vec![0u8; 10], 10).await;
         assert_eq!(share.queued_bytes(), QUEUED_BYTES_MAX);
-        assert_eq!(metrics.client_queued_bytes.get(), QUEUED_BYTES_MAX as i64);
+        assert_eq!(metrics.client_queues.totals().0, QUEUED_BYTES_MAX as u64);
         assert_eq!(metrics.throttled_count(Throttle::QueuedBytes), 0);
         // Full: the next item waits until the writer takes one.
         let third = share.queue(vec![1u8], 1);
@@ -180,7 +184,7 @@ mod tests {
         assert_eq!(c.into_inner(), vec![1u8]);
         drop(a);
         assert_eq!(share.queued_bytes(), 0);
-        assert_eq!(metrics.client_queued_bytes.get(), 0);
+        assert_eq!(metrics.client_queues.totals().0, 0);
     }
 
     #[tokio::test]
@@ -201,8 +205,8 @@ mod tests {
             slots.push(share.request_slot().await);
         }
         assert_eq!(
-            metrics.client_requests_in_flight.get(),
-            REQUESTS_IN_FLIGHT_MAX as i64
+            metrics.client_queues.totals().1,
+            REQUESTS_IN_FLIGHT_MAX as u64
         );
         let next = share.request_slot();
         tokio::pin!(next);
@@ -217,6 +221,6 @@ mod tests {
             .await
             .expect("an answered request frees a slot");
         drop(slots);
-        assert_eq!(metrics.client_requests_in_flight.get(), 1);
+        assert_eq!(metrics.client_queues.totals().1, 1);
     }
 }

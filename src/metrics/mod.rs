@@ -17,6 +17,7 @@
 
 mod histogram;
 mod peer;
+mod queues;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -37,6 +38,7 @@ use crate::wire::{Opcode, SyncRecord};
 pub use histogram::LatencyHistogram;
 pub use peer::PeerMetrics;
 use peer::{PeerFamilies, PeerTable};
+pub use queues::{ClientQueues, QueueLevels};
 
 /// The content type of what [`Metrics::encode`] writes.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
@@ -127,11 +129,9 @@ pub struct Metrics {
     pub pushes_sent: Counter,
     /// Connections dropped because they did not read what they were sent in time.
     pub subscribers_dropped_lag: Counter,
-    /// Bytes of answers and pushes queued for client connections, not yet taken by their
-    /// writers (each connection's share is capped: `docs/security.md` §4.4).
-    pub client_queued_bytes: Gauge,
-    /// Requests read from client connections and not yet answered.
-    pub client_requests_in_flight: Gauge,
+    /// Each client connection's budgets (fair share, `docs/security.md` §4.4), summed into the
+    /// gauges of bytes queued and requests in flight at a scrape.
+    pub client_queues: Arc<ClientQueues>,
     /// Times a client connection was held back at one of its fair-share limits, by limit.
     client_throttled: [Counter; Throttle::ALL.len()],
     expiries_unhealthy: Counter,
@@ -197,20 +197,8 @@ impl Metrics {
              within the write timeout",
             subscribers_dropped_lag.clone(),
         );
-        let client_queued_bytes = Gauge::default();
-        r.register_with_unit(
-            "distro_client_queued",
-            "Answers and pushes queued for client connections, not yet taken by their writers \
-             (each connection's share is capped)",
-            Unit::Bytes,
-            client_queued_bytes.clone(),
-        );
-        let client_requests_in_flight = Gauge::default();
-        r.register(
-            "distro_client_requests_in_flight",
-            "Requests read from client connections and not yet answered",
-            client_requests_in_flight.clone(),
-        );
+        let client_queues = Arc::new(ClientQueues::default());
+        r.register_collector(Box::new(queues::QueuesCollector(client_queues.clone())));
         let throttled = Family::<Labels, Counter>::default();
         r.register(
             "distro_client_throttled",
@@ -306,8 +294,7 @@ impl Metrics {
             client_sessions,
             pushes_sent,
             subscribers_dropped_lag,
-            client_queued_bytes,
-            client_requests_in_flight,
+            client_queues,
             client_throttled,
             expiries_unhealthy,
             expiries_removed,

@@ -102,7 +102,7 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     let (rd, wr) = crate::net::split(stream);
     let mut frames = FramedRead::new(rd, FrameCodec::new(FRAME_LEN_MAX));
     let (tx, rx) = mpsc::channel(ANSWER_QUEUE_MAX);
-    let share = Arc::new(Share::new(node.metrics.clone()));
+    let share = Share::new(node.metrics.clone());
     let session = api.open_session();
     let pushes = Pushes {
         queue: session.push_queue().clone(),
@@ -131,16 +131,24 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     debug!(%peer, session = c.session.id(), "client connected");
     let idle = Duration::from_millis(node.config.client_idle_timeout_ms);
     let mut node_closing = false;
+    // This connection's own view of the node's shutdown: a child token, so that checking it for
+    // every frame locks this connection's token and not the one every connection shares.
+    let stop = node.shutdown.child_token();
+    let stopping = stop.cancelled();
+    tokio::pin!(stopping);
     loop {
         // The next frame is read only once the connection has a request slot free.
-        let slot = tokio::select! {
-            _ = node.shutdown.cancelled() => None,
-            s = c.answers.share.request_slot() => Some(s),
+        let slot = match c.answers.share.try_request_slot() {
+            Some(s) => Some(s),
+            None => tokio::select! {
+                _ = &mut stopping => None,
+                s = c.answers.share.request_slot() => Some(s),
+            },
         };
         let next = match slot {
             None => None,
             Some(slot) => tokio::select! {
-                _ = node.shutdown.cancelled() => None,
+                _ = &mut stopping => None,
                 n = tokio::time::timeout(idle, frames.next()) => Some((slot, n)),
             },
         };

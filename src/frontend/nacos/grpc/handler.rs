@@ -209,7 +209,7 @@ impl NacosGrpc for Handler {
         let (tx, mut rx) = mpsc::channel(OUTBOUND_QUEUE_MAX);
         let out = push::Outbox {
             tx,
-            share: Arc::new(Share::new(self.api().node().metrics.clone())),
+            share: Share::new(self.api().node().metrics.clone()),
         };
         let inbound = request.into_inner();
         self.api()
