@@ -4,6 +4,7 @@
 //! of the cluster's CA refused before any Distro frame; the admin and Nacos HTTP ports over
 //! HTTPS, and a Nacos gRPC call over TLS (ALPN h2).
 
+mod cluster_support;
 mod common;
 
 use std::net::SocketAddr;
@@ -11,16 +12,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cluster_support::bind_nodes;
 use common::certs::{NodeCert, TestCa};
 use common::*;
 use distro::client::{Client, ClientConfig};
-use distro::config::Config;
 use distro::frontend::nacos::grpc::proto::{Payload, REQUEST_PATH};
 use distro::frontend::nacos::{GRPC_PORT_OFFSET, NacosListeners, NacosSettings};
-use distro::net::{ClientTls, NodeTls};
+use distro::net::tls::TlsDialer;
+use distro::net::{ClientTls, Dialer, NodeTls};
 use distro::server::{Server, ServerHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// A standalone node serving TLS on its client, admin and Nacos ports.
 async fn tls_node(ca: &TestCa) -> ServerHandle {
@@ -96,33 +98,13 @@ async fn a_plaintext_client_and_an_untrusting_client_are_refused_and_others_keep
     node.stop().await;
 }
 
-/// A TLS cluster of `n` nodes on loopback: every node's certificate signed by `ca`.
+/// A TLS cluster of `n` nodes on loopback (the test clusters' settings,
+/// `cluster_support::node_config`): every node's certificate signed by `ca`.
 async fn tls_cluster(ca: &TestCa, n: usize) -> Vec<ServerHandle> {
-    let mut listeners = Vec::new();
-    for _ in 0..n {
-        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let peer = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listeners.push((client, peer));
-    }
-    let members: Vec<_> = listeners
-        .iter()
-        .map(|(_, p)| p.local_addr().unwrap().into())
-        .collect();
+    let (configs, listeners) = bind_nodes(n, |_| {}).await;
     let mut handles = Vec::new();
-    for (i, (client, peer)) in listeners.into_iter().enumerate() {
-        let id = i as u16 + 1;
-        let cfg = Config {
-            node_id: id,
-            listen: client.local_addr().unwrap(),
-            peer_listen: peer.local_addr().unwrap(),
-            members: members.clone(),
-            cluster_token: Some("tls-cluster-token".into()),
-            member_timeout_ms: 600,
-            verify_interval_ms: 500,
-            http: None,
-            ..Config::default()
-        };
-        let cert = ca.node(&format!("node-{id}"));
+    for (cfg, (client, peer)) in configs.into_iter().zip(listeners) {
+        let cert = ca.node(&format!("node-{}", cfg.node_id));
         let tls = NodeTls::load(&cert.cert, &cert.key, Some(ca.ca())).unwrap();
         let server = Server::from_listeners_tls(cfg, client, Some(peer), Some(tls)).unwrap();
         handles.push(server.spawn());
@@ -175,41 +157,23 @@ async fn peer_attempt(
     ca: &Path,
     client_cert: Option<&NodeCert>,
 ) -> (Vec<u8>, Option<String>) {
-    use tokio_rustls::rustls;
-    let roots = {
-        let mut r = rustls::RootCertStore::empty();
-        for c in rustls::pki_types::pem::PemObject::pem_file_iter(ca).unwrap() {
-            let c: rustls::pki_types::CertificateDer<'static> = c.unwrap();
-            r.add(c).unwrap();
-        }
-        r
-    };
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots);
-    let config = match client_cert {
-        None => builder.with_no_client_auth(),
+    // Without a certificate: a client's dialer; with one: a member's peer links (which present
+    // it), as a node of the cluster dials.
+    let dialer: Arc<dyn Dialer> = match client_cert {
+        None => ClientTls::from_ca_file(ca).unwrap().dialer(),
         Some(c) => {
-            use rustls::pki_types::pem::PemObject;
-            let chain = rustls::pki_types::CertificateDer::pem_file_iter(&c.cert)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&c.key).unwrap();
-            builder.with_client_auth_cert(chain, key).unwrap()
+            let tls = NodeTls::load(&c.cert, &c.key, Some(ca)).unwrap();
+            Arc::new(TlsDialer::new(
+                distro::net::tcp(),
+                tls.peer_links().unwrap(),
+            ))
         }
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let mut got = Vec::new();
     let attempt = async {
         // TLS 1.3: the client finishes its side first; the server's verdict on the client's
         // certificate arrives as an alert on the first read.
-        let mut tls = match connector.connect(name, tcp).await {
+        let mut tls = match dialer.connect(addr.to_string()).await {
             Ok(tls) => tls,
             Err(e) => return Some(e.to_string()),
         };
@@ -414,6 +378,16 @@ fn run(bin: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `distrod` on a free client port, admin port off, with `args`, to its exit (it must not
+/// start): its exit code and stderr.
+fn distrod_refuses(args: &[&str]) -> (i32, String) {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut all = vec!["--http", "off", "--listen", &listen];
+    all.extend_from_slice(args);
+    let (code, _, err) = run(DISTROD, &all);
+    (code, err)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -431,59 +405,33 @@ fn distrod_serves_tls_to_distroctl_and_refuses_bad_tls_settings() {
     let (cert, key) = (node.cert.to_str().unwrap(), node.key.to_str().unwrap());
 
     // Refused at start, naming what is wrong; nothing listens.
-    let (code, _, err) = run(DISTROD, &["--http", "off", "--tls-cert", cert]);
+    let (code, err) = distrod_refuses(&["--tls-cert", cert]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--tls-cert: needs its private key"), "{err}");
     let missing = ca.file("missing.pem");
-    let (code, _, err) = run(
-        DISTROD,
-        &[
-            "--http",
-            "off",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--tls-cert",
-            missing.to_str().unwrap(),
-            "--tls-key",
-            key,
-        ],
-    );
+    let missing = missing.to_str().unwrap();
+    let (code, err) = distrod_refuses(&["--tls-cert", missing, "--tls-key", key]);
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert!(err.contains(missing), "{err}");
     let garbage = ca.file("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
-    let (code, _, err) = run(
-        DISTROD,
-        &[
-            "--http",
-            "off",
-            "--listen",
-            &format!("127.0.0.1:{}", free_port()),
-            "--tls-cert",
-            garbage.to_str().unwrap(),
-            "--tls-key",
-            key,
-        ],
-    );
+    let garbage = garbage.to_str().unwrap();
+    let (code, err) = distrod_refuses(&["--tls-cert", garbage, "--tls-key", key]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("holds no PEM certificate"), "{err}");
     let peers = [free_port(), free_port()];
     let members = format!("127.0.0.1:{},127.0.0.1:{}", peers[0], peers[1]);
-    let (code, _, err) = run(
-        DISTROD,
-        &[
-            "--http",
-            "off",
-            "--peer-listen",
-            &format!("127.0.0.1:{}", peers[0]),
-            "--members",
-            &members,
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            key,
-        ],
-    );
+    let peer_listen = format!("127.0.0.1:{}", peers[0]);
+    let (code, err) = distrod_refuses(&[
+        "--peer-listen",
+        &peer_listen,
+        "--members",
+        &members,
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+    ]);
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("tls_ca") && err.contains("mutual TLS"),

@@ -132,6 +132,12 @@ impl Api {
         Api { node, stopping }
     }
 
+    /// The node's shutdown as this clone watches it (a child token of `node.shutdown`): what a
+    /// front end checks for every request or frame, instead of the token all connections share.
+    pub fn stopping(&self) -> &tokio_util::sync::CancellationToken {
+        &self.stopping
+    }
+
     /// The node behind the API (front ends read its settings and shutdown token from it).
     pub fn node(&self) -> &Arc<Node> {
         &self.node

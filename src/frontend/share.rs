@@ -84,17 +84,16 @@ impl Share {
     /// A slot for the next request; waits (counted as throttled) while the connection has
     /// [`REQUESTS_IN_FLIGHT_MAX`] requests in flight.
     pub async fn request_slot(&self) -> RequestSlot {
-        let permit = match self.requests.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                self.metrics.throttled(Throttle::RequestsInFlight);
-                self.requests
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the semaphore is never closed")
-            }
-        };
+        if let Some(slot) = self.try_request_slot() {
+            return slot;
+        }
+        self.metrics.throttled(Throttle::RequestsInFlight);
+        let permit = self
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         RequestSlot { _permit: permit }
     }
 

@@ -218,7 +218,7 @@ impl std::fmt::Debug for ClientTls {
 impl ClientTls {
     /// Verifies nodes against the CA certificates of a PEM file.
     pub fn from_ca_file(ca: &Path) -> Result<ClientTls, TlsError> {
-        ClientTls::with_roots(roots(ca)?, &[])
+        ClientTls::from_ca_file_with_alpn(ca, &[])
     }
 
     /// Verifies nodes against `roots`, offering `alpn`.

@@ -131,10 +131,9 @@ pub async fn serve(api: Api, stream: BoxStream, peer: SocketAddr) {
     debug!(%peer, session = c.session.id(), "client connected");
     let idle = Duration::from_millis(node.config.client_idle_timeout_ms);
     let mut node_closing = false;
-    // This connection's own view of the node's shutdown: a child token, so that checking it for
-    // every frame locks this connection's token and not the one every connection shares.
-    let stop = node.shutdown.child_token();
-    let stopping = stop.cancelled();
+    // The node's shutdown as this connection's Api watches it (its own child token: checking it
+    // for every frame locks this connection's token, not the one every connection shares).
+    let stopping = c.api.stopping().clone().cancelled_owned();
     tokio::pin!(stopping);
     loop {
         // The next frame is read only once the connection has a request slot free.
