@@ -17,7 +17,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use distro::clock::Clock;
@@ -116,23 +115,7 @@ async fn run(mode: u8, items: Vec<Item>) -> (bool, Vec<String>) {
         cluster.leave().await;
     }
     let reading = tokio::spawn(harness::read_answers(rd, buf));
-    let mut paused_ms = 0;
-    for item in items {
-        let written = match item {
-            Item::Frame { bytes, decodes, .. } => wr.write_all(&bytes).await.is_ok() && decodes,
-            Item::Raw(bytes) => wr.write_all(&bytes).await.is_ok(),
-            Item::Pause(ms) => {
-                let ms = ms.min(PAUSE_BUDGET_MS - paused_ms);
-                paused_ms += ms;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                node.store.lease_pass();
-                true
-            }
-        };
-        if !written {
-            break;
-        }
-    }
+    harness::write_items(&mut wr, items, &node.store, PAUSE_BUDGET_MS).await;
     let _ = wr.shutdown().await;
     // The node closes its side when the connection's handler (and any snapshot it streams)
     // is done.

@@ -18,7 +18,6 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::BytesMut;
 use distro::api::Api;
@@ -164,22 +163,7 @@ async fn after_handshake(items: Vec<Item>) {
         .expect("a client that trusts the node completes the handshake");
     let (rd, mut wr) = tokio::io::split(tls);
     let reading = tokio::spawn(harness::read_answers(rd, BytesMut::new()));
-    let mut paused_ms = 0;
-    for item in items {
-        let written = match item {
-            Item::Frame { bytes, .. } | Item::Raw(bytes) => wr.write_all(&bytes).await.is_ok(),
-            Item::Pause(ms) => {
-                let ms = ms.min(PAUSE_BUDGET_MS - paused_ms);
-                paused_ms += ms;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                node.store.lease_pass();
-                true
-            }
-        };
-        if !written {
-            break;
-        }
-    }
+    harness::write_items(&mut wr, items, &node.store, PAUSE_BUDGET_MS).await;
     let _ = wr.shutdown().await;
     stop().await;
     drop(wr);

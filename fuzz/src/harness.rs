@@ -15,7 +15,9 @@ use distro::net::{BoxStream, Listener};
 use distro::store::Store;
 use distro::wire::{FrameCodec, Message, PROTOCOL_VERSION};
 use futures_util::future::BoxFuture;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::session_input::Item;
 use tokio_util::codec::Decoder;
 
 /// Tokio time one input may take in all. Time only moves while every task waits (the runtime's
@@ -88,6 +90,35 @@ pub async fn read_answers(
                 buf.len()
             );
             return answers;
+        }
+    }
+}
+
+/// Writes `items` to a session as its client (or peer) would: frames and raw bytes as they are;
+/// pauses as tokio time, each followed by a lease pass of `store`, at most `pause_budget_ms` in
+/// all. Stops at the first write that fails, and after a frame whose message does not decode
+/// (the session answers it with an Error and closes).
+pub async fn write_items(
+    wr: &mut (impl AsyncWrite + Unpin),
+    items: Vec<Item>,
+    store: &Store,
+    pause_budget_ms: u64,
+) {
+    let mut paused_ms = 0;
+    for item in items {
+        let go_on = match item {
+            Item::Frame { bytes, decodes, .. } => wr.write_all(&bytes).await.is_ok() && decodes,
+            Item::Raw(bytes) => wr.write_all(&bytes).await.is_ok(),
+            Item::Pause(ms) => {
+                let ms = ms.min(pause_budget_ms - paused_ms);
+                paused_ms += ms;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                store.lease_pass();
+                true
+            }
+        };
+        if !go_on {
+            break;
         }
     }
 }
