@@ -28,8 +28,7 @@ done
 ROUNDS=${ROUNDS:-2}
 SCENARIOS=${SCENARIOS:-register query beat converge}
 
-field() { sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+. benches/lib.sh
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT

@@ -25,8 +25,7 @@ bench=target/release/distro-bench
     exit 1
 }
 
-field() { sed -n "s/.*\"$2\":\([-0-9.eE+]*\).*/\1/p" <<<"$1"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+. benches/lib.sh
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
