@@ -54,6 +54,14 @@ pub enum TlsError {
     Config(String),
 }
 
+/// A TLS setting that cannot be used is an invalid input to whatever reads it (`distrod` at
+/// start).
+impl From<TlsError> for io::Error {
+    fn from(e: TlsError) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+    }
+}
+
 /// ring, not aws-lc-rs: it builds with the C compiler alone (aws-lc wants cmake and minutes of
 /// build). rustls marks ring's provider deprecated because it has no post-quantum key exchange;
 /// the key exchanges it offers (X25519, P-256, P-384) are the classical ones.

@@ -68,9 +68,7 @@ impl Server {
     /// with `tls_cert`, reads the node's TLS material and serves every port with TLS. An error
     /// names the address that could not be bound or the file that could not be used.
     pub async fn bind(config: Config) -> std::io::Result<Server> {
-        let tls = config
-            .tls()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let tls = config.tls()?;
         let bind = |addr: SocketAddr, what: &'static str| async move {
             tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                 std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
@@ -90,8 +88,7 @@ impl Server {
             Some(addr) => Some(NacosListeners::bind(addr).await?),
             None => None,
         };
-        let mut server = Server::from_listeners_tls(config, listener, peer_listener, tls)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let mut server = Server::from_listeners_tls(config, listener, peer_listener, tls)?;
         if let Some(l) = admin {
             server = server.with_admin(l);
         }
